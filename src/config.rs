@@ -1,0 +1,704 @@
+//! Configuration: `RawConfig` mirrors the TOML file, `Config` is the typed, validated form everything else uses.
+//! Validation binds nothing; each error names the key and the reason.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme, Uri};
+use serde::Deserialize;
+
+/// A config that cannot be used: the key path and the reason, printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has unknown keys or wrongly typed values.
+    #[error("config file {path}: {message}")]
+    Syntax {
+        /// The path given (or `<string>`).
+        path: String,
+        /// toml's message, with the line and column.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The dotted key path, e.g. `routes[1].origin`.
+        key: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+// === Raw form: what the TOML file says ===
+
+/// The config file as written. Every section and key is optional; defaults match `config/grip-proxy.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[proxy]`
+    pub proxy: RawProxy,
+    /// `[control]`
+    pub control: RawControl,
+    /// `[hold]`
+    pub hold: RawHold,
+    /// `[origin]`
+    pub origin: RawOrigin,
+    /// `[last_ids]`
+    pub last_ids: RawLastIds,
+    /// `[shutdown]`
+    pub shutdown: RawShutdown,
+    /// `[[routes]]`
+    pub routes: Vec<RawRoute>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            proxy: RawProxy::default(),
+            control: RawControl::default(),
+            hold: RawHold::default(),
+            origin: RawOrigin::default(),
+            last_ids: RawLastIds::default(),
+            shutdown: RawShutdown::default(),
+            routes: vec![RawRoute::default()],
+        }
+    }
+}
+
+/// `[proxy]`: the client-facing listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    /// Address for clients. Pushpin's default port.
+    pub listen: String,
+    /// Append the client's address to `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+    /// Set `X-Forwarded-Proto` to the scheme the client used.
+    pub x_forwarded_proto: bool,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            listen: "0.0.0.0:7999".into(),
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+        }
+    }
+}
+
+/// `[control]`: the publish API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawControl {
+    /// Address of the control API. Loopback by default: anyone who reaches it can publish.
+    pub listen: String,
+    /// Largest publish body accepted, in bytes (Pushpin's limit).
+    pub max_body: usize,
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl {
+            listen: "127.0.0.1:5561".into(),
+            max_body: 1_000_000,
+        }
+    }
+}
+
+/// `[hold]`: response holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHold {
+    /// Timeout when the origin gives no `Grip-Timeout` (Pushpin: 55 s, under common 60 s idle cut-offs).
+    pub default_timeout_secs: u64,
+    /// Smaller `Grip-Timeout` values are raised to this (Pushpin: 5 s).
+    pub min_timeout_secs: u64,
+    /// Larger `Grip-Timeout` values are lowered to this.
+    pub max_timeout_secs: u64,
+    /// Largest origin body that may be held, in bytes (Pushpin: 100,000).
+    pub max_body: usize,
+    /// Most channels one hold may name (Pushpin: 20).
+    pub max_channels: usize,
+}
+
+impl Default for RawHold {
+    fn default() -> Self {
+        RawHold {
+            default_timeout_secs: 55,
+            min_timeout_secs: 5,
+            max_timeout_secs: 3600,
+            max_body: 100_000,
+            max_channels: crate::grip::DEFAULT_MAX_CHANNELS,
+        }
+    }
+}
+
+/// `[origin]`: the client side toward origins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOrigin {
+    /// Time allowed to connect to an origin.
+    pub connect_timeout_secs: f64,
+    /// Time allowed for an origin to send its response head (and a held body) after the request was sent.
+    pub response_timeout_secs: f64,
+    /// How long an idle pooled origin connection is kept.
+    pub pool_idle_timeout_secs: f64,
+    /// Idle pooled connections kept per origin.
+    pub pool_max_idle_per_host: usize,
+    /// A request body up to this size is kept so the request can be re-sent on a prev-id mismatch.
+    pub max_replay_body: usize,
+}
+
+impl Default for RawOrigin {
+    fn default() -> Self {
+        RawOrigin {
+            connect_timeout_secs: 5.0,
+            response_timeout_secs: 30.0,
+            pool_idle_timeout_secs: 90.0,
+            pool_max_idle_per_host: 1024,
+            max_replay_body: 65_536,
+        }
+    }
+}
+
+/// `[last_ids]`: the per-channel memory of the last published id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLastIds {
+    /// Most channels whose last id is remembered (Pushpin: 1,000,000); the least recently published go first.
+    pub capacity: usize,
+    /// A last id not published to for this long is forgotten.
+    pub ttl_secs: u64,
+}
+
+impl Default for RawLastIds {
+    fn default() -> Self {
+        RawLastIds {
+            capacity: 1_000_000,
+            ttl_secs: 3600,
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    /// After a stop signal, in-flight requests get this long to finish.
+    pub grace_secs: f64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown { grace_secs: 10.0 }
+    }
+}
+
+/// `[[routes]]`: which origin serves which host and path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    /// Host to match, without port (`*` matches any).
+    pub host: String,
+    /// Path prefix to match (empty matches any).
+    pub path_prefix: String,
+    /// `http://host:port` of the origin.
+    pub origin: String,
+    /// `iss` claim of the `Grip-Sig` sent to this origin.
+    pub sig_iss: String,
+    /// HS256 key of the `Grip-Sig` (the client libraries' local default is `changeme`).
+    pub sig_key: String,
+}
+
+impl Default for RawRoute {
+    fn default() -> Self {
+        RawRoute {
+            host: "*".into(),
+            path_prefix: String::new(),
+            origin: "http://127.0.0.1:8080".into(),
+            sig_iss: "pushpin".into(),
+            sig_key: DEFAULT_SIG_KEY.into(),
+        }
+    }
+}
+
+/// The `Grip-Sig` key client libraries assume for a local proxy.
+pub const DEFAULT_SIG_KEY: &str = "changeme";
+
+/// Values given on the command line, applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--origin URL`: route everything to this origin.
+    pub origin: Option<String>,
+    /// `--listen ADDR`
+    pub listen: Option<String>,
+    /// `--control-listen ADDR`
+    pub control_listen: Option<String>,
+}
+
+impl RawConfig {
+    /// Applies command-line values.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(origin) = &o.origin {
+            self.routes = vec![RawRoute {
+                origin: origin.clone(),
+                ..RawRoute::default()
+            }];
+        }
+        if let Some(l) = &o.listen {
+            self.proxy.listen = l.clone();
+        }
+        if let Some(l) = &o.control_listen {
+            self.control.listen = l.clone();
+        }
+    }
+}
+
+// === Typed form ===
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listener.
+    pub listen: SocketAddr,
+    /// Control API listener.
+    pub control_listen: SocketAddr,
+    /// Add `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+    /// Add `X-Forwarded-Proto`.
+    pub x_forwarded_proto: bool,
+    /// Largest publish body.
+    pub control_max_body: usize,
+    /// Hold settings.
+    pub hold: HoldConfig,
+    /// Origin client settings.
+    pub origin: OriginConfig,
+    /// Last-id memory bounds.
+    pub last_ids: LastIdsConfig,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Routes, in file order (the table sorts them by specificity).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Validated `[hold]`.
+#[derive(Debug, Clone)]
+pub struct HoldConfig {
+    /// Used when the origin gives no timeout.
+    pub default_timeout: Duration,
+    /// Floor for the origin's timeout.
+    pub min_timeout: Duration,
+    /// Ceiling for the origin's timeout.
+    pub max_timeout: Duration,
+    /// Largest held body.
+    pub max_body: usize,
+    /// Most channels per hold.
+    pub max_channels: usize,
+}
+
+impl HoldConfig {
+    /// The timeout a hold gets: the origin's (or the default), within the floor and ceiling.
+    pub fn effective_timeout(&self, asked: Option<Duration>) -> Duration {
+        asked
+            .unwrap_or(self.default_timeout)
+            .clamp(self.min_timeout, self.max_timeout)
+    }
+}
+
+/// Validated `[origin]`.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Response-head timeout.
+    pub response_timeout: Duration,
+    /// Pool idle timeout.
+    pub pool_idle_timeout: Duration,
+    /// Pool size per origin.
+    pub pool_max_idle_per_host: usize,
+    /// Largest request body kept for a re-send.
+    pub max_replay_body: usize,
+}
+
+/// Validated `[last_ids]`.
+#[derive(Debug, Clone)]
+pub struct LastIdsConfig {
+    /// Most channels remembered.
+    pub capacity: usize,
+    /// Forget after this long without a publish.
+    pub ttl: Duration,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lower-case host, or `None` for `*`.
+    pub host: Option<String>,
+    /// Path prefix (empty matches all).
+    pub path_prefix: String,
+    /// Origin scheme (http).
+    pub scheme: Scheme,
+    /// Origin host and port.
+    pub authority: Authority,
+    /// `Grip-Sig` issuer.
+    pub sig_iss: String,
+    /// `Grip-Sig` key.
+    pub sig_key: Vec<u8>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::try_from(RawConfig::default()).expect("the built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file, with command-line overrides applied.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut raw = match path {
+            None => RawConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                RawConfig::from_toml(&text, &path.display().to_string())?
+            }
+        };
+        raw.apply(overrides);
+        Config::try_from(raw)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Config::try_from(RawConfig::from_toml(text, "<string>")?)
+    }
+
+    /// Risky but valid settings, for a warning at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.listen.ip().is_loopback()
+            && self
+                .routes
+                .iter()
+                .any(|r| r.sig_key == DEFAULT_SIG_KEY.as_bytes())
+        {
+            out.push(format!(
+                "routes sign Grip-Sig with the default key {DEFAULT_SIG_KEY:?} while the proxy listens on {}: \
+                 set routes[].sig_key so that origins can trust the signature",
+                self.listen
+            ));
+        }
+        if !self.control_listen.ip().is_loopback() {
+            out.push(format!(
+                "the control API listens on {}, not loopback: anyone who reaches it can publish",
+                self.control_listen
+            ));
+        }
+        out
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text; unknown keys and wrong types are errors with line and column.
+    pub fn from_toml(text: &str, path: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = addr("proxy.listen", &raw.proxy.listen)?;
+        let control_listen = addr("control.listen", &raw.control.listen)?;
+        if listen == control_listen {
+            return Err(invalid("control.listen", "must differ from proxy.listen"));
+        }
+        positive("control.max_body", raw.control.max_body)?;
+        let h = &raw.hold;
+        positive("hold.max_body", h.max_body)?;
+        positive("hold.max_channels", h.max_channels)?;
+        if h.min_timeout_secs > h.max_timeout_secs {
+            return Err(invalid(
+                "hold.min_timeout_secs",
+                format!(
+                    "{} is above hold.max_timeout_secs ({})",
+                    h.min_timeout_secs, h.max_timeout_secs
+                ),
+            ));
+        }
+        if h.max_timeout_secs == 0 {
+            return Err(invalid("hold.max_timeout_secs", "must be at least 1"));
+        }
+        let hold = HoldConfig {
+            default_timeout: Duration::from_secs(h.default_timeout_secs),
+            min_timeout: Duration::from_secs(h.min_timeout_secs),
+            max_timeout: Duration::from_secs(h.max_timeout_secs),
+            max_body: h.max_body,
+            max_channels: h.max_channels,
+        };
+        let o = &raw.origin;
+        let origin = OriginConfig {
+            connect_timeout: secs("origin.connect_timeout_secs", o.connect_timeout_secs)?,
+            response_timeout: secs("origin.response_timeout_secs", o.response_timeout_secs)?,
+            pool_idle_timeout: secs("origin.pool_idle_timeout_secs", o.pool_idle_timeout_secs)?,
+            pool_max_idle_per_host: o.pool_max_idle_per_host,
+            max_replay_body: o.max_replay_body,
+        };
+        positive("last_ids.capacity", raw.last_ids.capacity)?;
+        if raw.last_ids.ttl_secs == 0 {
+            return Err(invalid("last_ids.ttl_secs", "must be at least 1"));
+        }
+        let last_ids = LastIdsConfig {
+            capacity: raw.last_ids.capacity,
+            ttl: Duration::from_secs(raw.last_ids.ttl_secs),
+        };
+        let shutdown_grace = secs("shutdown.grace_secs", raw.shutdown.grace_secs)?;
+        if raw.routes.is_empty() {
+            return Err(invalid(
+                "routes",
+                "at least one route is needed (or give --origin)",
+            ));
+        }
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| route(i, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            listen,
+            control_listen,
+            x_forwarded_for: raw.proxy.x_forwarded_for,
+            x_forwarded_proto: raw.proxy.x_forwarded_proto,
+            control_max_body: raw.control.max_body,
+            hold,
+            origin,
+            last_ids,
+            shutdown_grace,
+            routes,
+        })
+    }
+}
+
+fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an IP address and port (e.g. 127.0.0.1:7999)"),
+        )
+    })
+}
+
+fn positive(key: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn secs(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| invalid(key, format!("{value} is not a positive number of seconds")))
+}
+
+fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let uri: Uri = r
+        .origin
+        .parse()
+        .map_err(|e| invalid(key("origin"), format!("{:?}: {e}", r.origin)))?;
+    let scheme = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP => s.clone(),
+        Some(s) => {
+            return Err(invalid(
+                key("origin"),
+                format!(
+                    "{:?}: unsupported scheme {:?} (expected http)",
+                    r.origin,
+                    s.as_str()
+                ),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                key("origin"),
+                format!("{:?}: expected http://host:port", r.origin),
+            ))
+        }
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| invalid(key("origin"), format!("{:?}: no host", r.origin)))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(invalid(
+            key("origin"),
+            format!(
+                "{:?}: an origin is scheme://host:port, without a path",
+                r.origin
+            ),
+        ));
+    }
+    let host = match r.host.trim() {
+        "" => return Err(invalid(key("host"), "empty (use \"*\" to match any host)")),
+        "*" => None,
+        h => Some(h.to_ascii_lowercase()),
+    };
+    if !r.path_prefix.is_empty() && !r.path_prefix.starts_with('/') {
+        return Err(invalid(
+            key("path_prefix"),
+            format!("{:?} must start with /", r.path_prefix),
+        ));
+    }
+    if r.sig_iss.is_empty() {
+        return Err(invalid(key("sig_iss"), "must not be empty"));
+    }
+    if r.sig_key.is_empty() {
+        return Err(invalid(key("sig_key"), "must not be empty"));
+    }
+    Ok(RouteConfig {
+        host,
+        path_prefix: r.path_prefix.clone(),
+        scheme,
+        authority,
+        sig_iss: r.sig_iss.clone(),
+        sig_key: r.sig_key.as_bytes().to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml_str(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:7999");
+        assert_eq!(c.control_listen.to_string(), "127.0.0.1:5561");
+        assert_eq!(c.hold.default_timeout, Duration::from_secs(55));
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].authority.as_str(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn shipped_default_file_matches_builtin_defaults() {
+        let text = include_str!("../config/grip-proxy.toml");
+        let file = Config::from_toml_str(text).unwrap();
+        assert_eq!(format!("{file:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn rule_messages() {
+        let cases = [
+            (
+                r#"[[routes]]
+origin = "htp://app:8080""#,
+                r#"routes[0].origin: "htp://app:8080": unsupported scheme "htp" (expected http)"#,
+            ),
+            (
+                r#"[[routes]]
+origin = "app:8080""#,
+                r#"routes[0].origin: "app:8080": expected http://host:port"#,
+            ),
+            (
+                r#"[[routes]]
+origin = "http://app:8080/api""#,
+                r#"routes[0].origin: "http://app:8080/api": an origin is scheme://host:port, without a path"#,
+            ),
+            (
+                r#"[[routes]]
+origin = "http://a:1"
+path_prefix = "api""#,
+                r#"routes[0].path_prefix: "api" must start with /"#,
+            ),
+            (
+                "[proxy]\nlisten = \"nope\"",
+                r#"proxy.listen: "nope" is not an IP address and port (e.g. 127.0.0.1:7999)"#,
+            ),
+            (
+                "[hold]\nmin_timeout_secs = 10\nmax_timeout_secs = 5",
+                "hold.min_timeout_secs: 10 is above hold.max_timeout_secs (5)",
+            ),
+            ("[hold]\nmax_body = 0", "hold.max_body: must be at least 1"),
+            (
+                "[origin]\nresponse_timeout_secs = -1",
+                "origin.response_timeout_secs: -1 is not a positive number of seconds",
+            ),
+            (
+                "routes = []",
+                "routes: at least one route is needed (or give --origin)",
+            ),
+            (
+                "[control]\nlisten = \"0.0.0.0:7999\"",
+                "control.listen: must differ from proxy.listen",
+            ),
+        ];
+        for (toml, want) in cases {
+            assert_eq!(err(toml), want, "{toml}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_keep_position_and_unknown_keys_fail() {
+        let e = err("[proxy]\nlisten = ");
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("[proxy]\nlisen = \"1.2.3.4:5\"");
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn overrides() {
+        let mut raw = RawConfig::default();
+        raw.apply(&Overrides {
+            origin: Some("http://127.0.0.1:9000".into()),
+            listen: Some("127.0.0.1:1".into()),
+            control_listen: None,
+        });
+        let c = Config::try_from(raw).unwrap();
+        assert_eq!(c.routes[0].authority.as_str(), "127.0.0.1:9000");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn timeout_clamp() {
+        let h = Config::default().hold;
+        assert_eq!(h.effective_timeout(None), Duration::from_secs(55));
+        assert_eq!(
+            h.effective_timeout(Some(Duration::from_secs(1))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            h.effective_timeout(Some(Duration::from_secs(99_999))),
+            Duration::from_secs(3600)
+        );
+    }
+}

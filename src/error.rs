@@ -1,0 +1,120 @@
+//! `ProxyError`: every way a proxied request can fail, its HTTP status, and the short answer a client gets.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::grip::GripError;
+
+/// Who caused a failure: decides how loudly it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something we cannot serve.
+    Client,
+    /// The origin failed or sent something we cannot use.
+    Origin,
+    /// Our own state (shutting down, limits).
+    Internal,
+}
+
+/// A failure on the proxy path. Each becomes one short plain-text response in [`ProxyError::into_response`].
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request's host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The origin could not be reached.
+    #[error("origin unreachable: {0}")]
+    OriginConnect(#[source] hyper_util::client::legacy::Error),
+    /// The origin accepted the connection but its response was unusable (closed early, not HTTP).
+    #[error("origin failed: {0}")]
+    OriginProtocol(#[source] crate::body::BoxError),
+    /// The origin sent no response head within the configured time.
+    #[error("origin timed out after {0:?}")]
+    OriginTimeout(std::time::Duration),
+    /// The origin's GRIP instructions are invalid.
+    #[error("invalid GRIP instructions from origin: {0}")]
+    InvalidGrip(#[from] GripError),
+    /// A request could not be re-sent to the origin (its body was too large to keep).
+    #[error("request cannot be re-sent to the origin: {0}")]
+    NotReplayable(&'static str),
+    /// The client's request is malformed in a way we detect (e.g. an unusable URI).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The proxy is shutting down and takes no new holds.
+    #[error("proxy is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute
+            | ProxyError::OriginConnect(_)
+            | ProxyError::OriginProtocol(_)
+            | ProxyError::InvalidGrip(_)
+            | ProxyError::NotReplayable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Who is to blame, for logging.
+    pub fn source_kind(&self) -> Source {
+        match self {
+            ProxyError::BadRequest(_) => Source::Client,
+            ProxyError::ShuttingDown | ProxyError::NotReplayable(_) => Source::Internal,
+            _ => Source::Origin,
+        }
+    }
+
+    /// The short body text: names the kind of failure, never leaks the origin's body.
+    fn public_text(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "Bad Gateway: no route for this request\n",
+            ProxyError::OriginConnect(_) => "Bad Gateway: origin unreachable\n",
+            ProxyError::OriginProtocol(_) => "Bad Gateway: origin sent an invalid response\n",
+            ProxyError::OriginTimeout(_) => "Gateway Timeout: origin did not answer in time\n",
+            ProxyError::InvalidGrip(_) => "Bad Gateway: invalid GRIP instructions from origin\n",
+            ProxyError::NotReplayable(_) => "Bad Gateway: request could not be re-sent to origin\n",
+            ProxyError::BadRequest(_) => "Bad Request\n",
+            ProxyError::ShuttingDown => "Service Unavailable: shutting down\n",
+        }
+    }
+
+    /// Builds the client's answer. Logging is the caller's job (once, at the service boundary).
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(body::full(self.public_text()));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, ProxyError::ShuttingDown) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ProxyError::NoRoute.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            ProxyError::OriginTimeout(std::time::Duration::from_secs(1)).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ProxyError::ShuttingDown.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let resp = ProxyError::ShuttingDown.into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    }
+}

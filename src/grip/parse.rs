@@ -1,0 +1,320 @@
+//! GRIP instructions from response headers (`Grip-Hold`, `Grip-Channel`, `Grip-Timeout`, `Grip-Status`): pure
+//! functions over a `HeaderMap`, no IO.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::{ChannelSub, GripError, Hold, HoldMode};
+
+/// What the headers of one origin response instruct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderInstruction {
+    /// The hold.
+    pub hold: Hold,
+    /// `Grip-Status`: the status (and reason) to give the client instead of the response's own.
+    pub status: Option<(StatusCode, Option<Bytes>)>,
+}
+
+/// Parses the hold instructions of a response. `Ok(None)` when there is no `Grip-Hold` header (any other `Grip-*`
+/// header is then only stripped).
+pub fn from_headers(
+    headers: &HeaderMap,
+    max_channels: usize,
+) -> Result<Option<HeaderInstruction>, GripError> {
+    let Some(hold) = headers.get("grip-hold") else {
+        return Ok(None);
+    };
+    let hold_str = text("Grip-Hold", hold.as_bytes())?;
+    let mode = match hold_str.trim() {
+        "response" => HoldMode::Response,
+        "stream" => HoldMode::Stream,
+        other => {
+            return Err(GripError::new(
+                "Grip-Hold",
+                other,
+                "unknown hold mode (expected response or stream)",
+            ))
+        }
+    };
+    let mut channels: Vec<ChannelSub> = Vec::new();
+    for value in headers.get_all("grip-channel") {
+        for sub in channel_list(text("Grip-Channel", value.as_bytes())?)? {
+            if !channels.iter().any(|c| c.name == sub.name) {
+                channels.push(sub);
+            }
+        }
+    }
+    if channels.is_empty() {
+        return Err(GripError::new(
+            "Grip-Channel",
+            "",
+            "Grip-Hold needs at least one channel",
+        ));
+    }
+    if channels.len() > max_channels {
+        return Err(GripError::new(
+            "Grip-Channel",
+            &channels.len().to_string(),
+            format!("too many channels (at most {max_channels})"),
+        ));
+    }
+    let timeout = match headers.get("grip-timeout") {
+        None => None,
+        Some(v) => Some(timeout(text("Grip-Timeout", v.as_bytes())?)?),
+    };
+    let status = match headers.get("grip-status") {
+        None => None,
+        Some(v) => Some(status(text("Grip-Status", v.as_bytes())?)?),
+    };
+    Ok(Some(HeaderInstruction {
+        hold: Hold {
+            mode,
+            channels,
+            timeout,
+        },
+        status,
+    }))
+}
+
+fn text<'a>(header: &str, bytes: &'a [u8]) -> Result<&'a str, GripError> {
+    std::str::from_utf8(bytes)
+        .map_err(|_| GripError::new(header, &String::from_utf8_lossy(bytes), "not UTF-8"))
+}
+
+/// Parses `name[; prev-id=ID][; filter=F], name2...`.
+pub fn channel_list(value: &str) -> Result<Vec<ChannelSub>, GripError> {
+    let mut out = Vec::new();
+    for entry in value.split(',') {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let mut params = entry.split(';');
+        let name = params.next().unwrap_or("").trim();
+        if name.is_empty() {
+            return Err(GripError::new("Grip-Channel", value, "empty channel name"));
+        }
+        let mut sub = ChannelSub {
+            name: name.into(),
+            prev_id: None,
+            filters: Vec::new(),
+        };
+        for param in params {
+            let param = param.trim();
+            if param.is_empty() {
+                continue;
+            }
+            let (key, val) = match param.split_once('=') {
+                Some((k, v)) => (k.trim(), unquote(v.trim())),
+                None => (param, ""),
+            };
+            match key {
+                "prev-id" => sub.prev_id = Some(val.into()),
+                "filter" => sub.filters.push(val.into()),
+                _ => {} // unknown parameters are ignored, as Pushpin does
+            }
+        }
+        out.push(sub);
+    }
+    Ok(out)
+}
+
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
+/// Parses `Grip-Timeout`: whole seconds, not negative.
+pub fn timeout(value: &str) -> Result<Duration, GripError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| GripError::new("Grip-Timeout", value, "not a whole number of seconds"))
+}
+
+/// Parses `Grip-Status: CODE [reason]`.
+pub fn status(value: &str) -> Result<(StatusCode, Option<Bytes>), GripError> {
+    let value_t = value.trim();
+    let (code, reason) = match value_t.split_once(' ') {
+        Some((c, r)) => (c, r.trim()),
+        None => (value_t, ""),
+    };
+    let code = code
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (100..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| GripError::new("Grip-Status", value, "not a status code (100-599)"))?;
+    let reason = if reason.is_empty() {
+        None
+    } else {
+        let bytes = Bytes::copy_from_slice(reason.as_bytes());
+        hyper::ext::ReasonPhrase::try_from(bytes.clone())
+            .map_err(|_| GripError::new("Grip-Status", value, "invalid reason phrase"))?;
+        Some(bytes)
+    };
+    Ok((code, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+
+    fn headers(list: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in list {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn header_table() {
+        // (headers, expected: Ok(Some((channels "name:prev", timeout, status))) / Ok(None) / Err(field))
+        type Want = Result<Option<(&'static str, Option<u64>, Option<u16>)>, &'static str>;
+        let cases: Vec<(Vec<(&str, &str)>, Want)> = vec![
+            (vec![], Ok(None)),
+            (vec![("Grip-Channel", "a")], Ok(None)),
+            (
+                vec![("Grip-Hold", "response"), ("Grip-Channel", "a")],
+                Ok(Some(("a:", None, None))),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a; prev-id=1, b;prev-id=\"2\""),
+                ],
+                Ok(Some(("a:1 b:2", None, None))),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Channel", "b; filter=skip-self; x=y"),
+                ],
+                Ok(Some(("a: b:", None, None))),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a, a; prev-id=3"),
+                ],
+                Ok(Some(("a:", None, None))),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", " response "),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Timeout", "120"),
+                    ("Grip-Status", "304"),
+                ],
+                Ok(Some(("a:", Some(120), Some(304)))),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "404 Custom Reason"),
+                ],
+                Ok(Some(("a:", None, Some(404)))),
+            ),
+            (
+                vec![("Grip-Hold", "stream"), ("Grip-Channel", "a")],
+                Ok(Some(("a:", None, None))),
+            ),
+            (
+                vec![("Grip-Hold", "bogus"), ("Grip-Channel", "a")],
+                Err("Grip-Hold"),
+            ),
+            (vec![("Grip-Hold", "response")], Err("Grip-Channel")),
+            (
+                vec![("Grip-Hold", "response"), ("Grip-Channel", " ; prev-id=1")],
+                Err("Grip-Channel"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Timeout", "abc"),
+                ],
+                Err("Grip-Timeout"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Timeout", "-1"),
+                ],
+                Err("Grip-Timeout"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "xyz"),
+                ],
+                Err("Grip-Status"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "99"),
+                ],
+                Err("Grip-Status"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "600"),
+                ],
+                Err("Grip-Status"),
+            ),
+        ];
+        for (list, want) in cases {
+            let got = from_headers(&headers(&list), 20);
+            match (got, want) {
+                (Ok(None), Ok(None)) => {}
+                (Ok(Some(i)), Ok(Some((chans, t, s)))) => {
+                    let got_chans: Vec<String> = i
+                        .hold
+                        .channels
+                        .iter()
+                        .map(|c| format!("{}:{}", c.name, c.prev_id.as_deref().unwrap_or("")))
+                        .collect();
+                    assert_eq!(got_chans.join(" "), chans, "{list:?}");
+                    assert_eq!(i.hold.timeout.map(|d| d.as_secs()), t, "{list:?}");
+                    assert_eq!(i.status.map(|(c, _)| c.as_u16()), s, "{list:?}");
+                }
+                (Err(e), Err(field)) => assert_eq!(e.field, field, "{list:?}"),
+                (got, want) => panic!("{list:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn too_many_channels() {
+        let names: Vec<String> = (0..21).map(|i| format!("c{i}")).collect();
+        let h = headers(&[
+            ("Grip-Hold", "response"),
+            ("Grip-Channel", &names.join(", ")),
+        ]);
+        assert_eq!(from_headers(&h, 20).unwrap_err().field, "Grip-Channel");
+        assert!(from_headers(&h, 21).unwrap().is_some());
+    }
+
+    #[test]
+    fn status_reason_kept() {
+        let (code, reason) = status("404 Custom Reason").unwrap();
+        assert_eq!(code, 404);
+        assert_eq!(reason.unwrap(), "Custom Reason");
+    }
+}

@@ -1,0 +1,408 @@
+//! The hold registry: which clients are parked on which channels, and the last published id per channel.
+//! `Registry` is a cheap handle (an `Arc` inside); a parked request owns a `Hold` guard that unparks on drop.
+
+mod channel;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::config::LastIdsConfig;
+use crate::grip::ChannelSub;
+use crate::publish::item::Item;
+use channel::{Channel, ParkOutcome, Slot};
+
+/// What a parked client is told.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// An item was published on one of its channels.
+    Item(Arc<Item>),
+    /// The proxy is shutting down: answer with the timeout response now.
+    Shutdown,
+}
+
+/// Why a client could not be parked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParkError {
+    /// The channel's last id is not the hold's prev-id: the client missed an item.
+    #[error("channel {channel:?} is past prev-id {prev_id:?}")]
+    Stale {
+        /// The channel.
+        channel: Box<str>,
+        /// The prev-id the hold gave.
+        prev_id: Box<str>,
+    },
+    /// The registry is closed (shutting down).
+    #[error("shutting down")]
+    Closed,
+}
+
+/// The shared registry. Clone it freely.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Channel name to state. Invariant: no guard into this map lives outside the small sync fns below, and none
+    /// is held while touching another key (dashmap may deadlock otherwise).
+    channels: DashMap<Box<str>, Channel>,
+    /// Source of waiter ids; unique for the process lifetime.
+    next_waiter: AtomicU64,
+    /// Parked clients (live `Hold` guards).
+    held: AtomicUsize,
+    /// Woken whenever `held` changes, for tests and tools that wait for parks.
+    held_changed: Notify,
+    /// Set once by `close()`; parks fail afterwards.
+    closed: AtomicBool,
+    /// Bounds on remembered last ids.
+    limits: LastIdsConfig,
+    /// Woken when the map grows past its capacity, so the sweeper runs early.
+    over_capacity: Notify,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(limits: LastIdsConfig) -> Self {
+        Registry {
+            inner: Arc::new(Inner {
+                channels: DashMap::new(),
+                next_waiter: AtomicU64::new(1),
+                held: AtomicUsize::new(0),
+                held_changed: Notify::new(),
+                closed: AtomicBool::new(false),
+                limits,
+                over_capacity: Notify::new(),
+            }),
+        }
+    }
+
+    /// Parks a client on `subs`. Each channel is checked (prev-id against the last id) and joined under its entry
+    /// lock, so a publish either comes before (and the check sees its id) or after (and finds the waiter).
+    pub fn park(&self, subs: &[ChannelSub]) -> Result<Hold, ParkError> {
+        if self.is_closed() {
+            return Err(ParkError::Closed);
+        }
+        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let slot: Slot = Arc::new(Mutex::new(Some(tx)));
+        for (i, sub) in subs.iter().enumerate() {
+            let outcome =
+                self.with_channel(&sub.name, |c| c.park(id, &slot, sub.prev_id.as_deref()));
+            if let ParkOutcome::Stale = outcome {
+                self.forget_if_idle(&sub.name);
+                self.unpark(&subs[..i], id);
+                return Err(ParkError::Stale {
+                    channel: sub.name.clone(),
+                    prev_id: sub.prev_id.clone().unwrap_or_default(),
+                });
+            }
+        }
+        // close() sets the flag before draining: either the drain saw our waiter, or we see the flag here.
+        if self.is_closed() {
+            self.unpark(subs, id);
+            return Err(ParkError::Closed);
+        }
+        self.inner.held.fetch_add(1, Ordering::Relaxed);
+        self.inner.held_changed.notify_waiters();
+        Ok(Hold {
+            registry: self.clone(),
+            id,
+            subs: subs.into(),
+            rx,
+        })
+    }
+
+    /// Publishes an item: records its id as the channel's last id and, if it carries an `http-response`, releases
+    /// every client parked on the channel. Returns how many clients it was handed to.
+    pub fn publish(&self, item: &Arc<Item>) -> usize {
+        let now = Instant::now();
+        let releases = item.http_response.is_some();
+        let taken = self.with_channel(&item.channel, |c| {
+            c.publish(item.id.as_deref(), releases, now)
+        });
+        if item.id.is_none() {
+            self.forget_if_idle(&item.channel);
+        } else if self.inner.channels.len() > self.inner.limits.capacity {
+            self.inner.over_capacity.notify_one();
+        }
+        // Sends happen after the entry lock is released.
+        let mut delivered = 0;
+        for slot in taken.into_values() {
+            let sender = slot.lock().take();
+            if let Some(tx) = sender {
+                if tx.send(Delivery::Item(item.clone())).is_ok() {
+                    delivered += 1;
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Refuses new parks and answers every parked client with `Delivery::Shutdown`.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let mut slots = Vec::new();
+        for mut entry in self.inner.channels.iter_mut() {
+            slots.extend(std::mem::take(&mut entry.waiters).into_values());
+        }
+        for slot in slots {
+            let sender = slot.lock().take();
+            if let Some(tx) = sender {
+                let _ = tx.send(Delivery::Shutdown);
+            }
+        }
+    }
+
+    /// Whether `close()` was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// Parked clients now.
+    pub fn held(&self) -> usize {
+        self.inner.held.load(Ordering::Relaxed)
+    }
+
+    /// Clients parked on one channel now.
+    pub fn held_on(&self, channel: &str) -> usize {
+        self.inner
+            .channels
+            .get(channel)
+            .map(|c| c.waiters.len())
+            .unwrap_or(0)
+    }
+
+    /// The last id known for a channel.
+    pub fn last_id(&self, channel: &str) -> Option<String> {
+        self.inner
+            .channels
+            .get(channel)
+            .and_then(|c| c.last_id.as_deref().map(str::to_owned))
+    }
+
+    /// Channel entries kept (with waiters or a last id).
+    pub fn channels(&self) -> usize {
+        self.inner.channels.len()
+    }
+
+    /// Waits until `pred(held())` holds. For tests and tools; cancel safe.
+    pub async fn wait_held(&self, pred: impl Fn(usize) -> bool) {
+        loop {
+            let notified = self.inner.held_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if pred(self.held()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Forgets expired last ids, then the least recently published ones beyond the capacity. Entries with
+    /// waiters stay.
+    pub fn sweep(&self, now: Instant) {
+        let ttl = self.inner.limits.ttl;
+        self.inner.channels.retain(|_, c| {
+            if c.last_id.is_some() && now.saturating_duration_since(c.published_at) >= ttl {
+                c.last_id = None;
+            }
+            !c.is_idle()
+        });
+        let cap = self.inner.limits.capacity;
+        let len = self.inner.channels.len();
+        if len <= cap {
+            return;
+        }
+        let mut idle: Vec<(Instant, Box<str>)> = self
+            .inner
+            .channels
+            .iter()
+            .filter(|e| e.waiters.is_empty())
+            .map(|e| (e.published_at, e.key().clone()))
+            .collect();
+        idle.sort_unstable_by_key(|(at, _)| *at);
+        for (_, name) in idle.into_iter().take(len - cap) {
+            self.inner
+                .channels
+                .remove_if(&name, |_, c| c.waiters.is_empty());
+        }
+    }
+
+    /// Runs `sweep` every `interval`, and early when a publish finds the map over capacity, until `stop` fires.
+    pub async fn run_sweeper(
+        self,
+        interval: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.inner.over_capacity.notified() => {}
+            }
+            self.sweep(Instant::now());
+        }
+    }
+
+    // === private helpers: every map guard lives and dies inside one of these ===
+
+    fn with_channel<R>(&self, name: &str, f: impl FnOnce(&mut Channel) -> R) -> R {
+        if let Some(mut c) = self.inner.channels.get_mut(name) {
+            return f(&mut c);
+        }
+        let mut c = self
+            .inner
+            .channels
+            .entry(name.into())
+            .or_insert_with(Channel::new);
+        f(&mut c)
+    }
+
+    fn forget_if_idle(&self, name: &str) {
+        self.inner.channels.remove_if(name, |_, c| c.is_idle());
+    }
+
+    fn unpark(&self, subs: &[ChannelSub], id: u64) {
+        for sub in subs {
+            if let Some(mut c) = self.inner.channels.get_mut(&*sub.name) {
+                c.waiters.remove(&id);
+            }
+            self.forget_if_idle(&sub.name);
+        }
+    }
+}
+
+/// A parked client: receives one delivery; unparks from every channel when dropped (client gone, answered, timed
+/// out), so nothing is left behind.
+pub struct Hold {
+    registry: Registry,
+    id: u64,
+    subs: Box<[ChannelSub]>,
+    rx: oneshot::Receiver<Delivery>,
+}
+
+impl Hold {
+    /// Waits for the delivery.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future loses nothing; the delivery stays in the receiver.
+    pub async fn recv(&mut self) -> Delivery {
+        (&mut self.rx).await.unwrap_or(Delivery::Shutdown)
+    }
+
+    /// The prev-id this hold waits after on `channel`.
+    pub fn prev_id(&self, channel: &str) -> Option<&str> {
+        self.subs
+            .iter()
+            .find(|s| &*s.name == channel)
+            .and_then(|s| s.prev_id.as_deref())
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.registry.unpark(&self.subs, self.id);
+        self.registry.inner.held.fetch_sub(1, Ordering::Relaxed);
+        self.registry.inner.held_changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sub(name: &str, prev: Option<&str>) -> ChannelSub {
+        ChannelSub {
+            name: name.into(),
+            prev_id: prev.map(Into::into),
+            filters: vec![],
+        }
+    }
+
+    fn registry(capacity: usize) -> Registry {
+        Registry::new(LastIdsConfig {
+            capacity,
+            ttl: Duration::from_secs(60),
+        })
+    }
+
+    fn item(channel: &str, id: Option<&str>) -> Arc<Item> {
+        Arc::new(Item::test_response(channel, id, None, "hi"))
+    }
+
+    #[tokio::test]
+    async fn publish_releases_and_drop_cleans_up() {
+        let r = registry(10);
+        let mut h = r.park(&[sub("a", None), sub("b", None)]).unwrap();
+        assert_eq!(r.held(), 1);
+        assert_eq!(r.publish(&item("a", Some("1"))), 1);
+        assert!(matches!(h.recv().await, Delivery::Item(_)));
+        assert_eq!(
+            r.publish(&item("b", None)),
+            0,
+            "the sender was already taken"
+        );
+        drop(h);
+        assert_eq!(r.held(), 0);
+        assert_eq!(r.held_on("b"), 0);
+        assert_eq!(r.channels(), 1, "only a's last id remains");
+        assert_eq!(r.last_id("a").as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn stale_park_is_refused_and_leaves_nothing() {
+        let r = registry(10);
+        r.publish(&item("a", Some("2")));
+        let err = r
+            .park(&[sub("b", None), sub("a", Some("1"))])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            ParkError::Stale {
+                channel: "a".into(),
+                prev_id: "1".into()
+            }
+        );
+        assert_eq!(r.channels(), 0);
+        assert_eq!(r.held(), 0);
+        assert!(
+            r.park(&[sub("a", Some("1"))]).is_ok(),
+            "a retry's hold is accepted"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_answers_everyone_and_refuses_new() {
+        let r = registry(10);
+        let mut h = r.park(&[sub("a", None)]).unwrap();
+        r.close();
+        assert!(matches!(h.recv().await, Delivery::Shutdown));
+        assert_eq!(r.park(&[sub("a", None)]).err(), Some(ParkError::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_bounds_last_ids() {
+        let r = registry(3);
+        for i in 0..5 {
+            r.publish(&item(&format!("c{i}"), Some("1")));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let _h = r.park(&[sub("c0", Some("1"))]).unwrap();
+        r.sweep(Instant::now());
+        assert_eq!(r.channels(), 3);
+        assert!(r.last_id("c0").is_some(), "an entry with waiters stays");
+        assert!(r.last_id("c4").is_some(), "the most recent stays");
+        assert!(r.last_id("c1").is_none());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        r.sweep(Instant::now());
+        assert_eq!(r.channels(), 1, "expired ids go, the held channel stays");
+        assert!(r.last_id("c0").is_none());
+    }
+}

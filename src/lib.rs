@@ -1,0 +1,35 @@
+//! grip-proxy: a GRIP long-poll reverse proxy. It forwards every request to an origin; when the origin answers
+//! with GRIP instructions (`Grip-Hold: response`, `Grip-Channel`, ...), it parks the client until an item is
+//! published to one of its channels on the control API, or the hold times out.
+//!
+//! # Layout
+//! - [`app`]: binds the listeners, builds shared state, runs and stops everything.
+//! - [`server`]: the accept loop and graceful drain shared by both listeners.
+//! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`].
+//! - [`routes`]: (host, path prefix) to origin and `Grip-Sig` signer.
+//! - [`proxy`]: the request phases (route, prepare, forward, inspect, park, respond); [`proxy::headers`] rewrites
+//!   headers, [`proxy::forward`] talks to origins.
+//! - [`grip`]: parsing GRIP instructions (headers and instruct bodies), `Grip-Sig`, held response parts.
+//! - [`hold`]: the registry of parked clients and last ids per channel.
+//! - [`publish`]: the control API and publish item parsing.
+//! - [`error`], [`body`]: the proxy error type and the body type.
+//!
+//! # Errors
+//! Each module has its own `thiserror` enum; every failure on the request path becomes a response in
+//! [`error::ProxyError::into_response`] and is logged once, in [`proxy::serve`].
+
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod grip;
+pub mod hold;
+pub mod proxy;
+pub mod publish;
+pub mod routes;
+pub mod server;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,158 @@
+//! Header rewriting on the way to the origin and back: hop-by-hop headers (RFC 9110 section 7.6.1, including
+//! those named in `Connection`), client `Grip-*` headers out, our `Grip-Sig` and `X-Forwarded-*` in.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::grip::strip_grip_headers;
+
+/// Headers that describe one connection, never relayed.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether `name` is a hop-by-hop header.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Removes hop-by-hop headers and the headers the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// What the proxy adds to a request toward the origin.
+pub struct Upstream<'a> {
+    /// `Grip-Sig` for the route.
+    pub grip_sig: HeaderValue,
+    /// The client's address, for `X-Forwarded-For` (when configured).
+    pub client_addr: Option<SocketAddr>,
+    /// The scheme the client used, for `X-Forwarded-Proto` (when configured).
+    pub proto: Option<&'a str>,
+}
+
+/// Rewrites a client's request headers for the origin: no hop-by-hop, no client `Grip-*` (a client can neither
+/// give instructions nor forge a signature), our `Grip-Sig`, and `X-Forwarded-*` as configured. `Host` stays.
+pub fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
+    strip_hop_by_hop(headers);
+    strip_grip_headers(headers);
+    headers.insert(HeaderName::from_static("grip-sig"), add.grip_sig);
+    if let Some(addr) = add.client_addr {
+        let ip = addr.ip().to_string();
+        let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    if let Some(proto) = add.proto {
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(static_proto(proto)),
+        );
+    }
+}
+
+/// Rewrites an origin's response headers for the client: no hop-by-hop, no `Grip-*`.
+pub fn to_client(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    strip_grip_headers(headers);
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+fn static_proto(proto: &str) -> &'static str {
+    if proto == "https" {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(list: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in list {
+            m.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn to_origin_rewrites() {
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("grip-sig", "forged"),
+            ("grip-hold", "response"),
+            ("grip-last", "c; last-id=1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("accept", "*/*"),
+        ]);
+        to_origin(
+            &mut h,
+            Upstream {
+                grip_sig: HeaderValue::from_static("signed"),
+                client_addr: Some("127.0.0.1:5000".parse().unwrap()),
+                proto: Some("http"),
+            },
+        );
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "grip-sig",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+        assert_eq!(h["grip-sig"], "signed");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn to_client_strips() {
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("grip-channel", "a"),
+            ("etag", "x"),
+        ]);
+        to_client(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}

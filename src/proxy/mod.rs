@@ -1,0 +1,329 @@
+//! The proxy service: each client request goes through named phases: route, prepare, forward, inspect, park,
+//! respond. A hold parks the request in the registry until a publish, the timeout, or shutdown.
+
+pub mod forward;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::config::{Config, HoldConfig};
+use crate::error::{ProxyError, Source};
+use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
+use crate::hold::{Delivery, ParkError, Registry};
+use crate::publish::item::Action;
+use crate::routes::{Route, RouteTable};
+use forward::{Forwarder, Replayable};
+
+/// A request re-sent this many times because of prev-id mismatches gets its timeout response instead, so a
+/// publisher racing ahead of a slow origin cannot keep one request looping.
+const MAX_REFETCHES: usize = 5;
+
+/// Everything the proxy path reads. Built once; shared behind an `Arc`.
+pub struct ProxyState {
+    /// Route lookup.
+    pub routes: RouteTable,
+    /// Origin client.
+    pub forwarder: Forwarder,
+    /// Parked clients.
+    pub registry: Registry,
+    /// Hold settings.
+    pub hold: HoldConfig,
+    /// Add `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+    /// Add `X-Forwarded-Proto`.
+    pub x_forwarded_proto: bool,
+    /// Request bodies kept for a re-send, at most.
+    pub max_replay_body: usize,
+}
+
+impl ProxyState {
+    /// Builds the proxy state from config and a registry.
+    pub fn new(config: &Config, registry: Registry) -> Self {
+        ProxyState {
+            routes: RouteTable::new(&config.routes),
+            forwarder: Forwarder::new(&config.origin),
+            registry,
+            hold: config.hold.clone(),
+            x_forwarded_for: config.x_forwarded_for,
+            x_forwarded_proto: config.x_forwarded_proto,
+            max_replay_body: config.origin.max_replay_body,
+        }
+    }
+}
+
+/// How a request ended, for the request log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// No hold: the origin's response went through.
+    Passed,
+    /// Held, then released by a publish.
+    Released,
+    /// Held until the timeout.
+    TimedOut,
+    /// Held, then answered because the proxy is shutting down.
+    Shutdown,
+    /// Re-fetched too often; answered with the timeout response.
+    RefetchLimit,
+}
+
+/// Serves one client request. Never fails: errors become short responses, logged here once.
+pub async fn serve(
+    state: Arc<ProxyState>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match proxy(&state, req, client).await {
+        Ok((resp, outcome)) => {
+            tracing::info!(
+                client.addr = %client, %method, %path, status = resp.status().as_u16(),
+                duration_ms = started.elapsed().as_millis() as u64, outcome = ?outcome, "request"
+            );
+            resp
+        }
+        Err(e) => {
+            let status = e.status().as_u16();
+            let duration_ms = started.elapsed().as_millis() as u64;
+            match e.source_kind() {
+                Source::Origin => tracing::warn!(
+                    client.addr = %client, %method, %path, status, duration_ms, error = %e, "request failed"
+                ),
+                Source::Client | Source::Internal => tracing::info!(
+                    client.addr = %client, %method, %path, status, duration_ms, error = %e, "request refused"
+                ),
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn proxy(
+    state: &ProxyState,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Result<(Response<Body>, Outcome), ProxyError> {
+    let route = route(state, &req)?;
+    let (replay, first) = prepare(state, route, req, client)?;
+    let mut resp = state.forwarder.send(first).await?;
+    let mut refetches = 0;
+    loop {
+        let (hold, held) = match inspect(state, resp).await? {
+            Inspected::Respond(r) => return Ok((r, Outcome::Passed)),
+            Inspected::Hold(hold, held) => (hold, held),
+        };
+        let grip_last = match wait(state, &hold, &held).await {
+            Waited::Answer(r, outcome) => return Ok((r, outcome)),
+            Waited::Refetch(grip_last) => grip_last,
+        };
+        refetches += 1;
+        if refetches > MAX_REFETCHES {
+            tracing::warn!(
+                refetches,
+                "prev-id mismatches kept repeating; answering with the timeout response"
+            );
+            return Ok((held.to_response(), Outcome::RefetchLimit));
+        }
+        let extra: Vec<(HeaderName, HeaderValue)> = grip_last.into_iter().collect();
+        resp = state.forwarder.send(replay.again(&extra)?).await?;
+    }
+}
+
+/// Phase 1: find the route.
+fn route<'s>(state: &'s ProxyState, req: &Request<Incoming>) -> Result<&'s Route, ProxyError> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host());
+    state
+        .routes
+        .lookup(host, req.uri().path())
+        .ok_or(ProxyError::NoRoute)
+}
+
+/// Phase 2: the request for the origin (headers rewritten and signed), and what a re-send needs.
+fn prepare(
+    state: &ProxyState,
+    route: &Route,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Result<(Replayable, Request<Body>), ProxyError> {
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .ok_or(ProxyError::BadRequest("request target has no path"))?;
+    let uri = Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let mut headers = parts.headers;
+    headers::to_origin(
+        &mut headers,
+        headers::Upstream {
+            grip_sig: route.signer.header(),
+            client_addr: state.x_forwarded_for.then_some(client),
+            proto: state.x_forwarded_proto.then_some("http"),
+        },
+    );
+    Ok(Replayable::first(
+        parts.method,
+        uri,
+        headers,
+        body,
+        state.max_replay_body,
+    ))
+}
+
+enum Inspected {
+    Respond(Response<Body>),
+    Hold(grip::Hold, ResponseParts),
+}
+
+/// Phase 3: read the origin's answer. No instructions: stream it back untouched (no buffering). Instructions:
+/// read the body (bounded), and build the held (timeout) response.
+async fn inspect(state: &ProxyState, resp: Response<Incoming>) -> Result<Inspected, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    let is_instruct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with(instruct::CONTENT_TYPE));
+    let from_headers = if is_instruct {
+        None
+    } else {
+        grip::parse::from_headers(&parts.headers, state.hold.max_channels)?
+    };
+    if from_headers.is_none() && !is_instruct {
+        headers::to_client(&mut parts.headers);
+        let body = body
+            .map_err(|e| Box::new(e) as crate::body::BoxError)
+            .boxed();
+        return Ok(Inspected::Respond(Response::from_parts(parts, body)));
+    }
+    let bytes = read_held_body(state, body).await?;
+    if is_instruct {
+        let i = instruct::from_body(&bytes, state.hold.max_channels)?;
+        return match i.hold {
+            None => Ok(Inspected::Respond(i.response.to_response())),
+            Some(hold) => hold_of(hold, i.response),
+        };
+    }
+    let instr = from_headers.expect("checked above: header instructions are present");
+    headers::to_client(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (status, reason) = match instr.status {
+        Some((status, reason)) => (status, reason),
+        None => (
+            parts.status,
+            parts
+                .extensions
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| Bytes::copy_from_slice(r.as_bytes())),
+        ),
+    };
+    let held = ResponseParts {
+        status,
+        reason,
+        headers: parts.headers,
+        body: bytes,
+    };
+    hold_of(instr.hold, held)
+}
+
+fn hold_of(hold: grip::Hold, held: ResponseParts) -> Result<Inspected, ProxyError> {
+    if hold.mode == HoldMode::Stream {
+        return Err(GripError::new(
+            "Grip-Hold",
+            "stream",
+            "stream holds are not supported (only response)",
+        )
+        .into());
+    }
+    Ok(Inspected::Hold(hold, held))
+}
+
+async fn read_held_body(state: &ProxyState, body: Incoming) -> Result<Bytes, ProxyError> {
+    let limit = state.hold.max_body;
+    let timeout = state.forwarder.response_timeout();
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ProxyError::OriginTimeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GripError::new(
+            "held body",
+            &format!("over {limit} bytes"),
+            "larger than hold.max_body",
+        )
+        .into()),
+        Ok(Err(e)) => Err(ProxyError::OriginProtocol(e)),
+    }
+}
+
+enum Waited {
+    /// Answer the client with this.
+    Answer(Response<Body>, Outcome),
+    /// Send the request to the origin again, with this `Grip-Last` header if any.
+    Refetch(Option<(HeaderName, HeaderValue)>),
+}
+
+/// Phases 4 and 5: park in the registry and wait for a publish, the timeout or shutdown.
+///
+/// # Cancel safety
+/// Dropping the future (the client went away) drops the `Hold` guard, which unparks it from every channel.
+async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts) -> Waited {
+    let timeout = state.hold.effective_timeout(hold.timeout);
+    let mut parked = match state.registry.park(&hold.channels) {
+        Ok(parked) => parked,
+        Err(ParkError::Stale { channel, prev_id }) => {
+            tracing::debug!(%channel, %prev_id, "hold is behind the channel's last id: re-fetching");
+            return Waited::Refetch(grip_last(&channel, &prev_id));
+        }
+        Err(ParkError::Closed) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
+    };
+    let delivery = tokio::select! {
+        d = parked.recv() => d,
+        _ = tokio::time::sleep(timeout) => return Waited::Answer(held.to_response(), Outcome::TimedOut),
+    };
+    let item = match delivery {
+        Delivery::Shutdown => return Waited::Answer(held.to_response(), Outcome::Shutdown),
+        Delivery::Item(item) => item,
+    };
+    let Some(published) = &item.http_response else {
+        // The registry releases response holds only with items that carry an http-response.
+        return Waited::Answer(held.to_response(), Outcome::TimedOut);
+    };
+    if let (Some(item_prev), Some(mine)) = (item.prev_id.as_deref(), parked.prev_id(&item.channel))
+    {
+        if item_prev != mine {
+            tracing::debug!(channel = %item.channel, item_prev, mine, "item does not follow this hold: re-fetching");
+            return Waited::Refetch(grip_last(&item.channel, mine));
+        }
+    }
+    match published.action {
+        Action::Hint => Waited::Refetch(None),
+        Action::Send => Waited::Answer(
+            held.merge(&published.parts).to_response(),
+            Outcome::Released,
+        ),
+    }
+}
+
+/// `Grip-Last: <channel>; last-id=<id>`: tells the origin what the client last had.
+fn grip_last(channel: &str, last_id: &str) -> Option<(HeaderName, HeaderValue)> {
+    HeaderValue::from_str(&format!("{channel}; last-id={last_id}"))
+        .ok()
+        .map(|v| (HeaderName::from_static("grip-last"), v))
+}

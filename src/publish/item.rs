@@ -1,0 +1,274 @@
+//! Publish items: the JSON wire form (`{"items": [...]}`, formats nested under `formats` or at the item's top
+//! level) validated into `Item`s, so that releasing a hold has nothing left that can fail.
+
+use serde::Deserialize;
+
+use crate::grip::wire::{Str, WireResponse};
+use crate::grip::ResponseParts;
+
+/// A malformed publish body: the path of the offending field (`items[2].formats.http-response.code`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct PublishError {
+    /// Path of the field.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A validated item. Formats other than `http-response` (`http-stream`, `ws-message`) are accepted and ignored:
+/// they concern stream and WebSocket holds, which this proxy does not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The channel published to.
+    pub channel: Box<str>,
+    /// This item's id, if given.
+    pub id: Option<Box<str>>,
+    /// The id of the item before this one on the channel, if given.
+    pub prev_id: Option<Box<str>>,
+    /// Deliver without waiting for a missing predecessor.
+    pub no_seq: bool,
+    /// The `http-response` format, which releases response holds.
+    pub http_response: Option<HttpResponse>,
+}
+
+/// What a released response hold does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Answer with the published response merged into the held one.
+    Send,
+    /// Re-fetch from the origin instead (the item carries no body worth sending).
+    Hint,
+}
+
+/// A validated `http-response` format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Send or hint.
+    pub action: Action,
+    /// Status, reason, headers and body.
+    pub parts: ResponseParts,
+}
+
+#[derive(Deserialize)]
+struct WireBody<'a> {
+    #[serde(borrow)]
+    items: Vec<WireItem<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireItem<'a> {
+    #[serde(borrow)]
+    channel: Option<Str<'a>>,
+    #[serde(borrow)]
+    id: Option<Str<'a>>,
+    #[serde(borrow, rename = "prev-id")]
+    prev_id: Option<Str<'a>>,
+    #[serde(borrow)]
+    formats: Option<WireFormats<'a>>,
+    #[serde(borrow, rename = "http-response")]
+    http_response: Option<WireResponse<'a>>,
+    #[serde(rename = "no-seq")]
+    no_seq: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct WireFormats<'a> {
+    #[serde(borrow, rename = "http-response")]
+    http_response: Option<WireResponse<'a>>,
+}
+
+/// Parses and validates a publish body. Any error rejects the whole batch.
+pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, PublishError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let wire: WireBody<'_> = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let reason = if inner.is_syntax() || inner.is_eof() {
+            format!("invalid JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        PublishError {
+            field: if path == "." { "body".into() } else { path },
+            reason,
+        }
+    })?;
+    wire.items
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| item(i, w))
+        .collect()
+}
+
+fn item(i: usize, w: WireItem<'_>) -> Result<Item, PublishError> {
+    let err = |field: &str, reason: String| PublishError {
+        field: format!("items[{i}].{field}"),
+        reason,
+    };
+    let channel = match w.channel {
+        Some(c) if !c.0.is_empty() => Box::from(c.0.as_ref()),
+        Some(_) => return Err(err("channel", "must not be empty".into())),
+        None => return Err(err("channel", "missing".into())),
+    };
+    let (prefix, response) = match (w.formats, w.http_response) {
+        (Some(f), top) => match f.http_response {
+            Some(r) => ("formats.http-response", Some(r)),
+            None => ("http-response", top),
+        },
+        (None, top) => ("http-response", top),
+    };
+    let http_response = match response {
+        None => None,
+        Some(r) => {
+            let parts = r
+                .to_parts()
+                .map_err(|e| err(&format!("{prefix}.{}", e.field), e.reason))?;
+            let action = match r.action.as_ref().map(|a| a.0.as_ref()) {
+                None | Some("send") => Action::Send,
+                Some("hint") => Action::Hint,
+                Some(other) => {
+                    return Err(err(
+                        &format!("{prefix}.action"),
+                        format!("unknown action {other:?} (expected send or hint)"),
+                    ))
+                }
+            };
+            Some(HttpResponse { action, parts })
+        }
+    };
+    Ok(Item {
+        channel,
+        id: w.id.map(|s| Box::from(s.0.as_ref())),
+        prev_id: w.prev_id.map(|s| Box::from(s.0.as_ref())),
+        no_seq: w.no_seq.unwrap_or(false),
+        http_response,
+    })
+}
+
+#[cfg(test)]
+impl Item {
+    /// An item with an `http-response` body, for tests.
+    pub(crate) fn test_response(
+        channel: &str,
+        id: Option<&str>,
+        prev_id: Option<&str>,
+        body: &str,
+    ) -> Item {
+        Item {
+            channel: channel.into(),
+            id: id.map(Into::into),
+            prev_id: prev_id.map(Into::into),
+            no_seq: false,
+            http_response: Some(HttpResponse {
+                action: Action::Send,
+                parts: ResponseParts {
+                    status: http::StatusCode::OK,
+                    reason: None,
+                    headers: http::HeaderMap::new(),
+                    body: bytes::Bytes::from(body.to_owned()),
+                },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_forms() {
+        let cases: &[(&str, usize, Option<(u16, &str)>)] = &[
+            (r#"{"items": []}"#, 0, None),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"body": "x"}}}]}"#,
+                1,
+                Some((200, "x")),
+            ),
+            (
+                r#"{"items": [{"channel": "a", "http-response": {"code": 201, "body": "y"}}]}"#,
+                1,
+                Some((201, "y")),
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"code": "202"}}}]}"#,
+                1,
+                Some((202, "")),
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-stream": {"content": "z"}}}]}"#,
+                1,
+                None,
+            ),
+            (
+                r#"{"items": [{"channel": "a", "id": "2", "prev-id": "1", "meta": {"x": 1}, "no-seq": true,
+                "formats": {"http-response": {"body-bin": "aGk=", "status": "ignored"}}}]}"#,
+                1,
+                Some((200, "hi")),
+            ),
+            (
+                r#"{"items": [{"channel": "a", "http-response": {"body": "1"}}, {"channel": "b"}]}"#,
+                2,
+                Some((200, "1")),
+            ),
+        ];
+        for (json, n, first) in cases {
+            let items = parse_body(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(items.len(), *n, "{json}");
+            if let Some((code, body)) = first {
+                let r = items[0].http_response.as_ref().unwrap();
+                assert_eq!(r.parts.status.as_u16(), *code, "{json}");
+                assert_eq!(r.parts.body, body.as_bytes(), "{json}");
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_index_and_field() {
+        let cases = [
+            ("not json", "body"),
+            ("{}", "body"),
+            (r#"{"items": "x"}"#, "items"),
+            (
+                r#"{"items": [{"channel": "a"}, {"id": "1"}]}"#,
+                "items[1].channel",
+            ),
+            (r#"{"items": [{"channel": ""}]}"#, "items[0].channel"),
+            (r#"{"items": [{"channel": 5}]}"#, "items[0].channel"),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"code": 1000}}}]}"#,
+                "items[0].formats.http-response.code",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "http-response": {"code": 99}}]}"#,
+                "items[0].http-response.code",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"code": true}}}]}"#,
+                "items[0].formats.http-response.code",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"headers": 5}}}]}"#,
+                "items[0].formats.http-response.headers",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"headers": [["a b", "1"]]}}}]}"#,
+                "items[0].formats.http-response.headers[0]",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"body-bin": "%%"}}}]}"#,
+                "items[0].formats.http-response.body-bin",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-response": {"action": "x"}}}]}"#,
+                "items[0].formats.http-response.action",
+            ),
+            (r#"{"items": [{"channel": "a", "id": 5}]}"#, "items[0].id"),
+        ];
+        for (json, field) in cases {
+            let e = parse_body(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+    }
+}

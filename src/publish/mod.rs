@@ -1,0 +1,151 @@
+//! The control API: `POST /publish/` (items released to held clients), `GET /` (a banner). Its own listener,
+//! loopback by default.
+
+pub mod item;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::hold::Registry;
+
+/// What the control service needs. Built once at start-up.
+pub struct Control {
+    /// Where items go.
+    pub registry: Registry,
+    /// Largest publish body accepted.
+    pub max_body: usize,
+}
+
+/// Serves one control API request. Never fails: every error is a response.
+pub async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
+    let path = normalize(req.uri().path());
+    match path {
+        "/publish" | "/publish/" => publish(&control, req).await,
+        "/" if req.method() == Method::GET || req.method() == Method::HEAD => {
+            text(StatusCode::OK, "grip-proxy control API\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "Not Found\n"),
+    }
+}
+
+/// Python's publisher posts to `//publish/` when its URL ends in a slash.
+fn normalize(path: &str) -> &str {
+    let trimmed = path.trim_start_matches('/');
+    &path[path.len() - trimmed.len() - usize::from(path.len() > trimmed.len())..]
+}
+
+async fn publish(control: &Control, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::POST {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let wants_json = accepts_json(&req);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > control.max_body as u64) {
+        tracing::warn!(limit = control.max_body, "publish body too large");
+        return too_large(control.max_body);
+    }
+    let body: Bytes = match Limited::new(req.into_body(), control.max_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            tracing::warn!(limit = control.max_body, "publish body too large");
+            return too_large(control.max_body);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "publish body could not be read");
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: body could not be read\n",
+            );
+        }
+    };
+    let items = match item::parse_body(&body) {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::warn!(error = %e, "publish rejected");
+            return if wants_json {
+                json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": e.to_string() }),
+                )
+            } else {
+                text(StatusCode::BAD_REQUEST, &format!("Bad Request: {e}\n"))
+            };
+        }
+    };
+    for item in items {
+        let item = Arc::new(item);
+        let delivered = control.registry.publish(&item);
+        tracing::debug!(channel = %item.channel, id = ?item.id, delivered, "published");
+    }
+    if wants_json {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "message": "Published" }),
+        )
+    } else {
+        text(StatusCode::OK, "Published\n")
+    }
+}
+
+fn accepts_json<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"))
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("Payload Too Large: the publish body limit is {limit} bytes\n"),
+    )
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(body::full(body.to_owned()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(body::full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_leading_slashes() {
+        assert_eq!(normalize("//publish/"), "/publish/");
+        assert_eq!(normalize("/publish"), "/publish");
+        assert_eq!(normalize("///"), "/");
+        assert_eq!(normalize(""), "");
+    }
+}
