@@ -432,7 +432,7 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = addr("proxy.listen", &raw.proxy.listen)?;
         let control_listen = addr("control.listen", &raw.control.listen)?;
-        if listen == control_listen {
+        if listen == control_listen && listen.port() != 0 {
             return Err(invalid("control.listen", "must differ from proxy.listen"));
         }
         positive("control.max_body", raw.control.max_body)?;
