@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::hold::Registry;
 use crate::proxy::{self, ProxyState};
 use crate::publish::{self, Control};
-use crate::server;
+use crate::{front, server};
 
 /// How often expired last ids are swept (and early, when the map is over capacity).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -59,11 +59,11 @@ impl App {
         let mut tasks = JoinSet::new();
 
         let state = Arc::new(ProxyState::new(&config, registry.clone()));
-        tasks.spawn(server::serve(
-            "proxy",
+        tasks.spawn(front::serve(
             proxy_listener,
             stop.clone(),
             config.shutdown_grace,
+            front::Limits::default(),
             move |req, peer| proxy::serve(state.clone(), req, peer),
         ));
 

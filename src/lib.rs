@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`app`]: binds the listeners, builds shared state, runs and stops everything.
-//! - [`server`]: the accept loop and graceful drain shared by both listeners.
+//! - [`front`]: the client-facing HTTP/1.1 server (our own: a parked request keeps no buffers).
+//! - [`server`]: the control API's accept loop (hyper) and its graceful drain.
 //! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`].
 //! - [`routes`]: (host, path prefix) to origin and `Grip-Sig` signer.
 //! - [`proxy`]: the request phases (route, prepare, forward, inspect, park, respond); [`proxy::headers`] rewrites
@@ -24,6 +25,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod front;
 pub mod grip;
 pub mod hold;
 pub mod proxy;

@@ -86,13 +86,17 @@ struct Capture {
 impl Replayable {
     /// Builds the first request to the origin, keeping what a re-send needs. A body up to `limit` bytes is copied
     /// as it streams through (chunks are refcounted `Bytes`: the copy is a list of handles).
-    pub fn first(
+    pub fn first<B>(
         method: Method,
         uri: Uri,
         headers: HeaderMap,
-        incoming: Incoming,
+        incoming: B,
         limit: usize,
-    ) -> (Replayable, Request<Body>) {
+    ) -> (Replayable, Request<Body>)
+    where
+        B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (body, capture) = if incoming.is_end_stream() {
             (body::empty(), None)
         } else {
@@ -157,13 +161,17 @@ impl Replayable {
 }
 
 /// Streams the client's body to the origin while keeping a copy for a re-send.
-struct Tee {
-    inner: Incoming,
+struct Tee<B> {
+    inner: B,
     capture: Arc<Mutex<Capture>>,
     limit: usize,
 }
 
-impl HttpBody for Tee {
+impl<B> HttpBody for Tee<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -193,7 +201,7 @@ impl HttpBody for Tee {
             Poll::Ready(None) => self.capture.lock().complete = true,
             _ => {}
         }
-        polled.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+        polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

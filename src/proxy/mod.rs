@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::config::{Config, HoldConfig};
 use crate::error::{ProxyError, Source};
 use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
@@ -75,11 +75,11 @@ enum Outcome {
 }
 
 /// Serves one client request. Never fails: errors become short responses, logged here once.
-pub async fn serve(
-    state: Arc<ProxyState>,
-    req: Request<Incoming>,
-    client: SocketAddr,
-) -> Response<Body> {
+pub async fn serve<B>(state: Arc<ProxyState>, req: Request<B>, client: SocketAddr) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -107,11 +107,15 @@ pub async fn serve(
     }
 }
 
-async fn proxy(
+async fn proxy<B>(
     state: &ProxyState,
-    req: Request<Incoming>,
+    req: Request<B>,
     client: SocketAddr,
-) -> Result<(Response<Body>, Outcome), ProxyError> {
+) -> Result<(Response<Body>, Outcome), ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let route = route(state, &req)?;
     let (replay, first) = prepare(state, route, req, client)?;
     let mut resp = state.forwarder.send(first).await?;
@@ -139,7 +143,7 @@ async fn proxy(
 }
 
 /// Phase 1: find the route.
-fn route<'s>(state: &'s ProxyState, req: &Request<Incoming>) -> Result<&'s Route, ProxyError> {
+fn route<'s, B>(state: &'s ProxyState, req: &Request<B>) -> Result<&'s Route, ProxyError> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -152,12 +156,16 @@ fn route<'s>(state: &'s ProxyState, req: &Request<Incoming>) -> Result<&'s Route
 }
 
 /// Phase 2: the request for the origin (headers rewritten and signed), and what a re-send needs.
-fn prepare(
+fn prepare<B>(
     state: &ProxyState,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<B>,
     client: SocketAddr,
-) -> Result<(Replayable, Request<Body>), ProxyError> {
+) -> Result<(Replayable, Request<Body>), ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = req.into_parts();
     let path_and_query = parts
         .uri

@@ -1,0 +1,354 @@
+//! One client connection: read a head, run the handler while feeding it the body and watching for the client
+//! leaving, write the response, repeat while keep-alive allows. While a request is parked the connection keeps
+//! no buffer: it waits for readability and reads into a stack buffer only when bytes (or EOF) arrive.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::body::RequestBody;
+use super::decode::{Decoded, Decoder};
+use super::encode::{self, OutFraming};
+use super::head::{self, Reject};
+use super::Limits;
+use crate::body::{Body, BoxError};
+
+/// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
+/// arrives, so that an idle or parked connection owns no read buffer at all.
+const READ_CHUNK: usize = 8192;
+
+/// Head and first body chunk are written with one syscall when the chunk is at most this big.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// What happened while the handler ran.
+enum Event {
+    /// Progress (body bytes passed on, or pipelined bytes buffered).
+    Progress,
+    /// The client closed or reset the connection: drop the handler.
+    Gone,
+    /// Nothing more to watch (the buffer is full of pipelined bytes): wait for the handler alone.
+    Quiet,
+}
+
+/// Serves a connection until it closes.
+pub(crate) async fn run<H, F>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+    limits: Limits,
+    stop: CancellationToken,
+) where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::new(),
+        limits,
+    };
+    if let Err(e) = conn.serve(peer, &handler, &stop).await {
+        tracing::debug!(client.addr = %peer, error = %e, "connection closed with an error");
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read but not consumed: a partial head, body bytes, pipelined requests. Empty (no allocation)
+    /// between requests and while parked.
+    buf: BytesMut,
+    limits: Limits,
+}
+
+impl Conn {
+    async fn serve<H, F>(
+        &mut self,
+        peer: SocketAddr,
+        handler: &H,
+        stop: &CancellationToken,
+    ) -> io::Result<()>
+    where
+        H: Fn(Request<RequestBody>, SocketAddr) -> F,
+        F: Future<Output = Response<Body>>,
+    {
+        loop {
+            let head = match self.read_head(stop).await? {
+                Ok(Some(head)) => head,
+                Ok(None) => return Ok(()),
+                Err(reject) => {
+                    tracing::info!(client.addr = %peer, status = reject.status.as_u16(), reason = reject.reason, "request refused");
+                    return self.write_reject(reject).await;
+                }
+            };
+            let version = head.parts.version;
+            let is_head = head.parts.method == Method::HEAD;
+            let mut decoder = Decoder::new(head.framing);
+            let (tx, body) = if decoder.is_done() {
+                (None, RequestBody::empty())
+            } else {
+                let (tx, body) = RequestBody::channel(decoder.remaining());
+                (Some(tx), body)
+            };
+            let mut parts = head.parts;
+            if head.expect_continue {
+                parts.headers.remove(http::header::EXPECT);
+                self.stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await?;
+            }
+            if self.buf.is_empty() {
+                // Release the read buffer: a parked request must not keep one.
+                self.buf = BytesMut::new();
+            }
+            let fut = handler(Request::from_parts(parts, body), peer);
+            let Some(resp) = self.drive(fut, &mut decoder, tx).await? else {
+                tracing::debug!(client.addr = %peer, "client went away before the response");
+                return Ok(());
+            };
+            let keep_alive = head.keep_alive && decoder.is_done() && !stop.is_cancelled();
+            let keep_alive = self
+                .write_response(resp, is_head, version, keep_alive)
+                .await?;
+            if !keep_alive {
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads until a whole head is buffered. `Ok(Ok(None))`: the connection ended cleanly (EOF between requests,
+    /// idle past the header timeout, or shutdown while idle).
+    async fn read_head(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> io::Result<Result<Option<head::Head>, Reject>> {
+        let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
+        loop {
+            if !self.buf.is_empty() {
+                match head::parse(&self.buf, self.limits.max_head) {
+                    Ok(Some((head, len))) => {
+                        self.buf.advance(len);
+                        return Ok(Ok(Some(head)));
+                    }
+                    Ok(None) => {}
+                    Err(reject) => return Ok(Err(reject)),
+                }
+            }
+            let idle = self.buf.is_empty();
+            tokio::select! {
+                r = self.stream.readable() => r?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !idle {
+                        return Ok(Err(Reject { status: StatusCode::REQUEST_TIMEOUT, reason: "request head not received in time" }));
+                    }
+                    return Ok(Ok(None));
+                }
+                _ = stop.cancelled(), if idle => return Ok(Ok(None)),
+            }
+            if self.read_some()? == Some(0) {
+                return Ok(Ok(None));
+            }
+        }
+    }
+
+    /// One non-blocking read into the buffer. `Some(0)`: EOF; `None`: nothing there after all.
+    fn read_some(&mut self) -> io::Result<Option<usize>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        match self.stream.try_read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs the handler to its response while feeding it the body and watching the socket. `Ok(None)`: the client
+    /// left, and the handler was dropped (which unparks it).
+    async fn drive<F>(
+        &mut self,
+        fut: F,
+        decoder: &mut Decoder,
+        mut tx: Option<mpsc::Sender<Result<bytes::Bytes, BoxError>>>,
+    ) -> io::Result<Option<Response<Body>>>
+    where
+        F: Future<Output = Response<Body>>,
+    {
+        tokio::pin!(fut);
+        loop {
+            let event = tokio::select! {
+                biased;
+                resp = &mut fut => return Ok(Some(resp)),
+                event = self.io_step(decoder, &mut tx) => event?,
+            };
+            match event {
+                Event::Progress => {}
+                Event::Gone => return Ok(None),
+                Event::Quiet => return Ok(Some(fut.await)),
+            }
+        }
+    }
+
+    /// One step of IO while the handler runs: pass on body bytes, or watch for EOF.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: bytes read are in the buffer; a body chunk being sent when the handler completes is no longer
+    /// needed.
+    async fn io_step(
+        &mut self,
+        decoder: &mut Decoder,
+        tx: &mut Option<mpsc::Sender<Result<bytes::Bytes, BoxError>>>,
+    ) -> io::Result<Event> {
+        if let Some(sender) = tx.as_ref() {
+            match decoder.decode(&mut self.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if sender.send(Ok(data)).await.is_err() {
+                        // The handler dropped the body: the rest is never read, so the connection will close.
+                        *tx = None;
+                    }
+                    return Ok(Event::Progress);
+                }
+                Ok(Decoded::End) => {
+                    *tx = None;
+                    return Ok(Event::Progress);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    let _ = sender.send(Err(Box::new(e))).await;
+                    *tx = None;
+                    return Ok(Event::Quiet);
+                }
+            }
+        } else if self.buf.len() >= self.limits.max_head {
+            return Ok(Event::Quiet);
+        }
+        self.stream.readable().await?;
+        match self.read_some() {
+            Ok(Some(0)) | Err(_) => {
+                if let Some(sender) = tx.take() {
+                    let _ = sender
+                        .send(Err("client closed the connection mid-body".into()))
+                        .await;
+                }
+                Ok(Event::Gone)
+            }
+            Ok(_) => Ok(Event::Progress),
+        }
+    }
+
+    /// Writes a response. Returns whether the connection can carry another request.
+    async fn write_response(
+        &mut self,
+        resp: Response<Body>,
+        is_head: bool,
+        version: Version,
+        keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = resp.into_parts();
+        let framing = encode::framing(parts.status, is_head, body.size_hint().exact(), version);
+        let keep_alive = keep_alive && framing != OutFraming::Close;
+        let reason = parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| r.as_bytes());
+        let mut out = Vec::with_capacity(256);
+        encode::head(
+            &mut out,
+            parts.status,
+            reason,
+            &parts.headers,
+            framing,
+            keep_alive,
+            version,
+        );
+        if framing == OutFraming::NoBody {
+            self.stream.write_all(&out).await?;
+            return Ok(keep_alive);
+        }
+        let mut written: u64 = 0;
+        loop {
+            let frame = match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    // The origin failed mid-body: the client sees a truncated response and a closed connection.
+                    tracing::warn!(error = %e, "response body failed mid-stream");
+                    self.stream.write_all(&out).await?;
+                    return Ok(false);
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            written += data.len() as u64;
+            if framing == OutFraming::Chunked {
+                encode::chunk_header(&mut out, data.len());
+            }
+            if out.len() + data.len() <= COALESCE_MAX {
+                out.extend_from_slice(&data);
+            } else {
+                self.stream.write_all(&out).await?;
+                out.clear();
+                self.stream.write_all(&data).await?;
+            }
+            if framing == OutFraming::Chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+            if !out.is_empty() && !body.is_end_stream() {
+                self.stream.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        match framing {
+            OutFraming::Chunked => out.extend_from_slice(encode::LAST_CHUNK),
+            OutFraming::Length(n) if n != written => {
+                tracing::warn!(
+                    declared = n,
+                    written,
+                    "response body length differs from its declared length"
+                );
+                self.stream.write_all(&out).await?;
+                return Ok(false);
+            }
+            _ => {}
+        }
+        self.stream.write_all(&out).await?;
+        Ok(keep_alive)
+    }
+
+    async fn write_reject(&mut self, reject: Reject) -> io::Result<()> {
+        let body = format!("{}\n", reject.reason);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        let mut out = Vec::with_capacity(128 + body.len());
+        let framing = OutFraming::Length(body.len() as u64);
+        encode::head(
+            &mut out,
+            reject.status,
+            None,
+            &headers,
+            framing,
+            false,
+            Version::HTTP_11,
+        );
+        out.extend_from_slice(body.as_bytes());
+        self.stream.write_all(&out).await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! Response encoding: the status line and headers with our own framing (`Content-Length`, `chunked`, or
+//! close-delimited), and chunk framing. Pure functions writing into a `Vec<u8>`.
+
+use http::header::{self, HeaderMap};
+use http::{StatusCode, Version};
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutFraming {
+    /// No body is written (HEAD, 1xx, 204, 304); headers are written as given.
+    NoBody,
+    /// `Content-Length: n`, then n bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// HTTP/1.0 client, unknown length: the body ends when the connection closes.
+    Close,
+}
+
+/// Chooses the framing for a response to a request of `version` (and `head` = HEAD method).
+pub(crate) fn framing(
+    status: StatusCode,
+    head: bool,
+    exact_len: Option<u64>,
+    version: Version,
+) -> OutFraming {
+    if head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        OutFraming::NoBody
+    } else if let Some(n) = exact_len {
+        OutFraming::Length(n)
+    } else if version == Version::HTTP_11 {
+        OutFraming::Chunked
+    } else {
+        OutFraming::Close
+    }
+}
+
+/// Writes the status line and headers. Framing and connection headers in `headers` are replaced by ours;
+/// with `NoBody` a given `Content-Length` is kept (it describes the body a GET would get), except for 204.
+pub(crate) fn head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    reason: Option<&[u8]>,
+    headers: &HeaderMap,
+    framing: OutFraming,
+    keep_alive: bool,
+    version: Version,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        reason.unwrap_or_else(|| status.canonical_reason().unwrap_or("Unknown").as_bytes()),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == "keep-alive" {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH
+            && (framing != OutFraming::NoBody || status == StatusCode::NO_CONTENT)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        OutFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        OutFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        OutFraming::NoBody | OutFraming::Close => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk header for `len` bytes of data.
+pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+/// The last chunk, with no trailers.
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn encode(
+        status: u16,
+        headers: &[(&str, &str)],
+        framing: OutFraming,
+        keep_alive: bool,
+    ) -> String {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = Vec::new();
+        head(
+            &mut out,
+            StatusCode::from_u16(status).unwrap(),
+            None,
+            &map,
+            framing,
+            keep_alive,
+            Version::HTTP_11,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn framing_headers_are_ours() {
+        let s = encode(
+            200,
+            &[
+                ("content-length", "99"),
+                ("transfer-encoding", "gzip"),
+                ("x", "1"),
+            ],
+            OutFraming::Length(5),
+            true,
+        );
+        assert_eq!(s, "HTTP/1.1 200 OK\r\nx: 1\r\ncontent-length: 5\r\n\r\n");
+        let s = encode(
+            200,
+            &[("connection", "keep-alive")],
+            OutFraming::Chunked,
+            false,
+        );
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        let s = encode(
+            304,
+            &[("etag", "\"v1\""), ("content-length", "12")],
+            OutFraming::NoBody,
+            true,
+        );
+        assert_eq!(
+            s,
+            "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 12\r\n\r\n"
+        );
+        let s = encode(204, &[("content-length", "0")], OutFraming::NoBody, true);
+        assert_eq!(s, "HTTP/1.1 204 No Content\r\n\r\n");
+    }
+
+    #[test]
+    fn choose_framing() {
+        assert_eq!(
+            framing(StatusCode::OK, true, Some(5), Version::HTTP_11),
+            OutFraming::NoBody
+        );
+        assert_eq!(
+            framing(StatusCode::NOT_MODIFIED, false, Some(5), Version::HTTP_11),
+            OutFraming::NoBody
+        );
+        assert_eq!(
+            framing(StatusCode::OK, false, Some(5), Version::HTTP_11),
+            OutFraming::Length(5)
+        );
+        assert_eq!(
+            framing(StatusCode::OK, false, None, Version::HTTP_11),
+            OutFraming::Chunked
+        );
+        assert_eq!(
+            framing(StatusCode::OK, false, None, Version::HTTP_10),
+            OutFraming::Close
+        );
+        let mut out = Vec::new();
+        chunk_header(&mut out, 255);
+        assert_eq!(out, b"ff\r\n");
+    }
+}

@@ -1,0 +1,88 @@
+//! The client-facing HTTP/1.1 server: our own lean connection handling (httparse for heads, RFC 9112 framing),
+//! so that a parked long-poll costs a small task and no buffers. The control API keeps hyper's server.
+
+mod body;
+mod conn;
+mod decode;
+mod encode;
+mod head;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::Body;
+pub use body::RequestBody;
+
+/// Per-connection bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line and headers); larger is a 431.
+    pub max_head: usize,
+    /// Time allowed for a request head to arrive, and for an idle keep-alive connection to start the next one.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: 64 * 1024,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// After an accept error (e.g. out of file descriptors), wait this long before accepting again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts clients until `stop` fires, then lets open connections finish their current request (a parked one is
+/// answered by the registry's close) for at most `grace`.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    grace: Duration,
+    limits: Limits,
+    handler: H,
+) where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(listener = "proxy", error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        tracker.spawn(conn::run(
+            stream,
+            peer,
+            handler.clone(),
+            limits,
+            stop.clone(),
+        ));
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            open = tracker.len(),
+            "grace period over; closing remaining connections"
+        );
+    }
+}
