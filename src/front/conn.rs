@@ -80,7 +80,10 @@ impl Conn {
         F: Future<Output = Response<Body>>,
     {
         loop {
-            let head = match self.read_head(stop).await? {
+            // Reading a head and writing a response are boxed: rustc lays the futures of this loop's awaits side by
+            // side rather than over each other (measured 1,376 bytes for this future unboxed, about 500 boxed), and
+            // a parked connection should carry only what waiting needs.
+            let head = match Box::pin(self.read_head(stop)).await? {
                 Ok(Some(head)) => head,
                 Ok(None) => return Ok(()),
                 Err(reject) => {
@@ -88,17 +91,22 @@ impl Conn {
                     return self.write_reject(reject).await;
                 }
             };
-            let version = head.parts.version;
-            let is_head = head.parts.method == Method::HEAD;
-            let mut decoder = Decoder::new(head.framing);
+            let head::Head {
+                mut parts,
+                framing,
+                keep_alive,
+                expect_continue,
+            } = head;
+            let version = parts.version;
+            let is_head = parts.method == Method::HEAD;
+            let mut decoder = Decoder::new(framing);
             let (tx, body) = if decoder.is_done() {
                 (None, RequestBody::empty())
             } else {
                 let (tx, body) = RequestBody::channel(decoder.remaining());
                 (Some(tx), body)
             };
-            let mut parts = head.parts;
-            if head.expect_continue {
+            if expect_continue {
                 parts.headers.remove(http::header::EXPECT);
                 self.stream
                     .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -108,12 +116,14 @@ impl Conn {
                 // Release the read buffer: a parked request must not keep one.
                 self.buf = BytesMut::new();
             }
-            let fut = handler(Request::from_parts(parts, body), peer);
+            // Boxed so that this connection's own future stays small in every state: the handler's future lives
+            // on the heap only while a request is in flight.
+            let fut = Box::pin(handler(Request::from_parts(parts, body), peer));
             let Some(resp) = self.drive(fut, &mut decoder, tx).await? else {
                 tracing::debug!(client.addr = %peer, "client went away before the response");
                 return Ok(());
             };
-            let keep_alive = head.keep_alive && decoder.is_done() && !stop.is_cancelled();
+            let keep_alive = keep_alive && decoder.is_done() && !stop.is_cancelled();
             let keep_alive = self
                 .write_response(resp, is_head, version, keep_alive)
                 .await?;
@@ -181,9 +191,9 @@ impl Conn {
         mut tx: Option<mpsc::Sender<Result<bytes::Bytes, BoxError>>>,
     ) -> io::Result<Option<Response<Body>>>
     where
-        F: Future<Output = Response<Body>>,
+        F: Future<Output = Response<Body>> + Unpin,
     {
-        tokio::pin!(fut);
+        let mut fut = fut;
         loop {
             let event = tokio::select! {
                 biased;

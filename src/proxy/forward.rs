@@ -123,8 +123,11 @@ impl Replayable {
         )
     }
 
-    /// The same request again, with `extra` headers (e.g. `Grip-Last`) in place of any of the same name.
-    pub fn again(&self, extra: &[(HeaderName, HeaderValue)]) -> Result<Request<Body>, ProxyError> {
+    /// The same request again, with an `extra` header (e.g. `Grip-Last`) in place of any of the same name.
+    pub fn again(
+        &self,
+        extra: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<Request<Body>, ProxyError> {
         let body = match &self.body {
             None => body::empty(),
             Some(capture) => {
@@ -150,11 +153,8 @@ impl Replayable {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
-        for (name, _) in extra {
-            req.headers_mut().remove(name);
-        }
-        for (name, value) in extra {
-            req.headers_mut().append(name.clone(), value.clone());
+        if let Some((name, value)) = extra {
+            req.headers_mut().insert(name, value);
         }
         Ok(req)
     }
