@@ -172,7 +172,7 @@ impl Default for RawOrigin {
             connect_timeout_secs: 5.0,
             response_timeout_secs: 30.0,
             pool_idle_timeout_secs: 90.0,
-            pool_max_idle_per_host: 1024,
+            pool_max_idle_per_host: 256,
             max_replay_body: 65_536,
         }
     }
