@@ -6,6 +6,8 @@ mod conn;
 mod decode;
 mod encode;
 mod head;
+#[cfg(test)]
+mod props;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -55,6 +55,11 @@ pub fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
     strip_hop_by_hop(headers);
     strip_grip_headers(headers);
     headers.insert(HeaderName::from_static("grip-sig"), add.grip_sig);
+    // What GRIP libraries may rely on: we apply `Grip-Status` (filters and `Grip-Link` are not supported).
+    headers.insert(
+        HeaderName::from_static("grip-feature"),
+        HeaderValue::from_static("status"),
+    );
     if let Some(addr) = add.client_addr {
         let ip = addr.ip().to_string();
         let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

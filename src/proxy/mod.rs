@@ -309,7 +309,8 @@ async fn read_held_body(state: &ProxyState, body: Incoming) -> Result<Bytes, Pro
 fn detach(headers: &http::HeaderMap) -> http::HeaderMap {
     let mut out = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("a valid header value stays valid when copied");
+        let mut copy = HeaderValue::from_bytes(value.as_bytes())
+            .expect("a valid header value stays valid when copied");
         copy.set_sensitive(value.is_sensitive());
         out.append(name.clone(), copy);
     }
