@@ -139,6 +139,7 @@ mod tests {
             names,
             [
                 "accept",
+                "grip-feature",
                 "grip-sig",
                 "host",
                 "x-forwarded-for",
