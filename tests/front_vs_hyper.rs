@@ -1,5 +1,6 @@
 //! Differential test of the client-facing HTTP/1.1 server against hyper's: the same raw requests go to both,
 //! each serving the same echo handler, and what comes back must agree (or, where noted, ours is stricter).
+#![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -211,7 +211,8 @@ mod tests {
 
     #[test]
     fn table() {
-        let cases: &[(Framing, &[u8], Result<(&[u8], &[u8]), &str>)] = &[
+        type Case<'a> = (Framing, &'a [u8], Result<(&'a [u8], &'a [u8]), &'a str>);
+        let cases: &[Case<'_>] = &[
             (Framing::Length(5), b"helloNEXT", Ok((b"hello", b""))),
             (
                 Framing::Chunked,

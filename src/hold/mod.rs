@@ -118,13 +118,18 @@ impl Registry {
     }
 
     /// Publishes an item: records its id as the channel's last id and, if it carries an `http-response`, releases
-    /// every client parked on the channel. Returns how many clients it was handed to.
+    /// every client parked on the channel. An item whose id was published on the channel within the last minute
+    /// is a duplicate and is dropped. Returns how many clients it was handed to.
     pub fn publish(&self, item: &Arc<Item>) -> usize {
         let now = Instant::now();
         let releases = item.http_response.is_some();
         let taken = self.with_channel(&item.channel, |c| {
             c.publish(item.id.as_deref(), releases, now)
         });
+        let Some(taken) = taken else {
+            tracing::debug!(channel = %item.channel, id = ?item.id, "duplicate item dropped");
+            return 0;
+        };
         if item.id.is_none() {
             self.forget_if_idle(&item.channel);
         } else if self.inner.channels.len() > self.inner.limits.capacity {

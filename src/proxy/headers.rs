@@ -62,9 +62,18 @@ pub fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
     );
     if let Some(addr) = add.client_addr {
         let ip = addr.ip().to_string();
-        let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-            _ => ip,
+        // Several header lines are one comma-separated list: keep every line's addresses, in order.
+        let prior: Vec<&str> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let value = if prior.is_empty() {
+            ip
+        } else {
+            format!("{}, {ip}", prior.join(", "))
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(X_FORWARDED_FOR, v);

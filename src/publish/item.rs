@@ -179,7 +179,8 @@ mod tests {
 
     #[test]
     fn accepted_forms() {
-        let cases: &[(&str, usize, Option<(u16, &str)>)] = &[
+        type Case<'a> = (&'a str, usize, Option<(u16, &'a str)>);
+        let cases: &[Case<'_>] = &[
             (r#"{"items": []}"#, 0, None),
             (
                 r#"{"items": [{"channel": "a", "formats": {"http-response": {"body": "x"}}}]}"#,

@@ -1,0 +1,718 @@
+//! The integration test harness: a recording origin (hyper, or raw TCP for misbehaviour), the proxy started
+//! in-process on 127.0.0.1:0, HTTP clients (hyper, or raw TCP for what hyper will not send), a publish helper,
+//! and `within`, which bounds every await so that a broken behaviour fails fast instead of hanging.
+
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use grip_proxy::hold::Registry;
+use grip_proxy::{App, Config};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The bound on one await: long enough for a loaded 2-core CI machine, short enough to fail fast.
+pub(crate) const LIMIT: Duration = Duration::from_secs(5);
+
+/// Awaits `fut`, or panics naming the caller's line if it takes longer than `limit`.
+#[track_caller]
+pub(crate) fn within<F: Future>(limit: Duration, fut: F) -> impl Future<Output = F::Output> {
+    let at = std::panic::Location::caller();
+    async move {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(out) => out,
+            Err(_) => panic!("timed out after {limit:?} at {at}"),
+        }
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub(crate) fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// === Bodies ===
+
+/// The body type of requests and origin replies.
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub(crate) fn empty() -> Body {
+    Empty::new().boxed_unsync()
+}
+
+/// A chunked body made of these chunks.
+pub(crate) fn chunks(list: Vec<Bytes>) -> Body {
+    let frames = list.into_iter().map(|c| Ok(Frame::data(c)));
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
+/// A chunked body whose chunks are sent through `tx`; it ends when `tx` is dropped.
+pub(crate) fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel(8);
+    (tx, ChannelBody(rx).boxed_unsync())
+}
+
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+// === Responses as a client sees them ===
+
+/// A whole response.
+#[derive(Debug)]
+pub(crate) struct Resp {
+    pub(crate) status: StatusCode,
+    /// A reason phrase other than the canonical one.
+    pub(crate) reason: Option<String>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Resp {
+    pub(crate) fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Every value of a header.
+    pub(crate) fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    /// Panics if any `Grip-*` header reached the client.
+    #[track_caller]
+    pub(crate) fn assert_no_grip_headers(&self) {
+        let grip: Vec<&str> = self
+            .headers
+            .keys()
+            .map(HeaderName::as_str)
+            .filter(|n| n.starts_with("grip-"))
+            .collect();
+        assert!(
+            grip.is_empty(),
+            "Grip-* headers reached the client: {grip:?}"
+        );
+    }
+
+    /// Panics unless this is the proxy's own short plain-text error with this status.
+    #[track_caller]
+    pub(crate) fn assert_proxy_error(&self, status: u16) {
+        assert_eq!(self.status, status, "body: {:?}", self.body);
+        let ct = self.header("content-type").unwrap_or_default();
+        assert!(ct.starts_with("text/plain"), "content-type {ct:?}");
+        assert!(
+            !self.body.is_empty() && self.body.len() < 200,
+            "{:?}",
+            self.body
+        );
+    }
+}
+
+// === hyper client ===
+
+/// A request to `path`; `Host` is added when sent if not set.
+pub(crate) fn request(method: &str, path: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(path)
+}
+
+/// One client connection (keep-alive: several requests may be sent on it, one after another).
+pub(crate) struct Conn {
+    addr: SocketAddr,
+    sender: SendRequest<Body>,
+}
+
+impl Conn {
+    pub(crate) async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Conn { addr, sender }
+    }
+
+    /// Sends a request and returns the response head with its body unread.
+    pub(crate) async fn send_head(&mut self, mut req: Request<Body>) -> Response<Incoming> {
+        if !req.headers().contains_key(http::header::HOST) {
+            let host = HeaderValue::from_str(&self.addr.to_string()).unwrap();
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+        self.sender.ready().await.unwrap();
+        self.sender.send_request(req).await.unwrap()
+    }
+
+    pub(crate) async fn send(&mut self, req: Request<Body>) -> Resp {
+        let resp = self.send_head(req).await;
+        read_body(resp).await
+    }
+}
+
+pub(crate) async fn read_body(resp: Response<Incoming>) -> Resp {
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status,
+        reason: parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned()),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// Sends one request on a new connection. Not bounded: wrap it in `within`.
+pub(crate) async fn send(addr: SocketAddr, req: Request<Body>) -> Resp {
+    Conn::open(addr).await.send(req).await
+}
+
+/// GETs `path` on a new connection. Not bounded: wrap it in `within`.
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Resp {
+    send(addr, request("GET", path).body(empty()).unwrap()).await
+}
+
+/// A request running in its own task (e.g. a client about to be held).
+pub(crate) struct Pending(JoinHandle<Resp>);
+
+impl Pending {
+    pub(crate) fn get(addr: SocketAddr, path: &str) -> Pending {
+        let path = path.to_owned();
+        Pending(tokio::spawn(async move { get(addr, &path).await }))
+    }
+
+    /// Its response, within `LIMIT`.
+    #[track_caller]
+    pub(crate) fn response(self) -> impl Future<Output = Resp> {
+        let joined = within(LIMIT, self.0);
+        async move { joined.await.unwrap() }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+// === raw TCP client ===
+
+/// A client connection that writes bytes as given (hop-by-hop headers, HTTP/1.0, a head without its body) and
+/// parses responses itself.
+pub(crate) struct RawConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub(crate) async fn open(addr: SocketAddr) -> RawConn {
+        RawConn {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one response: its head, then a body delimited by `Content-Length`, chunks, or the end of the
+    /// connection. Not bounded: wrap it in `within`.
+    pub(crate) async fn read_response(&mut self) -> Resp {
+        let (mut resp, head_len) = loop {
+            if let Some(parsed) = parse_head(&self.buf) {
+                break parsed;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a response head"
+            );
+        };
+        self.buf.drain(..head_len);
+        let no_body = resp.status.is_informational()
+            || resp.status == StatusCode::NO_CONTENT
+            || resp.status == StatusCode::NOT_MODIFIED;
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|te| te.contains("chunked"));
+        let length = resp.header("content-length").map(|l| l.parse().unwrap());
+        resp.body = if no_body {
+            Bytes::new()
+        } else if chunked {
+            self.read_chunked().await
+        } else if let Some(len) = length {
+            self.read_exact(len).await
+        } else {
+            while self.fill().await {}
+            std::mem::take(&mut self.buf).into()
+        };
+        resp
+    }
+
+    /// Whether the server closed the connection (reads until EOF; data is an error).
+    pub(crate) async fn closed(&mut self) -> bool {
+        !self.fill().await && self.buf.is_empty()
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    async fn read_exact(&mut self, len: usize) -> Bytes {
+        while self.buf.len() < len {
+            assert!(self.fill().await, "connection closed inside a body");
+        }
+        self.buf.drain(..len).collect::<Vec<u8>>().into()
+    }
+
+    async fn read_line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf[..i].to_vec()).unwrap();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill().await, "connection closed inside a chunked body");
+        }
+    }
+
+    async fn read_chunked(&mut self) -> Bytes {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line().await;
+            let size = line.split(';').next().unwrap().trim();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            if size == 0 {
+                while !self.read_line().await.is_empty() {} // trailers
+                return body.into();
+            }
+            body.extend_from_slice(&self.read_exact(size).await);
+            assert!(
+                self.read_line().await.is_empty(),
+                "chunk not followed by CRLF"
+            );
+        }
+    }
+}
+
+fn parse_head(buf: &[u8]) -> Option<(Resp, usize)> {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf).unwrap() {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return None,
+    };
+    let mut headers = HeaderMap::new();
+    for h in parsed.headers.iter() {
+        headers.append(
+            HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(h.value).unwrap(),
+        );
+    }
+    let resp = Resp {
+        status: StatusCode::from_u16(parsed.code.unwrap()).unwrap(),
+        reason: parsed.reason.map(str::to_owned),
+        headers,
+        body: Bytes::new(),
+    };
+    Some((resp, len))
+}
+
+// === Origin ===
+
+/// A request as the origin received it.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    /// 0 for the first request the origin received, then 1, ...
+    pub(crate) seq: usize,
+    pub(crate) method: Method,
+    /// Path and query.
+    pub(crate) uri: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Recorded {
+    pub(crate) fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap()
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Names of the `Grip-*` headers received.
+    pub(crate) fn grip_headers(&self) -> Vec<&str> {
+        self.headers
+            .keys()
+            .map(HeaderName::as_str)
+            .filter(|n| n.starts_with("grip-"))
+            .collect()
+    }
+}
+
+/// What the origin answers.
+pub(crate) struct Reply {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Body,
+    delay: Duration,
+}
+
+impl Reply {
+    pub(crate) fn status(code: u16) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(code).unwrap(),
+            headers: Vec::new(),
+            body: empty(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// `200` with this body.
+    pub(crate) fn text(body: &str) -> Reply {
+        Reply::status(200).body(body.to_owned())
+    }
+
+    /// `200`, `Grip-Hold: response` and this `Grip-Channel` value, body `held\n`.
+    pub(crate) fn hold(channel: &str) -> Reply {
+        Reply::text("held\n")
+            .header("Grip-Hold", "response")
+            .header("Grip-Channel", channel)
+    }
+
+    /// Adds a header (repeatable).
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        ));
+        self
+    }
+
+    pub(crate) fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = full(body);
+        self
+    }
+
+    /// A chunked body, sent as the test feeds it.
+    pub(crate) fn streamed(mut self, body: Body) -> Reply {
+        self.body = body;
+        self
+    }
+
+    /// Waits this long before answering.
+    pub(crate) fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+struct Log {
+    requests: Mutex<Vec<Recorded>>,
+    count: watch::Sender<usize>,
+}
+
+impl Log {
+    fn record(&self, parts: http::request::Parts, body: Bytes) -> Recorded {
+        let mut requests = self.requests.lock();
+        let rec = Recorded {
+            seq: requests.len(),
+            method: parts.method,
+            uri: parts.uri.to_string(),
+            headers: parts.headers,
+            body,
+        };
+        requests.push(rec.clone());
+        self.count.send_replace(requests.len());
+        rec
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1:0 that records every request (head and whole body) before its handler
+/// answers. Stops (with all its connections) on drop.
+pub(crate) struct Origin {
+    addr: SocketAddr,
+    log: Arc<Log>,
+    task: JoinHandle<()>,
+}
+
+impl Origin {
+    pub(crate) async fn start<H>(handler: H) -> Origin
+    where
+        H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Log {
+            requests: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+        });
+        let handler = Arc::new(handler);
+        let task = tokio::spawn(serve_origin(listener, log.clone(), handler));
+        Origin { addr, log, task }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Everything received so far.
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
+        self.log.requests.lock().clone()
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.log.requests.lock().len()
+    }
+
+    /// Waits (within `LIMIT`) until request number `n` (0-based) has arrived, and returns it.
+    #[track_caller]
+    pub(crate) fn nth(&self, n: usize) -> impl Future<Output = Recorded> + '_ {
+        let mut count = self.log.count.subscribe();
+        let arrived = within(LIMIT, async move {
+            count.wait_for(|c| *c > n).await.unwrap();
+        });
+        async move {
+            arrived.await;
+            self.log.requests.lock()[n].clone()
+        }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_origin<H>(listener: TcpListener, log: Arc<Log>, handler: Arc<H>)
+where
+    H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+{
+    // Owned here so that aborting this task closes every connection too.
+    let mut conns = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        while conns.try_join_next().is_some() {}
+        let (log, handler) = (log.clone(), handler.clone());
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (log, handler) = (log.clone(), handler.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let reply = handler(&log.record(parts, body));
+                tokio::time::sleep(reply.delay).await;
+                let mut resp = Response::new(reply.body);
+                *resp.status_mut() = reply.status;
+                for (name, value) in reply.headers {
+                    resp.headers_mut().append(name, value);
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        conns.spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
+    }
+}
+
+/// An origin that reads a request head, writes `answer` (maybe nothing), and closes the connection.
+pub(crate) struct RawOrigin {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RawOrigin {
+    pub(crate) async fn start(answer: &'static [u8]) -> RawOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+            }
+        });
+        RawOrigin { addr, task }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === Proxy ===
+
+/// The proxy's config: TOML snippets, then the listeners on 127.0.0.1:0.
+pub(crate) struct ProxyBuilder {
+    toml: String,
+}
+
+impl ProxyBuilder {
+    /// Adds TOML (a section such as `[hold]\nmin_timeout_secs = 1`, or `[[routes]]`).
+    pub(crate) fn toml(mut self, text: &str) -> ProxyBuilder {
+        self.toml.push_str(text);
+        self.toml.push('\n');
+        self
+    }
+
+    pub(crate) async fn start(self) -> Proxy {
+        let mut config = Config::from_toml_str(&self.toml)
+            .unwrap_or_else(|e| panic!("test config: {e}\n{}", self.toml));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.control_listen = "127.0.0.1:0".parse().unwrap();
+        let app = App::start(config).await.unwrap();
+        Proxy { app: Some(app) }
+    }
+}
+
+/// The proxy running in-process. Dropping it stops its listeners; `shutdown` stops it in order.
+pub(crate) struct Proxy {
+    app: Option<App>,
+}
+
+impl Proxy {
+    /// A proxy whose one route sends everything to `origin`; add settings with `.toml(..)`.
+    pub(crate) fn to(origin: SocketAddr) -> ProxyBuilder {
+        Proxy::with_routes(&format!("[[routes]]\norigin = \"http://{origin}\""))
+    }
+
+    /// A proxy with these `[[routes]]`.
+    pub(crate) fn with_routes(routes: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            toml: String::new(),
+        }
+        .toml(routes)
+    }
+
+    /// A proxy in front of `origin` with the default settings.
+    pub(crate) async fn start(origin: SocketAddr) -> Proxy {
+        Proxy::to(origin).start().await
+    }
+
+    fn app(&self) -> &App {
+        self.app.as_ref().unwrap()
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.app().proxy_addr()
+    }
+
+    pub(crate) fn control_addr(&self) -> SocketAddr {
+        self.app().control_addr()
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        self.app().registry()
+    }
+
+    /// Waits (within `LIMIT`) until exactly `n` clients are parked.
+    #[track_caller]
+    pub(crate) fn wait_held(&self, n: usize) -> impl Future<Output = ()> + '_ {
+        within(LIMIT, self.registry().wait_held(move |held| held == n))
+    }
+
+    /// GETs `path` through the proxy on a new connection, within `LIMIT`.
+    #[track_caller]
+    pub(crate) fn get<'a>(&self, path: &'a str) -> impl Future<Output = Resp> + 'a {
+        within(LIMIT, get(self.addr(), path))
+    }
+
+    /// Sends a request through the proxy on a new connection, within `LIMIT`.
+    #[track_caller]
+    pub(crate) fn send(&self, req: Request<Body>) -> impl Future<Output = Resp> {
+        within(LIMIT, send(self.addr(), req))
+    }
+
+    /// Stops as the binary does on SIGTERM, within `LIMIT`.
+    pub(crate) async fn shutdown(mut self) {
+        let app = self.app.take().unwrap();
+        within(LIMIT, app.shutdown()).await;
+    }
+}
+
+// === Publishing ===
+
+/// POSTs `body` to the control API's `/publish/`, within `LIMIT`.
+#[track_caller]
+pub(crate) fn publish(proxy: &Proxy, body: Value) -> impl Future<Output = Resp> {
+    let req = request("POST", "/publish/")
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap();
+    within(LIMIT, send(proxy.control_addr(), req))
+}
+
+/// An item with an `http-response` format holding `body`.
+pub(crate) fn item(channel: &str, body: &str) -> Value {
+    json!({"channel": channel, "formats": {"http-response": {"body": body}}})
+}
+
+/// `{"items": [..]}`.
+pub(crate) fn items(list: &[Value]) -> Value {
+    json!({ "items": list })
+}
