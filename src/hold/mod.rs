@@ -23,6 +23,8 @@ pub enum Delivery {
     Item(Arc<Item>),
     /// The proxy is shutting down: answer with the timeout response now.
     Shutdown,
+    /// What the client waits for may have been missed (recovery, a bus outage): re-fetch from the origin.
+    Refetch,
 }
 
 /// Why a client could not be parked.
@@ -151,16 +153,36 @@ impl Registry {
     /// Refuses new parks and answers every parked client with `Delivery::Shutdown`.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        self.release_all(Delivery::Shutdown, false);
+    }
+
+    /// Recovery (`POST /recover`, or a bus back from an outage): forgets every last id, and makes every parked
+    /// client re-fetch from its origin. Returns how many clients were told.
+    pub fn recover(&self) -> usize {
+        self.release_all(Delivery::Refetch, true)
+    }
+
+    fn release_all(&self, delivery: Delivery, forget_ids: bool) -> usize {
         let mut slots = Vec::new();
         for mut entry in self.inner.channels.iter_mut() {
             slots.extend(std::mem::take(&mut entry.waiters).into_values());
+            if forget_ids {
+                entry.last_id = None;
+            }
         }
+        if forget_ids {
+            self.inner.channels.retain(|_, c| !c.is_idle());
+        }
+        let mut told = 0;
         for slot in slots {
             let sender = slot.lock().take();
             if let Some(tx) = sender {
-                let _ = tx.send(Delivery::Shutdown);
+                if tx.send(delivery.clone()).is_ok() {
+                    told += 1;
+                }
             }
         }
+        told
     }
 
     /// Whether `close()` was called.

@@ -344,6 +344,7 @@ async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts) -> Wa
     };
     let item = match delivery {
         Delivery::Shutdown => return Waited::Answer(held.to_response(), Outcome::Shutdown),
+        Delivery::Refetch => return Waited::Refetch(None),
         Delivery::Item(item) => item,
     };
     let Some(published) = &item.http_response else {
