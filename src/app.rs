@@ -70,6 +70,8 @@ impl App {
         let control = Arc::new(Control {
             registry: registry.clone(),
             max_body: config.control_max_body,
+            auth: crate::publish::auth::Auth::new(&config.control_auth)
+                .expect("auth keys were checked when the config was validated"),
         });
         tasks.spawn(server::serve(
             "control",

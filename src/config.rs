@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub control: RawControl,
     /// `[hold]`
     pub hold: RawHold,
+    /// `[publish]`
+    pub publish: RawPublish,
     /// `[origin]`
     pub origin: RawOrigin,
     /// `[last_ids]`
@@ -73,6 +75,7 @@ impl Default for RawConfig {
             proxy: RawProxy::default(),
             control: RawControl::default(),
             hold: RawHold::default(),
+            publish: RawPublish::default(),
             origin: RawOrigin::default(),
             last_ids: RawLastIds::default(),
             shutdown: RawShutdown::default(),
@@ -91,6 +94,17 @@ pub struct RawProxy {
     pub x_forwarded_for: bool,
     /// Set `X-Forwarded-Proto` to the scheme the client used.
     pub x_forwarded_proto: bool,
+    /// Largest request head (request line and headers), in bytes; larger is answered 431.
+    pub max_request_head: usize,
+    /// Largest request body, in bytes; larger is answered 413.
+    pub max_request_body: u64,
+    /// Most clients held at once; beyond it a new hold is answered 503 with `Retry-After`.
+    pub max_held: usize,
+    /// Key (HS256 secret) of a trusted GRIP proxy in front: requests with a valid `Grip-Sig` under it keep their
+    /// `Grip-*` headers. Secret forms: literal, `env:NAME`, `file:PATH`, then optionally `base64:...`.
+    pub upstream_sig_key: Option<String>,
+    /// Or the PEM public key (ES256 or RS256) of that proxy, as a secret spec (usually `file:PATH`).
+    pub upstream_sig_public_key: Option<String>,
 }
 
 impl Default for RawProxy {
@@ -99,6 +113,11 @@ impl Default for RawProxy {
             listen: "0.0.0.0:7999".into(),
             x_forwarded_for: true,
             x_forwarded_proto: true,
+            max_request_head: 64 * 1024,
+            max_request_body: 10_000_000,
+            max_held: 100_000,
+            upstream_sig_key: None,
+            upstream_sig_public_key: None,
         }
     }
 }
@@ -111,6 +130,8 @@ pub struct RawControl {
     pub listen: String,
     /// Largest publish body accepted, in bytes (Pushpin's limit).
     pub max_body: usize,
+    /// `[control.auth]`: credentials publishers must present (none by default).
+    pub auth: RawAuth,
 }
 
 impl Default for RawControl {
@@ -118,8 +139,27 @@ impl Default for RawControl {
         RawControl {
             listen: "127.0.0.1:5561".into(),
             max_body: 1_000_000,
+            auth: RawAuth::default(),
         }
     }
+}
+
+/// `[control.auth]`: any configured method is accepted; with none, the control API is open.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// A static key: `Authorization: Bearer <key>`. Secret spec.
+    pub bearer_key: Option<String>,
+    /// HS256 secret for `Authorization: Bearer <JWT>`. Secret spec.
+    pub jwt_key: Option<String>,
+    /// PEM public key (ES256 or RS256) for `Bearer <JWT>`. Secret spec, usually `file:PATH`.
+    pub jwt_public_key: Option<String>,
+    /// The `iss` a JWT must carry (required with a JWT key).
+    pub jwt_iss: Option<String>,
+    /// `Authorization: Basic` user.
+    pub basic_user: Option<String>,
+    /// `Authorization: Basic` password. Secret spec.
+    pub basic_password: Option<String>,
 }
 
 /// `[hold]`: response holds.
@@ -146,6 +186,28 @@ impl Default for RawHold {
             max_timeout_secs: 3600,
             max_body: 100_000,
             max_channels: crate::grip::DEFAULT_MAX_CHANNELS,
+        }
+    }
+}
+
+/// `[publish]`: ordering and duplicate detection of published items.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPublish {
+    /// An item whose `prev-id` is not the channel's last id waits this long for its predecessor (Pushpin: 5 s).
+    pub ordering_wait_secs: f64,
+    /// Most items waiting per channel; one more sends the oldest out anyway (Pushpin: 100).
+    pub ordering_max_pending: usize,
+    /// An item whose (channel, id) was published this recently is dropped as a duplicate.
+    pub duplicate_window_secs: f64,
+}
+
+impl Default for RawPublish {
+    fn default() -> Self {
+        RawPublish {
+            ordering_wait_secs: 5.0,
+            ordering_max_pending: 100,
+            duplicate_window_secs: 60.0,
         }
     }
 }
@@ -223,8 +285,11 @@ pub struct RawRoute {
     pub origin: String,
     /// `iss` claim of the `Grip-Sig` sent to this origin.
     pub sig_iss: String,
-    /// HS256 key of the `Grip-Sig` (the client libraries' local default is `changeme`).
+    /// Key of the `Grip-Sig`: the HS256 secret (the client libraries' local default is `changeme`), or for
+    /// RS256/ES256 the PEM private key. Secret spec: literal, `env:NAME`, `file:PATH`, then optionally `base64:`.
     pub sig_key: String,
+    /// `HS256` (default), `RS256` or `ES256`.
+    pub sig_alg: String,
 }
 
 impl Default for RawRoute {
@@ -235,6 +300,7 @@ impl Default for RawRoute {
             origin: "http://127.0.0.1:8080".into(),
             sig_iss: "pushpin".into(),
             sig_key: DEFAULT_SIG_KEY.into(),
+            sig_alg: "HS256".into(),
         }
     }
 }
@@ -286,8 +352,16 @@ pub struct Config {
     pub x_forwarded_proto: bool,
     /// Largest publish body.
     pub control_max_body: usize,
+    /// Publish credentials (none: open).
+    pub control_auth: AuthConfig,
+    /// Client listener bounds.
+    pub limits: ProxyLimits,
+    /// A trusted GRIP proxy in front, if any.
+    pub upstream: Option<UpstreamConfig>,
     /// Hold settings.
     pub hold: HoldConfig,
+    /// Ordering and duplicate detection.
+    pub publish: PublishConfig,
     /// Origin client settings.
     pub origin: OriginConfig,
     /// Last-id memory bounds.
@@ -296,6 +370,71 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Routes, in file order (the table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
+}
+
+/// Validated `[control.auth]`, secrets resolved.
+#[derive(Clone, Default)]
+pub struct AuthConfig {
+    /// Static bearer key.
+    pub bearer_key: Option<Vec<u8>>,
+    /// HS256 JWT secret.
+    pub jwt_key: Option<Vec<u8>>,
+    /// PEM public key for ES256/RS256 JWTs.
+    pub jwt_public_key: Option<Vec<u8>>,
+    /// Required JWT issuer.
+    pub jwt_iss: Option<String>,
+    /// Basic user and password.
+    pub basic: Option<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // Never prints a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("bearer_key", &self.bearer_key.is_some())
+            .field("jwt_key", &self.jwt_key.is_some())
+            .field("jwt_public_key", &self.jwt_public_key.is_some())
+            .field("jwt_iss", &self.jwt_iss)
+            .field("basic_user", &self.basic.as_ref().map(|b| &b.0))
+            .finish()
+    }
+}
+
+/// Validated client-listener bounds.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    /// Largest request head.
+    pub max_request_head: usize,
+    /// Largest request body.
+    pub max_request_body: u64,
+    /// Most held clients.
+    pub max_held: usize,
+}
+
+/// A trusted GRIP proxy in front.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// HS256 secret, if given.
+    pub sig_key: Option<Vec<u8>>,
+    /// PEM public key, if given.
+    pub sig_public_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig").finish_non_exhaustive()
+    }
+}
+
+/// Validated `[publish]`.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    /// Wait for a missing predecessor this long.
+    pub ordering_wait: Duration,
+    /// Most items waiting per channel.
+    pub ordering_max_pending: usize,
+    /// Duplicate window.
+    pub duplicate_window: Duration,
 }
 
 /// Validated `[hold]`.
@@ -359,8 +498,10 @@ pub struct RouteConfig {
     pub authority: Authority,
     /// `Grip-Sig` issuer.
     pub sig_iss: String,
-    /// `Grip-Sig` key.
+    /// `Grip-Sig` key: HS256 secret or PEM private key.
     pub sig_key: Vec<u8>,
+    /// `Grip-Sig` algorithm.
+    pub sig_alg: jsonwebtoken::Algorithm,
 }
 
 impl Default for Config {
@@ -475,6 +616,26 @@ impl TryFrom<RawConfig> for Config {
             ttl: Duration::from_secs(raw.last_ids.ttl_secs),
         };
         let shutdown_grace = secs("shutdown.grace_secs", raw.shutdown.grace_secs)?;
+        let control_auth = auth(&raw.control.auth)?;
+        let p = &raw.proxy;
+        if p.max_request_head < 1024 {
+            return Err(invalid("proxy.max_request_head", "must be at least 1024"));
+        }
+        positive("proxy.max_held", p.max_held)?;
+        let limits = ProxyLimits {
+            max_request_head: p.max_request_head,
+            max_request_body: p.max_request_body,
+            max_held: p.max_held,
+        };
+        let upstream = upstream(p)?;
+        let publish = PublishConfig {
+            ordering_wait: secs("publish.ordering_wait_secs", raw.publish.ordering_wait_secs)?,
+            ordering_max_pending: raw.publish.ordering_max_pending,
+            duplicate_window: secs(
+                "publish.duplicate_window_secs",
+                raw.publish.duplicate_window_secs,
+            )?,
+        };
         if raw.routes.is_empty() {
             return Err(invalid(
                 "routes",
@@ -493,7 +654,11 @@ impl TryFrom<RawConfig> for Config {
             x_forwarded_for: raw.proxy.x_forwarded_for,
             x_forwarded_proto: raw.proxy.x_forwarded_proto,
             control_max_body: raw.control.max_body,
+            control_auth,
+            limits,
+            upstream,
             hold,
+            publish,
             origin,
             last_ids,
             shutdown_grace,
@@ -524,6 +689,65 @@ fn secs(key: &str, value: f64) -> Result<Duration, ConfigError> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| invalid(key, format!("{value} is not a positive number of seconds")))
+}
+
+fn secret(key: &str, spec: &str) -> Result<Vec<u8>, ConfigError> {
+    crate::secret::resolve(spec).map_err(|e| invalid(key, e.to_string()))
+}
+
+fn opt_secret(key: &str, spec: &Option<String>) -> Result<Option<Vec<u8>>, ConfigError> {
+    spec.as_deref().map(|s| secret(key, s)).transpose()
+}
+
+fn auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
+    let cfg = AuthConfig {
+        bearer_key: opt_secret("control.auth.bearer_key", &a.bearer_key)?,
+        jwt_key: opt_secret("control.auth.jwt_key", &a.jwt_key)?,
+        jwt_public_key: opt_secret("control.auth.jwt_public_key", &a.jwt_public_key)?,
+        jwt_iss: a.jwt_iss.clone(),
+        basic: match (&a.basic_user, &a.basic_password) {
+            (None, None) => None,
+            (Some(user), Some(pass)) => {
+                Some((user.clone(), secret("control.auth.basic_password", pass)?))
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "control.auth.basic_password",
+                    "needed with basic_user",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "control.auth.basic_user",
+                    "needed with basic_password",
+                ))
+            }
+        },
+    };
+    if (cfg.jwt_key.is_some() || cfg.jwt_public_key.is_some())
+        && cfg.jwt_iss.as_deref().unwrap_or("").is_empty()
+    {
+        return Err(invalid(
+            "control.auth.jwt_iss",
+            "needed with a JWT key: tokens must name their issuer",
+        ));
+    }
+    crate::publish::auth::Auth::new(&cfg).map_err(|e| invalid("control.auth.jwt_public_key", e))?;
+    Ok(cfg)
+}
+
+fn upstream(p: &RawProxy) -> Result<Option<UpstreamConfig>, ConfigError> {
+    let sig_key = opt_secret("proxy.upstream_sig_key", &p.upstream_sig_key)?;
+    let sig_public_key = opt_secret("proxy.upstream_sig_public_key", &p.upstream_sig_public_key)?;
+    if sig_key.is_none() && sig_public_key.is_none() {
+        return Ok(None);
+    }
+    crate::publish::auth::decoding_key(sig_key.as_deref(), sig_public_key.as_deref())
+        .map_err(|e| invalid("proxy.upstream_sig_public_key", e))?;
+    Ok(Some(UpstreamConfig {
+        sig_key,
+        sig_public_key,
+    }))
 }
 
 fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
@@ -578,16 +802,28 @@ fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
     if r.sig_iss.is_empty() {
         return Err(invalid(key("sig_iss"), "must not be empty"));
     }
-    if r.sig_key.is_empty() {
-        return Err(invalid(key("sig_key"), "must not be empty"));
-    }
+    let sig_key = secret(&key("sig_key"), &r.sig_key)?;
+    let sig_alg = match r.sig_alg.as_str() {
+        "HS256" => jsonwebtoken::Algorithm::HS256,
+        "RS256" => jsonwebtoken::Algorithm::RS256,
+        "ES256" => jsonwebtoken::Algorithm::ES256,
+        other => {
+            return Err(invalid(
+                key("sig_alg"),
+                format!("{other:?} is not supported (expected HS256, RS256 or ES256)"),
+            ))
+        }
+    };
+    crate::grip::sig::Signer::new(&r.sig_iss, sig_alg, &sig_key)
+        .map_err(|e| invalid(key("sig_key"), e))?;
     Ok(RouteConfig {
         host,
         path_prefix: r.path_prefix.clone(),
         scheme,
         authority,
         sig_iss: r.sig_iss.clone(),
-        sig_key: r.sig_key.as_bytes().to_vec(),
+        sig_key,
+        sig_alg,
     })
 }
 

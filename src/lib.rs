@@ -13,6 +13,7 @@
 //! - [`grip`]: parsing GRIP instructions (headers and instruct bodies), `Grip-Sig`, held response parts.
 //! - [`hold`]: the registry of parked clients and last ids per channel.
 //! - [`publish`]: the control API and publish item parsing.
+//! - [`secret`]: keys given literally, by environment variable or file.
 //! - [`error`], [`body`]: the proxy error type and the body type.
 //!
 //! # Errors
@@ -31,6 +32,7 @@ pub mod hold;
 pub mod proxy;
 pub mod publish;
 pub mod routes;
+pub mod secret;
 pub mod server;
 
 pub use app::App;

@@ -42,7 +42,8 @@ impl RouteTable {
                 path_prefix: r.path_prefix.clone(),
                 scheme: r.scheme.clone(),
                 authority: r.authority.clone(),
-                signer: Signer::new(&r.sig_iss, &r.sig_key),
+                signer: Signer::new(&r.sig_iss, r.sig_alg, &r.sig_key)
+                    .expect("route keys were checked when the config was validated"),
             })
             .collect();
         // Stable sort keeps file order among equally specific routes.

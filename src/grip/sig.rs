@@ -1,4 +1,5 @@
-//! `Grip-Sig`: the HS256 JWT (`iss`, `exp = now + 3600`) that proves to an origin a request came through us.
+//! `Grip-Sig`: the JWT (`iss`, `exp = now + 3600`; HS256, or RS256/ES256 with a PEM key) that proves to an origin
+//! a request came through us, and the check of one from a trusted GRIP proxy in front of us.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,7 @@ struct Claims {
 /// Signs requests for one route. Cheap to share behind an `Arc`.
 pub struct Signer {
     iss: String,
+    alg: Algorithm,
     key: EncodingKey,
     /// The token issued in the current second, reused for every request in that second: signing costs about
     /// 2 µs, a lock and a clone about 50 ns.
@@ -34,34 +36,81 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// A signer for issuer `iss` with the shared secret `key`.
-    pub fn new(iss: &str, key: &[u8]) -> Self {
-        Signer {
+    /// A signer for issuer `iss`: `key` is the HS256 secret, or the PEM private key for RS256/ES256.
+    pub fn new(iss: &str, alg: Algorithm, key: &[u8]) -> Result<Self, String> {
+        let key = match alg {
+            Algorithm::HS256 => EncodingKey::from_secret(key),
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(key)
+                .map_err(|e| format!("not a PEM RSA private key: {e}"))?,
+            Algorithm::ES256 => EncodingKey::from_ec_pem(key)
+                .map_err(|e| format!("not a PEM EC private key: {e}"))?,
+            other => return Err(format!("unsupported algorithm {other:?}")),
+        };
+        let signer = Signer {
             iss: iss.to_owned(),
-            key: EncodingKey::from_secret(key),
+            alg,
+            key,
             cached: Mutex::new(None),
-        }
+        };
+        // Sign once now, so that a key that cannot sign fails at start-up rather than on a request.
+        signer.try_header()?;
+        Ok(signer)
     }
 
     /// The `Grip-Sig` header value for a request sent now.
     pub fn header(&self) -> HeaderValue {
+        self.try_header()
+            .expect("the key signed at start-up (Signer::new), and signing cannot fail later")
+    }
+
+    fn try_header(&self) -> Result<HeaderValue, String> {
         let now = now_secs();
         let mut cached = self.cached.lock();
         if let Some((at, value)) = &*cached {
             if *at == now {
-                return value.clone();
+                return Ok(value.clone());
             }
         }
         let claims = Claims {
             iss: self.iss.clone(),
             exp: now + SIG_LIFETIME_SECS,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
-            .expect("HS256 signing of a small claims struct cannot fail");
+        let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key)
+            .map_err(|e| format!("cannot sign: {e}"))?;
         let value = HeaderValue::from_str(&token)
-            .expect("a JWT is base64url and dots: a valid header value");
+            .map_err(|_| "a JWT is not a valid header value".to_owned())?;
         *cached = Some((now, value.clone()));
-        value
+        Ok(value)
+    }
+}
+
+/// Checks `Grip-Sig` tokens from a trusted GRIP proxy in front: valid signature under one of its keys, not expired.
+pub struct Verifier {
+    keys: Vec<(DecodingKey, Validation)>,
+}
+
+impl Verifier {
+    /// From an HS256 secret and/or a PEM public key (ES256 or RS256).
+    pub fn new(secret: Option<&[u8]>, public_pem: Option<&[u8]>) -> Result<Self, String> {
+        let keys = crate::publish::auth::decoding_key(secret, public_pem)?
+            .into_iter()
+            .map(|(key, alg)| {
+                let mut v = Validation::new(alg);
+                v.set_required_spec_claims(&["exp"]);
+                (key, v)
+            })
+            .collect();
+        Ok(Verifier { keys })
+    }
+
+    /// Whether `token` is valid under one of the keys.
+    pub fn verify(&self, token: &[u8]) -> bool {
+        let Ok(token) = std::str::from_utf8(token) else {
+            return false;
+        };
+        self.keys
+            .iter()
+            .any(|(key, v)| jsonwebtoken::decode::<serde_json::Value>(token, key, v).is_ok())
     }
 }
 
@@ -87,7 +136,7 @@ mod tests {
 
     #[test]
     fn signs_and_verifies() {
-        let s = Signer::new("pushpin", b"changeme");
+        let s = Signer::new("pushpin", Algorithm::HS256, b"changeme").unwrap();
         let token = s.header();
         assert_eq!(
             verify(token.to_str().unwrap(), b"changeme").as_deref(),
@@ -95,5 +144,10 @@ mod tests {
         );
         assert!(verify(token.to_str().unwrap(), b"other").is_none());
         assert_eq!(s.header(), token, "reused within the same second");
+        let v = Verifier::new(Some(b"changeme"), None).unwrap();
+        assert!(v.verify(token.as_bytes()));
+        assert!(!Verifier::new(Some(b"x"), None)
+            .unwrap()
+            .verify(token.as_bytes()));
     }
 }

@@ -1,6 +1,7 @@
-//! The control API: `POST /publish/` (items released to held clients), `GET /` (a banner). Its own listener,
-//! loopback by default.
+//! The control API: `POST /publish/` (items released to held clients), `POST /recover` (forget last ids, re-fetch
+//! every held client), `GET /` (a banner). Its own listener, loopback by default; optional credentials.
 
+pub mod auth;
 pub mod item;
 
 use std::sync::Arc;
@@ -19,13 +20,38 @@ pub struct Control {
     pub registry: Registry,
     /// Largest publish body accepted.
     pub max_body: usize,
+    /// Credentials required to publish or recover (none: open).
+    pub auth: auth::Auth,
 }
 
 /// Serves one control API request. Never fails: every error is a response.
 pub async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
     let path = normalize(req.uri().path());
     match path {
-        "/publish" | "/publish/" => publish(&control, req).await,
+        "/publish" | "/publish/" | "/recover" | "/recover/" => {
+            if req.method() != Method::POST {
+                let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                return resp;
+            }
+            if let Err(e) = control.auth.check(req.headers()) {
+                tracing::warn!(path, error = %e, "control request refused: authentication failed");
+                let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, control.auth.challenge());
+                return resp;
+            }
+            if path.starts_with("/recover") {
+                let told = control.registry.recover();
+                tracing::info!(
+                    refetched = told,
+                    "recover: last ids forgotten, held clients re-fetched"
+                );
+                return text(StatusCode::OK, "Recovered\n");
+            }
+            publish(&control, req).await
+        }
         "/" if req.method() == Method::GET || req.method() == Method::HEAD => {
             text(StatusCode::OK, "grip-proxy control API\n")
         }
@@ -40,12 +66,6 @@ fn normalize(path: &str) -> &str {
 }
 
 async fn publish(control: &Control, req: Request<Incoming>) -> Response<Body> {
-    if req.method() != Method::POST {
-        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return resp;
-    }
     let wants_json = accepts_json(&req);
     let declared = req
         .headers()
