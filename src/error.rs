@@ -43,6 +43,12 @@ pub enum ProxyError {
     /// The proxy is shutting down and takes no new holds.
     #[error("proxy is shutting down")]
     ShuttingDown,
+    /// As many clients are held as `proxy.max_held` allows: the origin's answer is discarded.
+    #[error("too many held clients (proxy.max_held); the origin's hold was discarded")]
+    HoldsExhausted,
+    /// The client's request body is larger than `proxy.max_request_body`.
+    #[error("request body larger than proxy.max_request_body")]
+    BodyTooLarge,
 }
 
 impl ProxyError {
@@ -56,15 +62,16 @@ impl ProxyError {
             | ProxyError::NotReplayable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ShuttingDown | ProxyError::HoldsExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
     /// Who is to blame, for logging.
     pub fn source_kind(&self) -> Source {
         match self {
-            ProxyError::BadRequest(_) => Source::Client,
-            ProxyError::ShuttingDown | ProxyError::NotReplayable(_) => Source::Internal,
+            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => Source::Client,
+            ProxyError::ShuttingDown | ProxyError::NotReplayable(_) | ProxyError::HoldsExhausted => Source::Internal,
             _ => Source::Origin,
         }
     }
@@ -80,6 +87,8 @@ impl ProxyError {
             ProxyError::NotReplayable(_) => "Bad Gateway: request could not be re-sent to origin\n",
             ProxyError::BadRequest(_) => "Bad Request\n",
             ProxyError::ShuttingDown => "Service Unavailable: shutting down\n",
+            ProxyError::HoldsExhausted => "Service Unavailable: too many held clients, retry later\n",
+            ProxyError::BodyTooLarge => "Payload Too Large\n",
         }
     }
 
@@ -91,7 +100,7 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, ProxyError::ShuttingDown) {
+        if matches!(self, ProxyError::ShuttingDown | ProxyError::HoldsExhausted) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

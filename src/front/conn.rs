@@ -99,7 +99,19 @@ impl Conn {
             } = head;
             let version = parts.version;
             let is_head = parts.method == Method::HEAD;
+            if let head::Framing::Length(n) = framing {
+                if n > self.limits.max_body {
+                    tracing::info!(client.addr = %peer, length = n, limit = self.limits.max_body, "request body too large");
+                    return self
+                        .write_reject(Reject {
+                            status: StatusCode::PAYLOAD_TOO_LARGE,
+                            reason: "request body too large",
+                        })
+                        .await;
+                }
+            }
             let mut decoder = Decoder::new(framing);
+            let mut body_len: u64 = 0;
             let (tx, body) = if decoder.is_done() {
                 (None, RequestBody::empty())
             } else {
@@ -119,7 +131,7 @@ impl Conn {
             // Boxed so that this connection's own future stays small in every state: the handler's future lives
             // on the heap only while a request is in flight.
             let fut = Box::pin(handler(Request::from_parts(parts, body), peer));
-            let Some(resp) = self.drive(fut, &mut decoder, tx).await? else {
+            let Some(resp) = self.drive(fut, &mut decoder, &mut body_len, tx).await? else {
                 tracing::debug!(client.addr = %peer, "client went away before the response");
                 return Ok(());
             };
@@ -188,6 +200,7 @@ impl Conn {
         &mut self,
         fut: F,
         decoder: &mut Decoder,
+        body_len: &mut u64,
         mut tx: Option<mpsc::Sender<Result<bytes::Bytes, BoxError>>>,
     ) -> io::Result<Option<Response<Body>>>
     where
@@ -198,7 +211,7 @@ impl Conn {
             let event = tokio::select! {
                 biased;
                 resp = &mut fut => return Ok(Some(resp)),
-                event = self.io_step(decoder, &mut tx) => event?,
+                event = self.io_step(decoder, body_len, &mut tx) => event?,
             };
             match event {
                 Event::Progress => {}
@@ -216,11 +229,18 @@ impl Conn {
     async fn io_step(
         &mut self,
         decoder: &mut Decoder,
+        body_len: &mut u64,
         tx: &mut Option<mpsc::Sender<Result<bytes::Bytes, BoxError>>>,
     ) -> io::Result<Event> {
         if let Some(sender) = tx.as_ref() {
             match decoder.decode(&mut self.buf) {
                 Ok(Decoded::Data(data)) => {
+                    *body_len += data.len() as u64;
+                    if *body_len > self.limits.max_body {
+                        let _ = sender.send(Err(Box::new(super::BodyTooLarge(self.limits.max_body)))).await;
+                        *tx = None;
+                        return Ok(Event::Quiet);
+                    }
                     if sender.send(Ok(data)).await.is_err() {
                         // The handler dropped the body: the rest is never read, so the connection will close.
                         *tx = None;

@@ -26,6 +26,9 @@ pub use body::RequestBody;
 pub struct Limits {
     /// Largest request head (request line and headers); larger is a 431.
     pub max_head: usize,
+    /// Largest request body; a larger declared length is a 413 before anything is read, and a chunked body that
+    /// grows past it fails with [`BodyTooLarge`].
+    pub max_body: u64,
     /// Time allowed for a request head to arrive, and for an idle keep-alive connection to start the next one.
     pub header_timeout: Duration,
 }
@@ -34,10 +37,26 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_head: 64 * 1024,
+            max_body: 10_000_000,
             header_timeout: Duration::from_secs(30),
         }
     }
 }
+
+impl From<&crate::config::ProxyLimits> for Limits {
+    fn from(l: &crate::config::ProxyLimits) -> Self {
+        Limits {
+            max_head: l.max_request_head,
+            max_body: l.max_request_body,
+            ..Limits::default()
+        }
+    }
+}
+
+/// The error a request body yields when it grows past [`Limits::max_body`]; the proxy answers 413.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
 
 /// After an accept error (e.g. out of file descriptors), wait this long before accepting again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -109,7 +128,7 @@ mod tests {
         let config = Config::default();
         let state = Arc::new(ProxyState::new(
             &config,
-            Registry::new(config.last_ids.clone()),
+            Registry::new((&config).into()),
         ));
         let handler = move |req, peer| proxy::serve(state.clone(), req, peer);
         let fut = conn::run(

@@ -1,5 +1,6 @@
-//! One channel's state: the clients parked on it and the id of the last item published to it. The park/publish
-//! ordering invariant lives here: both run under the channel's map-entry lock and do O(1) work there.
+//! One channel's state: the clients parked on it, the id of the last item published to it, items waiting for a
+//! missing predecessor, and recent ids (duplicates). The park/publish ordering invariant lives here: both run
+//! under the channel's map-entry lock and do bounded work there.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,17 +11,28 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Delivery;
+use crate::publish::item::Item;
 
 /// Where a parked client is told what happened. A hold on several channels puts the same slot in each; the first
 /// delivery takes the sender and the others find `None`.
 pub(crate) type Slot = Arc<Mutex<Option<oneshot::Sender<Delivery>>>>;
 
-/// An item whose id was published on the channel this recently is a duplicate and is dropped (GRIP.md 6): a
-/// publisher that retries a POST which was applied (Python's retries once after a 5xx) must not deliver it twice.
-pub(crate) const DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
+/// Parked clients by waiter id.
+pub(crate) type Waiters = HashMap<u64, Slot>;
 
 /// Ids remembered per channel for duplicate detection: bounds the memory and the scan of a busy channel.
 const RECENT_IDS_MAX: usize = 32;
+
+/// How items are sequenced on a channel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sequencing {
+    /// An out-of-order item waits this long for its predecessor.
+    pub(crate) wait: Duration,
+    /// Most items waiting; one more sends the oldest out anyway.
+    pub(crate) max_pending: usize,
+    /// A (channel, id) seen this recently is a duplicate.
+    pub(crate) duplicate_window: Duration,
+}
 
 /// What park decided for one channel.
 pub(crate) enum ParkOutcome {
@@ -31,15 +43,27 @@ pub(crate) enum ParkOutcome {
     Stale,
 }
 
+/// What a publish did to a channel: items to deliver now, in order, each with the waiters it takes.
+#[derive(Default)]
+pub(crate) struct Published {
+    pub(crate) deliveries: Vec<(Arc<Item>, Waiters)>,
+    /// The item was queued to wait for its predecessor until this instant.
+    pub(crate) queued_until: Option<Instant>,
+    /// The item was a duplicate and dropped.
+    pub(crate) duplicate: bool,
+}
+
 /// A channel entry in the registry map.
 pub(crate) struct Channel {
-    /// Parked clients by waiter id.
-    pub(crate) waiters: HashMap<u64, Slot>,
+    /// Parked clients.
+    pub(crate) waiters: Waiters,
     /// Id of the last item published here, if known.
     pub(crate) last_id: Option<Box<str>>,
     /// When `last_id` was set: for expiry and least-recently-published eviction.
     pub(crate) published_at: Instant,
-    /// Ids published within `DUPLICATE_WINDOW`, oldest first, at most `RECENT_IDS_MAX`.
+    /// Items whose `prev-id` is not the last id, waiting for their predecessor, oldest first.
+    pending: VecDeque<(Arc<Item>, Instant)>,
+    /// Ids published within the duplicate window, oldest first, at most `RECENT_IDS_MAX`.
     recent_ids: VecDeque<(Box<str>, Instant)>,
 }
 
@@ -49,6 +73,7 @@ impl Channel {
             waiters: HashMap::new(),
             last_id: None,
             published_at: Instant::now(),
+            pending: VecDeque::new(),
             recent_ids: VecDeque::new(),
         }
     }
@@ -65,33 +90,77 @@ impl Channel {
         ParkOutcome::Parked
     }
 
-    /// Records the item's id as the last id, then takes the waiters if the item releases them. `None`: the id was
-    /// published within `DUPLICATE_WINDOW`, and the item is dropped. Runs under the entry lock; the caller sends
-    /// after releasing it.
-    pub(crate) fn publish(
-        &mut self,
-        id: Option<&str>,
-        releases: bool,
-        now: Instant,
-    ) -> Option<HashMap<u64, Slot>> {
-        if let Some(id) = id {
-            if self.seen_recently(id, now) {
-                return None;
+    /// Publishes an item (as Pushpin sequences them): a duplicate id is dropped; an item whose `prev-id` is not
+    /// the known last id waits for its predecessor (unless `no-seq`); otherwise it goes out now, followed by any
+    /// waiting items it was the predecessor of. Runs under the entry lock; the caller sends after releasing it.
+    pub(crate) fn publish(&mut self, item: &Arc<Item>, now: Instant, seq: Sequencing) -> Published {
+        let mut out = Published::default();
+        if let Some(id) = item.id.as_deref() {
+            if self.seen_recently(id, now, seq.duplicate_window) {
+                out.duplicate = true;
+                return out;
             }
         }
-        self.last_id = id.map(Box::from);
-        self.published_at = now;
-        Some(if releases {
-            std::mem::take(&mut self.waiters)
-        } else {
-            HashMap::new()
-        })
+        let out_of_order = !item.no_seq
+            && seq.max_pending > 0
+            && matches!((item.prev_id.as_deref(), self.last_id.as_deref()), (Some(p), Some(l)) if p != l);
+        if out_of_order {
+            if self.pending.len() >= seq.max_pending {
+                if let Some((oldest, _)) = self.pending.pop_front() {
+                    self.apply_chain(oldest, now, &mut out);
+                }
+            }
+            let deadline = now + seq.wait;
+            self.pending.push_back((item.clone(), deadline));
+            out.queued_until = Some(deadline);
+            return out;
+        }
+        self.apply_chain(item.clone(), now, &mut out);
+        out
     }
 
-    /// Whether `id` was published within `DUPLICATE_WINDOW`; remembers it if not.
-    fn seen_recently(&mut self, id: &str, now: Instant) -> bool {
+    /// Sends out, in order, the waiting items whose time is up (each followed by what it was the predecessor of).
+    pub(crate) fn flush_expired(&mut self, now: Instant) -> Published {
+        let mut out = Published::default();
+        while let Some((_, deadline)) = self.pending.front() {
+            if *deadline > now {
+                break;
+            }
+            if let Some((item, _)) = self.pending.pop_front() {
+                self.apply_chain(item, now, &mut out);
+            }
+        }
+        out.queued_until = self.pending.front().map(|(_, d)| *d);
+        out
+    }
+
+    fn apply_chain(&mut self, item: Arc<Item>, now: Instant, out: &mut Published) {
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            self.last_id = item.id.clone();
+            self.published_at = now;
+            let waiters = if item.http_response.is_some() {
+                std::mem::take(&mut self.waiters)
+            } else {
+                HashMap::new()
+            };
+            out.deliveries.push((item, waiters));
+            if let Some(last) = self.last_id.as_deref() {
+                if let Some(pos) = self
+                    .pending
+                    .iter()
+                    .position(|(p, _)| p.prev_id.as_deref() == Some(last))
+                {
+                    next = self.pending.remove(pos).map(|(p, _)| p);
+                }
+            }
+        }
+    }
+
+    /// Whether `id` was published within `window`; remembers it if not.
+    fn seen_recently(&mut self, id: &str, now: Instant, window: Duration) -> bool {
         while let Some((_, at)) = self.recent_ids.front() {
-            if now.saturating_duration_since(*at) < DUPLICATE_WINDOW {
+            if now.saturating_duration_since(*at) < window {
                 break;
             }
             self.recent_ids.pop_front();
@@ -106,9 +175,9 @@ impl Channel {
         false
     }
 
-    /// Nothing worth keeping: no waiters and no last id.
+    /// Nothing worth keeping: no waiters, no last id, nothing pending.
     pub(crate) fn is_idle(&self) -> bool {
-        self.waiters.is_empty() && self.last_id.is_none()
+        self.waiters.is_empty() && self.last_id.is_none() && self.pending.is_empty()
     }
 }
 
@@ -116,33 +185,44 @@ impl Channel {
 mod tests {
     use super::*;
 
+    const SEQ: Sequencing = Sequencing {
+        wait: Duration::from_secs(5),
+        max_pending: 2,
+        duplicate_window: Duration::from_secs(60),
+    };
+
     fn slot() -> (Slot, oneshot::Receiver<Delivery>) {
         let (tx, rx) = oneshot::channel();
         (Arc::new(Mutex::new(Some(tx))), rx)
+    }
+
+    fn item(id: Option<&str>, prev: Option<&str>) -> Arc<Item> {
+        Arc::new(Item::test_response("c", id, prev, "x"))
+    }
+
+    fn ids(p: &Published) -> Vec<String> {
+        p.deliveries
+            .iter()
+            .map(|(i, _)| i.id.as_deref().unwrap_or("-").to_owned())
+            .collect()
     }
 
     #[tokio::test]
     async fn park_checks_prev_id_then_inserts() {
         let mut c = Channel::new();
         let (s, _rx) = slot();
-        assert!(
-            matches!(c.park(1, &s, Some("x")), ParkOutcome::Parked),
-            "unknown last id: park"
-        );
-        c.publish(Some("2"), false, Instant::now());
+        assert!(matches!(c.park(1, &s, Some("x")), ParkOutcome::Parked), "unknown last id: park");
+        c.publish(&item(Some("2"), None), Instant::now(), SEQ);
         assert!(matches!(c.park(2, &s, Some("2")), ParkOutcome::Parked));
         assert!(matches!(c.park(3, &s, Some("1")), ParkOutcome::Stale));
         assert!(c.last_id.is_none(), "stale park forgets the last id");
-        assert!(
-            matches!(c.park(4, &s, Some("1")), ParkOutcome::Parked),
-            "retry is accepted"
-        );
+        assert!(matches!(c.park(4, &s, Some("1")), ParkOutcome::Parked), "retry is accepted");
         assert_eq!(c.waiters.len(), 3);
-        let taken = c.publish(Some("3"), true, Instant::now()).unwrap();
-        assert_eq!(taken.len(), 3);
+        let p = c.publish(&item(Some("3"), None), Instant::now(), SEQ);
+        assert_eq!(p.deliveries[0].1.len(), 3);
         assert!(c.waiters.is_empty());
         assert_eq!(c.last_id.as_deref(), Some("3"));
-        c.publish(None, true, Instant::now());
+        c.publish(&item(None, None), Instant::now(), SEQ);
         assert!(c.is_idle());
     }
 
@@ -150,18 +230,42 @@ mod tests {
     async fn a_recent_id_is_a_duplicate() {
         let mut c = Channel::new();
         let (s, _rx) = slot();
-        assert!(c.publish(Some("1"), true, Instant::now()).is_some());
+        assert!(!c.publish(&item(Some("1"), None), Instant::now(), SEQ).duplicate);
         c.park(1, &s, None);
-        assert!(c.publish(Some("1"), true, Instant::now()).is_none());
+        let p = c.publish(&item(Some("1"), None), Instant::now(), SEQ);
+        assert!(p.duplicate && p.deliveries.is_empty());
         assert_eq!(c.waiters.len(), 1, "a duplicate takes no one");
-        assert!(
-            c.publish(None, true, Instant::now()).is_some(),
-            "no id: never a duplicate"
-        );
-        tokio::time::advance(DUPLICATE_WINDOW).await;
-        assert!(
-            c.publish(Some("1"), true, Instant::now()).is_some(),
-            "the window is over"
-        );
+        assert!(!c.publish(&item(None, None), Instant::now(), SEQ).duplicate, "no id: never a duplicate");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(!c.publish(&item(Some("1"), None), Instant::now(), SEQ).duplicate, "outside the window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_order_items_wait_for_their_predecessor() {
+        let mut c = Channel::new();
+        let now = Instant::now();
+        assert_eq!(ids(&c.publish(&item(Some("1"), None), now, SEQ)), ["1"], "first item goes at once");
+        let p = c.publish(&item(Some("3"), Some("2")), now, SEQ);
+        assert!(p.deliveries.is_empty());
+        assert_eq!(p.queued_until, Some(now + SEQ.wait));
+        assert_eq!(ids(&c.publish(&item(Some("2"), Some("1")), now, SEQ)), ["2", "3"], "both, in order");
+        assert_eq!(c.last_id.as_deref(), Some("3"));
+        let mut no_seq = Item::test_response("c", Some("9"), Some("7"), "x");
+        no_seq.no_seq = true;
+        assert_eq!(ids(&c.publish(&Arc::new(no_seq), now, SEQ)), ["9"], "no-seq skips the wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_is_bounded_in_time_and_count() {
+        let mut c = Channel::new();
+        let now = Instant::now();
+        c.publish(&item(Some("1"), None), now, SEQ);
+        c.publish(&item(Some("5"), Some("4")), now, SEQ);
+        assert!(c.flush_expired(now + Duration::from_secs(4)).deliveries.is_empty());
+        assert_eq!(ids(&c.flush_expired(now + SEQ.wait)), ["5"], "sent anyway after the wait");
+        c.publish(&item(Some("7"), Some("6")), now, SEQ);
+        c.publish(&item(Some("9"), Some("8")), now, SEQ);
+        assert_eq!(ids(&c.publish(&item(Some("11"), Some("10")), now, SEQ)), ["7"], "over the count: oldest goes");
+        assert!(!c.is_idle());
     }
 }

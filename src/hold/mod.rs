@@ -11,10 +11,26 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::config::LastIdsConfig;
+use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
 use crate::publish::item::Item;
 use channel::{Channel, ParkOutcome, Slot};
+
+/// Hands each item to the waiters it took, in order. Runs with no map guard held.
+fn deliver(deliveries: Vec<(Arc<Item>, channel::Waiters)>) -> usize {
+    let mut delivered = 0;
+    for (item, waiters) in deliveries {
+        for slot in waiters.into_values() {
+            let sender = slot.lock().take();
+            if let Some(tx) = sender {
+                if tx.send(Delivery::Item(item.clone())).is_ok() {
+                    delivered += 1;
+                }
+            }
+        }
+    }
+    delivered
+}
 
 /// What a parked client is told.
 #[derive(Debug, Clone)]
@@ -41,6 +57,30 @@ pub enum ParkError {
     /// The registry is closed (shutting down).
     #[error("shutting down")]
     Closed,
+    /// As many clients are held as allowed.
+    #[error("too many held clients")]
+    Full,
+}
+
+/// The registry's bounds and rules.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Last-id memory.
+    pub last_ids: LastIdsConfig,
+    /// Ordering and duplicates.
+    pub publish: PublishConfig,
+    /// Most parked clients at once.
+    pub max_held: usize,
+}
+
+impl From<&Config> for RegistryConfig {
+    fn from(c: &Config) -> Self {
+        RegistryConfig {
+            last_ids: c.last_ids.clone(),
+            publish: c.publish.clone(),
+            max_held: c.limits.max_held,
+        }
+    }
 }
 
 /// The shared registry. Clone it freely.
@@ -63,13 +103,22 @@ struct Inner {
     closed: AtomicBool,
     /// Bounds on remembered last ids.
     limits: LastIdsConfig,
+    /// Ordering and duplicate rules of publishes.
+    sequencing: channel::Sequencing,
+    /// Most parked clients at once.
+    max_held: usize,
     /// Woken when the map grows past its capacity, so the sweeper runs early.
     over_capacity: Notify,
 }
 
 impl Registry {
     /// An empty registry.
-    pub fn new(limits: LastIdsConfig) -> Self {
+    pub fn new(config: RegistryConfig) -> Self {
+        let RegistryConfig {
+            last_ids: limits,
+            publish,
+            max_held,
+        } = config;
         Registry {
             inner: Arc::new(Inner {
                 channels: DashMap::new(),
@@ -78,6 +127,12 @@ impl Registry {
                 held_changed: Notify::new(),
                 closed: AtomicBool::new(false),
                 limits,
+                sequencing: channel::Sequencing {
+                    wait: publish.ordering_wait,
+                    max_pending: publish.ordering_max_pending,
+                    duplicate_window: publish.duplicate_window,
+                },
+                max_held,
                 over_capacity: Notify::new(),
             }),
         }
@@ -88,6 +143,9 @@ impl Registry {
     pub fn park(&self, subs: &[ChannelSub]) -> Result<Hold, ParkError> {
         if self.is_closed() {
             return Err(ParkError::Closed);
+        }
+        if self.held() >= self.inner.max_held {
+            return Err(ParkError::Full);
         }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -119,35 +177,50 @@ impl Registry {
         })
     }
 
-    /// Publishes an item: records its id as the channel's last id and, if it carries an `http-response`, releases
-    /// every client parked on the channel. An item whose id was published on the channel within the last minute
-    /// is a duplicate and is dropped. Returns how many clients it was handed to.
+    /// Publishes an item: drops a duplicate id, queues an item whose predecessor is missing (see
+    /// `Channel::publish`), otherwise records its id as the channel's last id and, if it carries an
+    /// `http-response`, releases every client parked on the channel. Returns how many clients items were handed to.
     pub fn publish(&self, item: &Arc<Item>) -> usize {
         let now = Instant::now();
-        let releases = item.http_response.is_some();
-        let taken = self.with_channel(&item.channel, |c| {
-            c.publish(item.id.as_deref(), releases, now)
-        });
-        let Some(taken) = taken else {
+        let seq = self.inner.sequencing;
+        let published = self.with_channel(&item.channel, |c| c.publish(item, now, seq));
+        if published.duplicate {
             tracing::debug!(channel = %item.channel, id = ?item.id, "duplicate item dropped");
             return 0;
-        };
-        if item.id.is_none() {
-            self.forget_if_idle(&item.channel);
-        } else if self.inner.channels.len() > self.inner.limits.capacity {
+        }
+        if let Some(deadline) = published.queued_until {
+            tracing::debug!(channel = %item.channel, id = ?item.id, prev_id = ?item.prev_id, "item waits for its predecessor");
+            self.flush_at(&item.channel, deadline);
+        }
+        if self.inner.channels.len() > self.inner.limits.capacity {
             self.inner.over_capacity.notify_one();
         }
-        // Sends happen after the entry lock is released.
-        let mut delivered = 0;
-        for slot in taken.into_values() {
-            let sender = slot.lock().take();
-            if let Some(tx) = sender {
-                if tx.send(Delivery::Item(item.clone())).is_ok() {
-                    delivered += 1;
+        self.forget_if_idle(&item.channel);
+        deliver(published.deliveries)
+    }
+
+    /// Sends out the channel's waiting items whose time is up, at `deadline`.
+    fn flush_at(&self, channel: &str, deadline: Instant) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime (a sync caller): items go out with the next publish on the channel
+        };
+        let registry = self.clone();
+        let channel: Box<str> = channel.into();
+        handle.spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            let flushed = registry
+                .inner
+                .channels
+                .get_mut(&*channel)
+                .map(|mut c| c.flush_expired(Instant::now()));
+            if let Some(flushed) = flushed {
+                if !flushed.deliveries.is_empty() {
+                    tracing::debug!(%channel, items = flushed.deliveries.len(), "predecessor never came: sending anyway");
                 }
+                registry.forget_if_idle(&channel);
+                deliver(flushed.deliveries);
             }
-        }
-        delivered
+        });
     }
 
     /// Refuses new parks and answers every parked client with `Delivery::Shutdown`.
@@ -353,10 +426,13 @@ mod tests {
     }
 
     fn registry(capacity: usize) -> Registry {
-        Registry::new(LastIdsConfig {
+        let mut config = RegistryConfig::from(&Config::default());
+        config.last_ids = LastIdsConfig {
             capacity,
             ttl: Duration::from_secs(60),
-        })
+        };
+        config.max_held = 2;
+        Registry::new(config)
     }
 
     fn item(channel: &str, id: Option<&str>) -> Arc<Item> {

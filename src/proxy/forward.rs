@@ -59,9 +59,22 @@ impl Forwarder {
             Err(_) => Err(ProxyError::OriginTimeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(ProxyError::OriginConnect(e)),
+            Ok(Err(e)) if caused_by_body_limit(&e) => Err(ProxyError::BodyTooLarge),
             Ok(Err(e)) => Err(ProxyError::OriginProtocol(Box::new(e))),
         }
     }
+}
+
+/// Whether the client's body failed by growing past its limit (the error travels inside hyper's).
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<crate::front::BodyTooLarge>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// What is needed to send a request to the origin again: its head and a copy of its body.

@@ -47,13 +47,18 @@ pub struct Upstream<'a> {
     pub client_addr: Option<SocketAddr>,
     /// The scheme the client used, for `X-Forwarded-Proto` (when configured).
     pub proto: Option<&'a str>,
+    /// The request came from a trusted GRIP proxy (valid `Grip-Sig` under the upstream key): its `Grip-*`
+    /// headers are kept (its `Grip-Sig` is still replaced by ours).
+    pub trusted: bool,
 }
 
 /// Rewrites a client's request headers for the origin: no hop-by-hop, no client `Grip-*` (a client can neither
 /// give instructions nor forge a signature), our `Grip-Sig`, and `X-Forwarded-*` as configured. `Host` stays.
 pub fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
     strip_hop_by_hop(headers);
-    strip_grip_headers(headers);
+    if !add.trusted {
+        strip_grip_headers(headers);
+    }
     headers.insert(HeaderName::from_static("grip-sig"), add.grip_sig);
     // What GRIP libraries may rely on: we apply `Grip-Status` (filters and `Grip-Link` are not supported).
     headers.insert(
@@ -140,6 +145,7 @@ mod tests {
                 grip_sig: HeaderValue::from_static("signed"),
                 client_addr: Some("127.0.0.1:5000".parse().unwrap()),
                 proto: Some("http"),
+                trusted: false,
             },
         );
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

@@ -43,6 +43,8 @@ pub struct ProxyState {
     pub x_forwarded_proto: bool,
     /// Request bodies kept for a re-send, at most.
     pub max_replay_body: usize,
+    /// Checks `Grip-Sig` of a trusted GRIP proxy in front, if one is configured.
+    pub upstream: Option<crate::grip::sig::Verifier>,
 }
 
 impl ProxyState {
@@ -56,6 +58,10 @@ impl ProxyState {
             x_forwarded_for: config.x_forwarded_for,
             x_forwarded_proto: config.x_forwarded_proto,
             max_replay_body: config.origin.max_replay_body,
+            upstream: config.upstream.as_ref().map(|u| {
+                crate::grip::sig::Verifier::new(u.sig_key.as_deref(), u.sig_public_key.as_deref())
+                    .expect("upstream keys were checked when the config was validated")
+            }),
         }
     }
 }
@@ -144,6 +150,7 @@ async fn proxy(
         };
         match wait(state, &hold, &held).await {
             Waited::Answer(r, outcome) => return Ok((r, outcome)),
+            Waited::Fail(e) => return Err(e),
             Waited::Refetch(last) => grip_last = last,
         }
         if attempt == MAX_REFETCHES {
@@ -200,12 +207,17 @@ where
         .build()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     let mut headers = parts.headers;
+    let trusted = match (&state.upstream, headers.get("grip-sig")) {
+        (Some(verifier), Some(sig)) => verifier.verify(sig.as_bytes()),
+        _ => false,
+    };
     headers::to_origin(
         &mut headers,
         headers::Upstream {
             grip_sig: route.signer.header(),
             client_addr: state.x_forwarded_for.then_some(client),
             proto: state.x_forwarded_proto.then_some("http"),
+            trusted,
         },
     );
     Ok(Replayable::first(
@@ -318,6 +330,8 @@ fn detach(headers: &http::HeaderMap) -> http::HeaderMap {
 }
 
 enum Waited {
+    /// Fail the request (the origin's answer is discarded).
+    Fail(ProxyError),
     /// Answer the client with this.
     Answer(Response<Body>, Outcome),
     /// Send the request to the origin again, with this `Grip-Last` header if any.
@@ -337,6 +351,7 @@ async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts) -> Wa
             return Waited::Refetch(grip_last(&channel, &prev_id));
         }
         Err(ParkError::Closed) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
+        Err(ParkError::Full) => return Waited::Fail(ProxyError::HoldsExhausted),
     };
     let delivery = tokio::select! {
         d = parked.recv() => d,
@@ -386,7 +401,7 @@ mod tests {
         let config = Config::default();
         let state = Arc::new(ProxyState::new(
             &config,
-            Registry::new(config.last_ids.clone()),
+            Registry::new((&config).into()),
         ));
         let req = Request::new(http_body_util::Empty::<Bytes>::new());
         let fut = serve(state, req, "127.0.0.1:1".parse().unwrap());

@@ -22,6 +22,8 @@ pub struct Control {
     pub max_body: usize,
     /// Credentials required to publish or recover (none: open).
     pub auth: auth::Auth,
+    /// Where a validated publish goes (memory: `registry`; Redis: every instance, this one included).
+    pub bus: crate::bus::Bus,
 }
 
 /// Serves one control API request. Never fails: every error is a response.
@@ -107,10 +109,9 @@ async fn publish(control: &Control, req: Request<Incoming>) -> Response<Body> {
             };
         }
     };
-    for item in items {
-        let item = Arc::new(item);
-        let delivered = control.registry.publish(&item);
-        tracing::debug!(channel = %item.channel, id = ?item.id, delivered, "published");
+    if let Err(e) = control.bus.publish(body, items).await {
+        tracing::warn!(bus = control.bus.kind(), error = %e, "publish refused: the bus cannot take it now");
+        return unavailable(control.bus.retry_after(), wants_json);
     }
     if wants_json {
         json(
@@ -128,6 +129,27 @@ fn accepts_json<B>(req: &Request<B>) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/json"))
+}
+
+/// 503 while the bus cannot take a publish: nothing was published, and the publisher should retry.
+fn unavailable(retry_after: std::time::Duration, wants_json: bool) -> Response<Body> {
+    const WHY: &str = "the publish bus is unavailable; retry later";
+    let mut resp = if wants_json {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": WHY }),
+        )
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("Service Unavailable: {WHY}\n"),
+        )
+    };
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs().max(1)),
+    );
+    resp
 }
 
 fn too_large(limit: usize) -> Response<Body> {
