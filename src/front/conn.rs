@@ -29,6 +29,13 @@ const READ_CHUNK: usize = 8192;
 /// Head and first body chunk are written with one syscall when the chunk is at most this big.
 const COALESCE_MAX: usize = 16 * 1024;
 
+/// Waits until the socket is readable (or closed). Uses the socket's own reader slot through `poll_read_ready`
+/// rather than `readable()`, whose future carries a 152-byte waiter node: this wait is what every parked
+/// connection is doing.
+async fn read_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
 /// What happened while the handler ran.
 enum Event {
     /// Progress (body bytes passed on, or pipelined bytes buffered).
@@ -88,7 +95,7 @@ impl Conn {
                 Ok(None) => return Ok(()),
                 Err(reject) => {
                     tracing::info!(client.addr = %peer, status = reject.status.as_u16(), reason = reject.reason, "request refused");
-                    return self.write_reject(reject).await;
+                    return Box::pin(self.write_reject(reject)).await;
                 }
             };
             let head::Head {
@@ -166,7 +173,7 @@ impl Conn {
             }
             let idle = self.buf.is_empty();
             tokio::select! {
-                r = self.stream.readable() => r?,
+                r = read_ready(&self.stream) => r?,
                 _ = tokio::time::sleep_until(deadline) => {
                     if !idle {
                         return Ok(Err(Reject { status: StatusCode::REQUEST_TIMEOUT, reason: "request head not received in time" }));
@@ -237,11 +244,16 @@ impl Conn {
                 Ok(Decoded::Data(data)) => {
                     *body_len += data.len() as u64;
                     if *body_len > self.limits.max_body {
-                        let _ = sender.send(Err(Box::new(super::BodyTooLarge(self.limits.max_body)))).await;
+                        let _ = Box::pin(
+                            sender.send(Err(Box::new(super::BodyTooLarge(self.limits.max_body)))),
+                        )
+                        .await;
                         *tx = None;
                         return Ok(Event::Quiet);
                     }
-                    if sender.send(Ok(data)).await.is_err() {
+                    // Boxed: the send future is large, and inline it would size this future (and so every parked
+                    // connection) although only requests with bodies use it.
+                    if Box::pin(sender.send(Ok(data))).await.is_err() {
                         // The handler dropped the body: the rest is never read, so the connection will close.
                         *tx = None;
                     }
@@ -253,7 +265,7 @@ impl Conn {
                 }
                 Ok(Decoded::NeedMore) => {}
                 Err(e) => {
-                    let _ = sender.send(Err(Box::new(e))).await;
+                    let _ = Box::pin(sender.send(Err(Box::new(e)))).await;
                     *tx = None;
                     return Ok(Event::Quiet);
                 }
@@ -261,7 +273,7 @@ impl Conn {
         } else if self.buf.len() >= self.limits.max_head {
             return Ok(Event::Quiet);
         }
-        self.stream.readable().await?;
+        read_ready(&self.stream).await?;
         match self.read_some() {
             Ok(Some(0)) | Err(_) => {
                 if let Some(sender) = tx.take() {

@@ -126,10 +126,7 @@ mod tests {
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let config = Config::default();
-        let state = Arc::new(ProxyState::new(
-            &config,
-            Registry::new((&config).into()),
-        ));
+        let state = Arc::new(ProxyState::new(&config, Registry::new((&config).into())));
         let handler = move |req, peer| proxy::serve(state.clone(), req, peer);
         let fut = conn::run(
             stream,

@@ -1,0 +1,83 @@
+//! grip-bench: benchmark of grip-proxy (or Pushpin) for held-client memory, fan-out latency,
+//! sustained re-poll deliveries, pass-through overhead and publish API throughput.
+
+mod children;
+mod http;
+mod origin;
+mod plan;
+mod procfs;
+mod report;
+mod run;
+mod scenarios;
+mod stats;
+mod sys;
+mod target;
+mod worker;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "grip-bench",
+    about = "Benchmark a GRIP long-poll proxy (grip-proxy or Pushpin)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
+    /// Small N and short windows (for CI).
+    #[arg(long)]
+    short: bool,
+    /// Proxy to measure.
+    #[arg(long, value_enum, default_value = "grip-proxy")]
+    target: target::Kind,
+    /// Proxy binary (default: target/release/grip-proxy, or /usr/bin/pushpin for --target pushpin).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// Output directory for results.json, report.md, plot.svg and logs (default: target/bench).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Internal: the origin server.
+    Origin {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Internal: a client worker driven over stdin/stdout.
+    Worker {
+        #[arg(long, default_value_t = 0)]
+        id: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Some(Sub::Origin { port }) => origin::run(port).map_err(|e| format!("origin: {e}")),
+        Some(Sub::Worker { id }) => worker::run(id).map_err(|e| format!("worker: {e}")),
+        None => {
+            let root = run::workspace_root();
+            let proxy_bin = cli.proxy_bin.unwrap_or_else(|| match cli.target {
+                target::Kind::GripProxy => root.join("target/release/grip-proxy"),
+                target::Kind::Pushpin => PathBuf::from("/usr/bin/pushpin"),
+            });
+            run::run(run::Options {
+                short: cli.short,
+                target: cli.target,
+                proxy_bin,
+                out: cli.out.unwrap_or_else(|| root.join("target/bench")),
+            })
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("grip-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The origin server (`grip-bench origin`): a small keep-alive HTTP/1.1 server with GRIP hold
+//! responses on `/hold/<channel>`, `hello` on `/plain` and request counters on `/stats`.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct Counters {
+    hold: AtomicU64,
+    plain: AtomicU64,
+    other: AtomicU64,
+}
+
+/// Run the origin on `127.0.0.1:port` until stdin closes (the orchestrator went away).
+pub fn run(port: u16) -> io::Result<()> {
+    crate::sys::raise_nofile_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let counters = Arc::new(Counters::default());
+        // Exit when the parent closes our stdin.
+        tokio::spawn(async {
+            let mut stdin = tokio::io::stdin();
+            let mut b = [0u8; 64];
+            while matches!(stdin.read(&mut b).await, Ok(n) if n > 0) {}
+            std::process::exit(0);
+        });
+        println!("ready");
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            let c = counters.clone();
+            tokio::spawn(async move {
+                let _ = serve_conn(sock, c).await;
+            });
+        }
+    })
+}
+
+async fn serve_conn(mut sock: TcpStream, counters: Arc<Counters>) -> io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    let mut out = Vec::with_capacity(512);
+    loop {
+        // Answer every complete request in the buffer (pipelining-safe), then write once.
+        let mut close = false;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            let n = match req.parse(&buf[..len]) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => {
+                    sock.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await?;
+                    return Ok(());
+                }
+            };
+            let mut body_len = 0usize;
+            let mut conn_close = req.version == Some(0);
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    body_len = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    let v = h.value.to_ascii_lowercase();
+                    if v.windows(5).any(|w| w == b"close") {
+                        conn_close = true;
+                    } else if v.windows(10).any(|w| w == b"keep-alive") {
+                        conn_close = false;
+                    }
+                }
+            }
+            if len < n + body_len {
+                break; // wait for the rest of the body
+            }
+            let path = req.path.unwrap_or("/");
+            respond(path, &counters, &mut out);
+            buf.copy_within(n + body_len..len, 0);
+            len -= n + body_len;
+            if conn_close {
+                close = true;
+                break;
+            }
+        }
+        if !out.is_empty() {
+            sock.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            return Ok(());
+        }
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = sock.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+}
+
+fn respond(path: &str, counters: &Counters, out: &mut Vec<u8>) {
+    use std::io::Write;
+    if let Some(channel) = path.strip_prefix("/hold/") {
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: response\r\nGrip-Channel: {channel}\r\nGrip-Timeout: 120\r\nContent-Length: 8\r\n\r\ntimeout\n"
+        );
+        counters.hold.fetch_add(1, Ordering::Relaxed);
+    } else if path == "/plain" {
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n",
+        );
+        counters.plain.fetch_add(1, Ordering::Relaxed);
+    } else if path == "/stats" {
+        let body = format!(
+            "{{\"hold\":{},\"plain\":{},\"other\":{}}}",
+            counters.hold.load(Ordering::Relaxed),
+            counters.plain.load(Ordering::Relaxed),
+            counters.other.load(Ordering::Relaxed)
+        );
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    } else {
+        counters.other.fetch_add(1, Ordering::Relaxed);
+        out.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nnot found\n");
+    }
+}

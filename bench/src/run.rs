@@ -1,0 +1,177 @@
+//! The orchestrator: starts origin, proxy and workers, runs every measurement in order,
+//! stops everything, then prints and writes the report.
+
+use crate::children::{LineChild, Result};
+use crate::plan::{Plan, Results};
+use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks};
+use crate::scenarios::Ctx;
+use crate::target::{free_port, Kind, Target};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Options of a benchmark run.
+pub struct Options {
+    pub short: bool,
+    pub target: Kind,
+    pub proxy_bin: PathBuf,
+    pub out: PathBuf,
+}
+
+/// Run the whole benchmark; every child is stopped before this returns (also on error).
+pub fn run(opts: Options) -> Result<()> {
+    let nofile = crate::sys::raise_nofile_limit();
+    if nofile < 20_000 {
+        eprintln!("warning: open-file limit is {nofile}; large rounds may fail");
+    }
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| format!("create {}: {e}", opts.out.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let plan = Plan::new(opts.short);
+    let limit = plan.max_run;
+    rt.block_on(async move {
+        tokio::select! {
+            r = tokio::time::timeout(limit, run_async(&opts, plan)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(format!("benchmark did not finish within {limit:?}; aborted")),
+            },
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        }
+    })
+}
+
+async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
+    let started = Instant::now();
+    let out = &opts.out;
+    eprintln!(
+        "grip-bench: target {:?} ({}), {} run, output in {}",
+        opts.target,
+        opts.proxy_bin.display(),
+        if plan.short { "short" } else { "full" },
+        out.display()
+    );
+    // Origin.
+    let origin_port = free_port()?;
+    let mut origin = LineChild::spawn(
+        "origin",
+        &["origin".into(), "--port".into(), origin_port.to_string()],
+        &out.join("origin.log"),
+    )?;
+    origin.recv(Duration::from_secs(10)).await?;
+    let origin_addr: SocketAddr = ([127, 0, 0, 1], origin_port).into();
+
+    // Proxy under test.
+    let target = Target::start(opts.target, &opts.proxy_bin, origin_port, out).await?;
+    eprintln!(
+        "proxy up: listen {}, control {}, pid {}",
+        target.listen,
+        target.control,
+        target.pid()
+    );
+
+    // Workers.
+    let mut workers = Vec::new();
+    for i in 0..plan.workers {
+        workers.push(LineChild::spawn(
+            &format!("worker{i}"),
+            &["worker".into(), "--id".into(), i.to_string()],
+            &out.join(format!("worker{i}.log")),
+        )?);
+    }
+
+    let mut ctx = Ctx::new(target, origin_addr, workers, plan.clone());
+    let result = measure(&mut ctx, opts, started).await;
+
+    // Stop everything by pid, whatever happened.
+    for w in ctx.workers.drain(..) {
+        w.stop().await;
+    }
+    ctx.target.stop();
+    origin.stop().await;
+
+    let results = result?;
+    let md = crate::report::markdown(&results);
+    println!("{md}");
+    crate::report::write_all(out, &results, &md)?;
+    eprintln!(
+        "wrote {}, {} and {}",
+        out.join("results.json").display(),
+        out.join("report.md").display(),
+        out.join("plot.svg").display()
+    );
+    Ok(())
+}
+
+async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Results> {
+    let proxy_processes = process_names(&ctx.target.processes());
+    let me = std::process::id();
+    let (busy0, total0) = machine_cpu_ticks();
+    let ours0 = tree_cpu_ticks(me);
+    eprintln!("warming up");
+    ctx.warm_up().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss_kib = ctx.rss_kib();
+    eprintln!("idle RSS {:.1} MiB", idle_rss_kib as f64 / 1024.0);
+
+    let mut phases = vec![("idle".to_string(), idle_rss_kib)];
+    let mut fanout = Vec::new();
+    for n in ctx.plan.fanout_n.clone() {
+        let round = ctx.fanout_round(n, "fan", idle_rss_kib).await?;
+        phases.push((format!("held round N={n}"), round.rss_after_release_kib));
+        fanout.push(round);
+    }
+    let sustained = ctx.sustained().await?;
+    phases.push(("sustained".into(), ctx.rss_kib()));
+    let passthrough = ctx.passthrough().await?;
+    phases.push(("pass-through".into(), ctx.rss_kib()));
+    let publish_single = ctx.publish_api(1).await?;
+    phases.push(("publish 1/request".into(), ctx.rss_kib()));
+    let publish_batched = ctx.publish_api(100).await?;
+    phases.push(("publish 100/request".into(), ctx.rss_kib()));
+    // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
+    let (busy1, total1) = machine_cpu_ticks();
+    let ours = tree_cpu_ticks(me).saturating_sub(ours0);
+    let foreign = busy1.saturating_sub(busy0).saturating_sub(ours);
+    let foreign_cpu_percent = 100.0 * foreign as f64 / total1.saturating_sub(total0).max(1) as f64;
+    if foreign_cpu_percent > 5.0 {
+        ctx.notes.push(format!(
+            "other processes used {foreign_cpu_percent:.0}% of the machine's CPU during the run: figures are less reliable"
+        ));
+    }
+    Ok(Results {
+        target: opts.target,
+        proxy_bin: opts.proxy_bin.display().to_string(),
+        plan: ctx.plan.clone(),
+        proxy_processes,
+        idle_rss_kib,
+        fanout,
+        sustained,
+        passthrough,
+        publish_single,
+        publish_batched,
+        rss_after_phase_kib: phases,
+        foreign_cpu_percent,
+        notes: ctx.notes.clone(),
+        run_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn process_names(pids: &[u32]) -> Vec<String> {
+    pids.iter()
+        .map(|p| {
+            let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{} ({p})", name.trim())
+        })
+        .collect()
+}
+
+/// The workspace root (parent of this crate's directory).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+}

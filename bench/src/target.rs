@@ -1,0 +1,277 @@
+//! The proxy under test: starting grip-proxy or a private, loopback-only Pushpin, probing
+//! readiness, measuring its process tree, and stopping every process of it by pid.
+
+use crate::children::Result;
+use crate::http::{get_request, simple_request};
+use crate::procfs::process_tree;
+use crate::sys::signal_pid;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Which proxy is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    GripProxy,
+    Pushpin,
+}
+
+/// A running proxy.
+pub struct Target {
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+    tmpdir: Option<PathBuf>,
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+impl Target {
+    /// Start the proxy in front of the origin on `origin_port` and wait until it proxies.
+    pub async fn start(kind: Kind, bin: &Path, origin_port: u16, out_dir: &Path) -> Result<Self> {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let mut control: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        while control == listen {
+            control = ([127, 0, 0, 1], free_port()?).into();
+        }
+        let log = out_dir.join(match kind {
+            Kind::GripProxy => "grip-proxy.log",
+            Kind::Pushpin => "pushpin.log",
+        });
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("create log: {e}"))?;
+        let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
+        let (mut cmd, tmpdir) = match kind {
+            Kind::GripProxy => {
+                if !bin.exists() {
+                    return Err(format!(
+                        "proxy binary {} not found: build it with `cargo build --release`",
+                        bin.display()
+                    ));
+                }
+                let mut c = Command::new(bin);
+                c.arg("--origin")
+                    .arg(format!("http://127.0.0.1:{origin_port}"))
+                    .arg("--listen")
+                    .arg(listen.to_string())
+                    .arg("--control-listen")
+                    .arg(control.to_string())
+                    .env("RUST_LOG", "warn");
+                (c, None)
+            }
+            Kind::Pushpin => {
+                let dir =
+                    std::env::temp_dir().join(format!("grip-bench-pushpin-{}", std::process::id()));
+                let conf = write_pushpin_config(&dir, listen, control, origin_port)?;
+                let mut c = Command::new(bin);
+                c.arg("--config").arg(conf);
+                (c, Some(dir))
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err))
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let mut t = Target {
+            listen,
+            control,
+            log,
+            child: Some(child),
+            tmpdir,
+        };
+        t.wait_ready().await?;
+        Ok(t)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let req = get_request(&self.listen.to_string(), "/plain");
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "proxy exited ({status}) during start-up; see {}",
+                    self.log.display()
+                ));
+            }
+            let ok = tokio::time::timeout(
+                Duration::from_secs(2),
+                simple_request(&self.listen.to_string(), &req),
+            )
+            .await
+            .is_ok_and(|r| matches!(r, Ok((200, _))));
+            let ctl = tokio::net::TcpStream::connect(self.control).await.is_ok();
+            if ok && ctl {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "proxy did not start proxying GET /plain within 30 s; see {}",
+                    self.log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Processes making up the proxy (Pushpin runs several).
+    pub fn processes(&self) -> Vec<u32> {
+        process_tree(self.pid())
+    }
+
+    /// Stop the whole process tree: SIGTERM, wait up to 5 s, then SIGKILL what is left.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let tree = process_tree(child.id());
+        signal_pid(child.id(), false);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let root_done = matches!(child.try_wait(), Ok(Some(_)));
+            if root_done && tree.iter().skip(1).all(|&p| !alive(p)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for &p in tree.iter().rev() {
+            if alive(p) {
+                signal_pid(p, true);
+            }
+        }
+        let _ = child.wait();
+        if let Some(dir) = self.tmpdir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// True if the process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s.get(i + 2..i + 3))
+            .is_some_and(|st| st != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Write a private Pushpin config (every listener on 127.0.0.1, zmq over ipc in `dir`).
+/// `message_rate`/`message_hwm` are left unset (unlimited): the packaged 2,500 deliveries/s
+/// throttle would cap fan-out and sustained figures at that rate instead of measuring capacity.
+fn write_pushpin_config(
+    dir: &Path,
+    listen: SocketAddr,
+    control: SocketAddr,
+    origin_port: u16,
+) -> Result<PathBuf> {
+    let run = dir.join("run");
+    let logdir = dir.join("log");
+    for d in [&run, &logdir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    let internal_src = std::fs::read_to_string("/usr/lib/pushpin/internal.conf")
+        .map_err(|e| format!("read /usr/lib/pushpin/internal.conf (is pushpin installed?): {e}"))?;
+    // The packaged internal.conf expects a system zurl; run our own zurl inside rundir.
+    let internal = internal_src.replace(
+        "ipc:///var/run/zurl/zurl-",
+        "ipc://{rundir}/{ipc_prefix}zurl-",
+    );
+    let internal_path = dir.join("internal.conf");
+    let routes_path = dir.join("routes");
+    let conf_path = dir.join("pushpin.conf");
+    let ipc = |name: &str| format!("ipc://{}/gbp-{name}", run.display());
+    let conf = format!(
+        "[global]
+include={internal}
+rundir={run}
+ipc_prefix=gbp-
+port_offset=0
+stats_connection_ttl=120
+
+[runner]
+services=condure,zurl,pushpin-proxy,pushpin-handler
+http_port={listen}
+logdir={logdir}
+log_level=1
+client_buffer_size=8192
+client_maxconn=50000
+condure_bin=condure
+mongrel2_bin=mongrel2
+m2sh_bin=m2sh
+zurl_bin=zurl
+
+[proxy]
+routesfile={routes}
+debug=false
+auto_cross_origin=false
+accept_x_forwarded_protocol=false
+set_x_forwarded_protocol=proto-only
+x_forwarded_for=
+x_forwarded_for_trusted=
+orig_headers_need_mark=
+accept_pushpin_route=false
+log_from=false
+log_user_agent=false
+sig_iss=pushpin
+sig_key=changeme
+upstream_key=
+updates_check=off
+organization_name=
+
+[handler]
+push_in_spec={push_in}
+push_in_sub_specs={push_in_sub}
+push_in_sub_connect=false
+push_in_http_addr=127.0.0.1
+push_in_http_port={cport}
+push_in_http_max_headers_size=10000
+push_in_http_max_body_size=1000000
+stats_spec={stats}
+command_spec={command}
+message_wait=5000
+id_cache_ttl=60
+connection_subscription_max=20
+subscription_linger=60
+stats_subscription_ttl=60
+stats_report_interval=10
+stats_format=tnetstring
+",
+        internal = internal_path.display(),
+        run = run.display(),
+        logdir = logdir.display(),
+        routes = routes_path.display(),
+        push_in = ipc("push-in"),
+        push_in_sub = ipc("push-in-sub"),
+        stats = ipc("stats"),
+        command = ipc("command"),
+        cport = control.port(),
+    );
+    let write =
+        |p: &Path, s: &str| std::fs::write(p, s).map_err(|e| format!("write {}: {e}", p.display()));
+    write(&internal_path, &internal)?;
+    write(&routes_path, &format!("* 127.0.0.1:{origin_port}\n"))?;
+    write(&conf_path, &conf)?;
+    Ok(conf_path)
+}

@@ -1,0 +1,578 @@
+//! Client worker process (`grip-bench worker`): cheap long-poll clients and load loops on a
+//! current_thread runtime, driven by one-line commands on stdin, answering on stdout.
+//!
+//! Commands (space separated) and replies:
+//! - `hold ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: open COUNT
+//!   connections, client i asks `GET /hold/PREFIX{(OFFSET+i)%NCHAN}` and waits for one response.
+//!   Error answers before `arm` are retried (at most 10 times, 50-100 ms apart).
+//! - `status` -> `status WAITING RETRIES DONE FAILED`: clients with a request outstanding,
+//!   error answers retried so far, clients finished, clients that could not connect.
+//! - `arm` -> `armed`: a publish follows; every answer from now on is final.
+//! - `collect TIMEOUT_MS` -> `collected PUBLISHED TIMEOUTS OTHER ERRORS PENDING T1,T2,..`:
+//!   wait for the hold clients' responses; Ti are CLOCK_MONOTONIC ns of published responses.
+//! - `close` -> `closed`: drop every hold connection.
+//! - `repoll ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: like hold, but
+//!   each client re-requests on its connection after every response (reconnecting if closed).
+//! - `repoll_stop T_START T_END` -> `repolled IN_WINDOW TOTAL OTHER ERRORS RECONNECTS`.
+//! - `load ADDR CONNS DURATION_MS PATH` -> `loaded OK NON200 ERRORS RECONNECTS`: keep-alive
+//!   GET loop per connection.
+//! - `publish ADDR CONNS DURATION_MS ITEMS` -> `published REQS ITEMS NON200 ERRORS RECONNECTS`:
+//!   POST /publish/ loop per connection, ITEMS items (distinct channels) per request.
+//! - `quit`: exit.
+//!
+//! `collected` and `repolled` may end with ` | DESCRIPTION` of one unexpected response.
+
+use crate::http::{get_request, post_request, publish_body, BodyKind, RespReader};
+use crate::sys::now_ns;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, Instant};
+
+/// Connections being opened at once per worker (keeps SYN backlogs from overflowing).
+const CONNECT_CONCURRENCY: usize = 200;
+
+enum Ev {
+    Sent,
+    Failed,
+    Resp {
+        kind: BodyKind,
+        status: u16,
+        t: u64,
+    },
+    Error,
+    Reconnect,
+    /// Description of an unexpected response (sent at most once per client).
+    OtherSample(String),
+}
+
+/// Counters of a hold group, shared with its clients.
+#[derive(Default)]
+struct HoldState {
+    /// Set just before the publish: from then on every answer is final (no retries).
+    armed: AtomicBool,
+    /// Clients with a request outstanding.
+    waiting: AtomicUsize,
+    /// Error answers that were retried.
+    retries: AtomicUsize,
+    /// Clients that have their final answer (or gave up).
+    done: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Group {
+    set: JoinSet<()>,
+    state: Arc<HoldState>,
+    rx: Option<mpsc::UnboundedReceiver<Ev>>,
+    early: Vec<Ev>,
+    count: usize,
+    failed: usize,
+}
+
+/// Run the worker until `quit` or stdin closes.
+pub fn run(id: usize) -> io::Result<()> {
+    crate::sys::raise_nofile_limit();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(command_loop(id))
+}
+
+async fn command_loop(id: usize) -> io::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    let mut group = Group::default();
+    while let Some(line) = lines.next_line().await? {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let reply = match args.first().copied() {
+            Some("hold") => start_group(&mut group, &args, false).await,
+            Some("repoll") => start_group(&mut group, &args, true).await,
+            Some("collect") => collect(&mut group, &args).await,
+            Some("status") => Ok(format!(
+                "status {} {} {} {}",
+                group.state.waiting.load(Relaxed),
+                group.state.retries.load(Relaxed),
+                group.state.done.load(Relaxed),
+                group.failed
+            )),
+            Some("arm") => {
+                group.state.armed.store(true, Relaxed);
+                Ok("armed".to_string())
+            }
+            Some("close") => {
+                close(&mut group).await;
+                Ok("closed".to_string())
+            }
+            Some("repoll_stop") => repoll_stop(&mut group, &args).await,
+            Some("load") => load(&args).await,
+            Some("publish") => publish_loop(id, &args).await,
+            Some("quit") | None => break,
+            Some(other) => Err(format!("unknown command {other}")),
+        };
+        let reply = reply.unwrap_or_else(|e| format!("error {e}"));
+        out.write_all(reply.as_bytes()).await?;
+        out.write_all(b"\n").await?;
+        out.flush().await?;
+    }
+    close(&mut group).await;
+    Ok(())
+}
+
+fn arg<T: std::str::FromStr>(args: &[&str], i: usize) -> Result<T, String> {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad or missing argument {i}"))
+}
+
+/// `hold`/`repoll`: open the clients and reply once every first request is sent.
+async fn start_group(group: &mut Group, args: &[&str], repoll: bool) -> Result<String, String> {
+    close(group).await;
+    let addr: SocketAddr = arg(args, 1)?;
+    let count: usize = arg(args, 2)?;
+    let prefix: String = arg(args, 3)?;
+    let nchan: usize = arg::<usize>(args, 4)?.max(1);
+    let offset: usize = arg(args, 5)?;
+    let max_ms: u64 = arg(args, 6)?;
+    let deadline = Instant::now() + Duration::from_millis(max_ms);
+    let host = addr.to_string();
+    let mut by_channel: Vec<Option<Arc<[u8]>>> = vec![None; nchan];
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    group.state = Arc::new(HoldState::default());
+    let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    for i in 0..count {
+        let ch = (offset + i) % nchan;
+        let req = by_channel[ch]
+            .get_or_insert_with(|| Arc::from(get_request(&host, &format!("/hold/{prefix}{ch}"))))
+            .clone();
+        let (tx, sem) = (tx.clone(), sem.clone());
+        if repoll {
+            group.set.spawn(repoll_client(addr, req, tx, sem, deadline));
+        } else {
+            group.set.spawn(hold_client(
+                addr,
+                req,
+                tx,
+                sem,
+                group.state.clone(),
+                deadline,
+            ));
+        }
+    }
+    drop(tx);
+    // Wait (bounded) until every client has sent its first request or failed.
+    let (mut sent, mut failed) = (0, 0);
+    let limit = Instant::now() + Duration::from_secs(120);
+    let mut early = Vec::new();
+    while sent + failed < count {
+        match tokio::time::timeout_at(limit, rx.recv()).await {
+            Ok(Some(Ev::Sent)) => sent += 1,
+            Ok(Some(Ev::Failed)) => failed += 1,
+            Ok(Some(ev)) => early.push(ev),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Responses that raced ahead of the last connects are kept for `collect`.
+    group.early = early;
+    group.rx = Some(rx);
+    group.count = count;
+    group.failed = failed;
+    Ok(format!("connected {sent} {failed}"))
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = timeout(Duration::from_secs(30), TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Re-sends a hold client makes after an error response before the publish is armed.
+const MAX_RETRIES: usize = 10;
+
+async fn hold_client(
+    addr: SocketAddr,
+    req: Arc<[u8]>,
+    tx: mpsc::UnboundedSender<Ev>,
+    sem: Arc<Semaphore>,
+    st: Arc<HoldState>,
+    deadline: Instant,
+) {
+    let permit = sem.acquire_owned().await;
+    let Ok(mut s) = connect(addr).await else {
+        let _ = tx.send(Ev::Failed);
+        return;
+    };
+    let mut permit = Some(permit);
+    let mut rd = RespReader::new();
+    let mut retries = 0;
+    loop {
+        if s.write_all(&req).await.is_err() {
+            let _ = tx.send(if permit.is_some() {
+                Ev::Failed
+            } else {
+                Ev::Error
+            });
+            st.done.fetch_add(1, Relaxed);
+            return;
+        }
+        if permit.take().is_some() {
+            let _ = tx.send(Ev::Sent);
+        }
+        st.waiting.fetch_add(1, Relaxed);
+        let r = tokio::time::timeout_at(deadline, rd.read_response(&mut s)).await;
+        st.waiting.fetch_sub(1, Relaxed);
+        let sample = rd.last_other.take();
+        // Like a real long-poll client, retry an error answer (or a dropped connection) that
+        // comes before the publish; once the publish is armed every answer is final.
+        let retry = !st.armed.load(Relaxed)
+            && retries < MAX_RETRIES
+            && match &r {
+                Ok(Ok(resp)) => resp.status != 200,
+                Ok(Err(_)) => true,
+                Err(_) => false,
+            };
+        if retry {
+            retries += 1;
+            st.retries.fetch_add(1, Relaxed);
+            if let Some(o) = sample {
+                if retries == 1 {
+                    let _ = tx.send(Ev::OtherSample(o));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50 + (retries as u64 * 37) % 50)).await;
+            if !matches!(&r, Ok(Ok(resp)) if !resp.close) {
+                match connect(addr).await {
+                    Ok(ns) => s = ns,
+                    Err(_) => {
+                        let _ = tx.send(Ev::Error);
+                        st.done.fetch_add(1, Relaxed);
+                        return;
+                    }
+                }
+                rd = RespReader::new();
+            }
+            continue;
+        }
+        st.done.fetch_add(1, Relaxed);
+        match r {
+            Ok(Ok(resp)) => {
+                let _ = tx.send(Ev::Resp {
+                    kind: resp.kind,
+                    status: resp.status,
+                    t: now_ns(),
+                });
+                if let Some(o) = sample {
+                    let _ = tx.send(Ev::OtherSample(o));
+                }
+            }
+            _ => {
+                let _ = tx.send(Ev::Error);
+                return;
+            }
+        }
+        break;
+    }
+    // Keep the connection open (no close traffic during a fan-out) until `close` or deadline.
+    tokio::time::sleep_until(deadline).await;
+}
+
+async fn repoll_client(
+    addr: SocketAddr,
+    req: Arc<[u8]>,
+    tx: mpsc::UnboundedSender<Ev>,
+    sem: Arc<Semaphore>,
+    deadline: Instant,
+) {
+    let permit = sem.acquire_owned().await;
+    let mut first = true;
+    let mut sampled = false;
+    let mut permit = Some(permit);
+    while Instant::now() < deadline {
+        let mut s = match connect(addr).await {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tx.send(if first { Ev::Failed } else { Ev::Error });
+                if first {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let mut rd = RespReader::new();
+        loop {
+            if s.write_all(&req).await.is_err() {
+                let _ = tx.send(if first { Ev::Failed } else { Ev::Error });
+                if first {
+                    return;
+                }
+                break;
+            }
+            if first {
+                first = false;
+                permit.take();
+                let _ = tx.send(Ev::Sent);
+            }
+            match tokio::time::timeout_at(deadline, rd.read_response(&mut s)).await {
+                Ok(Ok(r)) => {
+                    let _ = tx.send(Ev::Resp {
+                        kind: r.kind,
+                        status: r.status,
+                        t: now_ns(),
+                    });
+                    if let Some(o) = rd.last_other.take() {
+                        if !sampled {
+                            sampled = true;
+                            let _ = tx.send(Ev::OtherSample(o));
+                        }
+                    }
+                    if r.status != 200 {
+                        // Back off a little after an error answer, as a real client would.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if r.close {
+                        let _ = tx.send(Ev::Reconnect);
+                        break;
+                    }
+                }
+                Ok(Err(_)) => {
+                    let _ = tx.send(Ev::Error);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+async fn collect(group: &mut Group, args: &[&str]) -> Result<String, String> {
+    let timeout_ms: u64 = arg(args, 1)?;
+    let rx = group.rx.as_mut().ok_or("no clients")?;
+    let limit = Instant::now() + Duration::from_millis(timeout_ms);
+    let (mut published, mut timeouts, mut other, mut errors) = (0usize, 0usize, 0usize, 0usize);
+    let mut times = Vec::with_capacity(group.count);
+    let mut sample: Option<String> = None;
+    let mut early = std::mem::take(&mut group.early).into_iter();
+    while published + timeouts + other + errors + group.failed < group.count {
+        let ev = match early.next() {
+            Some(ev) => Ok(Some(ev)),
+            None => tokio::time::timeout_at(limit, rx.recv()).await,
+        };
+        match ev {
+            Ok(Some(Ev::Resp { kind, status, t })) => match kind {
+                BodyKind::Published if status == 200 => {
+                    published += 1;
+                    times.push(t);
+                }
+                BodyKind::Timeout => timeouts += 1,
+                _ => other += 1,
+            },
+            Ok(Some(Ev::Error)) => errors += 1,
+            Ok(Some(Ev::OtherSample(o))) => {
+                sample.get_or_insert(o);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let pending = group.count - group.failed - published - timeouts - other - errors;
+    let times: Vec<String> = times.iter().map(u64::to_string).collect();
+    Ok(format!(
+        "collected {published} {timeouts} {other} {} {pending} {}{}",
+        errors + group.failed,
+        if times.is_empty() {
+            "-".to_string()
+        } else {
+            times.join(",")
+        },
+        sample_suffix(sample)
+    ))
+}
+
+async fn close(group: &mut Group) {
+    group.set.abort_all();
+    while group.set.join_next().await.is_some() {}
+    group.rx = None;
+    group.early.clear();
+    group.count = 0;
+    group.failed = 0;
+}
+
+async fn repoll_stop(group: &mut Group, args: &[&str]) -> Result<String, String> {
+    let t_start: u64 = arg(args, 1)?;
+    let t_end: u64 = arg(args, 2)?;
+    group.set.abort_all();
+    while group.set.join_next().await.is_some() {}
+    let mut rx = group.rx.take().ok_or("no clients")?;
+    let mut events = std::mem::take(&mut group.early);
+    while let Ok(ev) = rx.try_recv() {
+        events.push(ev);
+    }
+    let (mut in_window, mut total, mut other, mut errors, mut reconnects) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut sample: Option<String> = None;
+    for ev in events {
+        match ev {
+            Ev::Resp {
+                kind: BodyKind::Published,
+                status: 200,
+                t,
+            } => {
+                total += 1;
+                if (t_start..t_end).contains(&t) {
+                    in_window += 1;
+                }
+            }
+            Ev::Resp { .. } => other += 1,
+            Ev::Error | Ev::Failed => errors += 1,
+            Ev::Reconnect => reconnects += 1,
+            Ev::OtherSample(o) => {
+                sample.get_or_insert(o);
+            }
+            Ev::Sent => {}
+        }
+    }
+    close(group).await;
+    Ok(format!(
+        "repolled {in_window} {total} {other} {errors} {reconnects}{}",
+        sample_suffix(sample)
+    ))
+}
+
+/// ` | description` of an unexpected response, appended to a reply line.
+fn sample_suffix(sample: Option<String>) -> String {
+    sample
+        .map(|s| format!(" | {}", s.replace('\n', " ")))
+        .unwrap_or_default()
+}
+
+#[derive(Default, Clone, Copy)]
+struct LoopCounts {
+    ok: u64,
+    non200: u64,
+    errors: u64,
+    reconnects: u64,
+}
+
+impl std::ops::AddAssign for LoopCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.ok += o.ok;
+        self.non200 += o.non200;
+        self.errors += o.errors;
+        self.reconnects += o.reconnects;
+    }
+}
+
+/// One keep-alive request loop until `deadline`, cycling through `reqs`.
+async fn request_loop(addr: SocketAddr, reqs: Vec<Vec<u8>>, deadline: Instant) -> LoopCounts {
+    let mut c = LoopCounts::default();
+    let mut i = 0usize;
+    'conn: while Instant::now() < deadline {
+        let mut s = match connect(addr).await {
+            Ok(s) => s,
+            Err(_) => {
+                c.errors += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut rd = RespReader::new();
+        while Instant::now() < deadline {
+            let req = &reqs[i % reqs.len()];
+            i += 1;
+            if s.write_all(req).await.is_err() {
+                c.errors += 1;
+                continue 'conn;
+            }
+            match tokio::time::timeout_at(deadline, rd.read_response(&mut s)).await {
+                Ok(Ok(r)) => {
+                    if r.status == 200 {
+                        c.ok += 1;
+                    } else {
+                        c.non200 += 1;
+                    }
+                    if r.close {
+                        c.reconnects += 1;
+                        continue 'conn;
+                    }
+                }
+                Ok(Err(_)) => {
+                    c.errors += 1;
+                    continue 'conn;
+                }
+                Err(_) => break 'conn, // window over mid-request: not counted
+            }
+        }
+    }
+    c
+}
+
+async fn run_loops(tasks: Vec<(SocketAddr, Vec<Vec<u8>>)>, duration_ms: u64) -> LoopCounts {
+    let deadline = Instant::now() + Duration::from_millis(duration_ms);
+    let mut set = JoinSet::new();
+    for (addr, reqs) in tasks {
+        set.spawn(request_loop(addr, reqs, deadline));
+    }
+    let mut total = LoopCounts::default();
+    while let Some(r) = set.join_next().await {
+        if let Ok(c) = r {
+            total += c;
+        }
+    }
+    total
+}
+
+async fn load(args: &[&str]) -> Result<String, String> {
+    let addr: SocketAddr = arg(args, 1)?;
+    let conns: usize = arg(args, 2)?;
+    let duration_ms: u64 = arg(args, 3)?;
+    let path: String = arg(args, 4)?;
+    let req = get_request(&addr.to_string(), &path);
+    let tasks = (0..conns).map(|_| (addr, vec![req.clone()])).collect();
+    let c = run_loops(tasks, duration_ms).await;
+    Ok(format!(
+        "loaded {} {} {} {}",
+        c.ok, c.non200, c.errors, c.reconnects
+    ))
+}
+
+async fn publish_loop(id: usize, args: &[&str]) -> Result<String, String> {
+    let addr: SocketAddr = arg(args, 1)?;
+    let conns: usize = arg(args, 2)?;
+    let duration_ms: u64 = arg(args, 3)?;
+    let items: usize = arg::<usize>(args, 4)?.max(1);
+    let host = addr.to_string();
+    // Each connection cycles through 16 pre-encoded requests; channels are distinct within a
+    // request and nobody is subscribed to any of them.
+    let tasks = (0..conns)
+        .map(|c| {
+            let reqs = (0..16)
+                .map(|j| {
+                    let chans: Vec<String> = (0..items)
+                        .map(|k| format!("nosub-{id}-{c}-{j}-{k}"))
+                        .collect();
+                    post_request(&host, "/publish/", &publish_body(&chans))
+                })
+                .collect();
+            (addr, reqs)
+        })
+        .collect();
+    let c = run_loops(tasks, duration_ms).await;
+    Ok(format!(
+        "published {} {} {} {} {}",
+        c.ok,
+        c.ok * items as u64,
+        c.non200,
+        c.errors,
+        c.reconnects
+    ))
+}
