@@ -62,7 +62,9 @@ impl ProxyError {
             | ProxyError::NotReplayable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ShuttingDown | ProxyError::HoldsExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ShuttingDown | ProxyError::HoldsExhausted => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
@@ -71,7 +73,9 @@ impl ProxyError {
     pub fn source_kind(&self) -> Source {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => Source::Client,
-            ProxyError::ShuttingDown | ProxyError::NotReplayable(_) | ProxyError::HoldsExhausted => Source::Internal,
+            ProxyError::ShuttingDown
+            | ProxyError::NotReplayable(_)
+            | ProxyError::HoldsExhausted => Source::Internal,
             _ => Source::Origin,
         }
     }
@@ -87,7 +91,9 @@ impl ProxyError {
             ProxyError::NotReplayable(_) => "Bad Gateway: request could not be re-sent to origin\n",
             ProxyError::BadRequest(_) => "Bad Request\n",
             ProxyError::ShuttingDown => "Service Unavailable: shutting down\n",
-            ProxyError::HoldsExhausted => "Service Unavailable: too many held clients, retry later\n",
+            ProxyError::HoldsExhausted => {
+                "Service Unavailable: too many held clients, retry later\n"
+            }
             ProxyError::BodyTooLarge => "Payload Too Large\n",
         }
     }

@@ -110,24 +110,30 @@ impl ResponseParts {
     /// Builds the HTTP response, with `Content-Length` computed from the body (none, and no body, for statuses
     /// that cannot carry one).
     pub fn to_response(&self) -> Response<Body> {
+        self.clone().into_response()
+    }
+
+    /// As [`ResponseParts::to_response`], consuming the parts (no copy of the headers: this is the release path,
+    /// run once per released client).
+    pub fn into_response(self) -> Response<Body> {
         let no_body = self.status.is_informational()
             || self.status == StatusCode::NO_CONTENT
             || self.status == StatusCode::NOT_MODIFIED;
+        let mut headers = self.headers;
+        if no_body {
+            headers.remove(header::CONTENT_LENGTH);
+        } else {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        }
         let mut resp = Response::new(if no_body {
             body::empty()
         } else {
-            body::full(self.body.clone())
+            body::full(self.body)
         });
         *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers.clone();
-        if no_body {
-            resp.headers_mut().remove(header::CONTENT_LENGTH);
-        } else {
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        }
-        if let Some(reason) = &self.reason {
-            if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.clone()) {
+        *resp.headers_mut() = headers;
+        if let Some(reason) = self.reason {
+            if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason) {
                 resp.extensions_mut().insert(phrase);
             }
         }

@@ -318,3 +318,58 @@ mod tests {
         assert_eq!(reason.unwrap(), "Custom Reason");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    fn grip_header() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("grip-hold"),
+            Just("grip-channel"),
+            Just("grip-timeout"),
+            Just("grip-status"),
+            Just("grip-keep-alive"),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// Any header values, including non-UTF-8 and separators, give a result or an error: never a panic.
+        #[test]
+        fn arbitrary_headers_never_panic(
+            headers in proptest::collection::vec((grip_header(), proptest::collection::vec(any::<u8>(), 0..80)), 0..8),
+            with_hold in any::<bool>(),
+        ) {
+            let mut map = http::HeaderMap::new();
+            if with_hold {
+                map.append("grip-hold", HeaderValue::from_static("response"));
+            }
+            for (name, value) in headers {
+                if let Ok(v) = HeaderValue::from_bytes(&value) {
+                    map.append(HeaderName::from_static(name), v);
+                }
+            }
+            let _ = from_headers(&map, 20);
+        }
+
+        /// Well-formed channel lists parse back to the names and prev-ids given.
+        #[test]
+        fn channel_lists_parse_back(subs in proptest::collection::vec(("[a-z0-9/_.-]{1,20}", proptest::option::of("[a-zA-Z0-9]{1,12}")), 1..6)) {
+            let value = subs
+                .iter()
+                .map(|(n, p)| match p { Some(p) => format!("{n}; prev-id={p}"), None => n.clone() })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let parsed = channel_list(&value).unwrap();
+            prop_assert_eq!(parsed.len(), subs.len());
+            for (got, (name, prev)) in parsed.iter().zip(&subs) {
+                prop_assert_eq!(&*got.name, name.as_str());
+                prop_assert_eq!(got.prev_id.as_deref(), prev.as_deref());
+            }
+        }
+    }
+}

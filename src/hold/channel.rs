@@ -211,15 +211,26 @@ mod tests {
     async fn park_checks_prev_id_then_inserts() {
         let mut c = Channel::new();
         let (s, _rx) = slot();
-        assert!(matches!(c.park(1, &s, Some("x")), ParkOutcome::Parked), "unknown last id: park");
-        c.publish(&item(Some("2"), None), Instant::now(), SEQ);
+        assert!(
+            matches!(c.park(1, &s, Some("x")), ParkOutcome::Parked),
+            "unknown last id: park"
+        );
+        let p = c.publish(&item(Some("2"), None), Instant::now(), SEQ);
+        assert_eq!(
+            p.deliveries[0].1.len(),
+            1,
+            "the publish takes the parked waiter"
+        );
         assert!(matches!(c.park(2, &s, Some("2")), ParkOutcome::Parked));
         assert!(matches!(c.park(3, &s, Some("1")), ParkOutcome::Stale));
         assert!(c.last_id.is_none(), "stale park forgets the last id");
-        assert!(matches!(c.park(4, &s, Some("1")), ParkOutcome::Parked), "retry is accepted");
-        assert_eq!(c.waiters.len(), 3);
+        assert!(
+            matches!(c.park(4, &s, Some("1")), ParkOutcome::Parked),
+            "retry is accepted"
+        );
+        assert_eq!(c.waiters.len(), 2);
         let p = c.publish(&item(Some("3"), None), Instant::now(), SEQ);
-        assert_eq!(p.deliveries[0].1.len(), 3);
+        assert_eq!(p.deliveries[0].1.len(), 2);
         assert!(c.waiters.is_empty());
         assert_eq!(c.last_id.as_deref(), Some("3"));
         c.publish(&item(None, None), Instant::now(), SEQ);
@@ -230,29 +241,51 @@ mod tests {
     async fn a_recent_id_is_a_duplicate() {
         let mut c = Channel::new();
         let (s, _rx) = slot();
-        assert!(!c.publish(&item(Some("1"), None), Instant::now(), SEQ).duplicate);
+        assert!(
+            !c.publish(&item(Some("1"), None), Instant::now(), SEQ)
+                .duplicate
+        );
         c.park(1, &s, None);
         let p = c.publish(&item(Some("1"), None), Instant::now(), SEQ);
         assert!(p.duplicate && p.deliveries.is_empty());
         assert_eq!(c.waiters.len(), 1, "a duplicate takes no one");
-        assert!(!c.publish(&item(None, None), Instant::now(), SEQ).duplicate, "no id: never a duplicate");
+        assert!(
+            !c.publish(&item(None, None), Instant::now(), SEQ).duplicate,
+            "no id: never a duplicate"
+        );
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(!c.publish(&item(Some("1"), None), Instant::now(), SEQ).duplicate, "outside the window");
+        assert!(
+            !c.publish(&item(Some("1"), None), Instant::now(), SEQ)
+                .duplicate,
+            "outside the window"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn out_of_order_items_wait_for_their_predecessor() {
         let mut c = Channel::new();
         let now = Instant::now();
-        assert_eq!(ids(&c.publish(&item(Some("1"), None), now, SEQ)), ["1"], "first item goes at once");
+        assert_eq!(
+            ids(&c.publish(&item(Some("1"), None), now, SEQ)),
+            ["1"],
+            "first item goes at once"
+        );
         let p = c.publish(&item(Some("3"), Some("2")), now, SEQ);
         assert!(p.deliveries.is_empty());
         assert_eq!(p.queued_until, Some(now + SEQ.wait));
-        assert_eq!(ids(&c.publish(&item(Some("2"), Some("1")), now, SEQ)), ["2", "3"], "both, in order");
+        assert_eq!(
+            ids(&c.publish(&item(Some("2"), Some("1")), now, SEQ)),
+            ["2", "3"],
+            "both, in order"
+        );
         assert_eq!(c.last_id.as_deref(), Some("3"));
         let mut no_seq = Item::test_response("c", Some("9"), Some("7"), "x");
         no_seq.no_seq = true;
-        assert_eq!(ids(&c.publish(&Arc::new(no_seq), now, SEQ)), ["9"], "no-seq skips the wait");
+        assert_eq!(
+            ids(&c.publish(&Arc::new(no_seq), now, SEQ)),
+            ["9"],
+            "no-seq skips the wait"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -261,11 +294,22 @@ mod tests {
         let now = Instant::now();
         c.publish(&item(Some("1"), None), now, SEQ);
         c.publish(&item(Some("5"), Some("4")), now, SEQ);
-        assert!(c.flush_expired(now + Duration::from_secs(4)).deliveries.is_empty());
-        assert_eq!(ids(&c.flush_expired(now + SEQ.wait)), ["5"], "sent anyway after the wait");
+        assert!(c
+            .flush_expired(now + Duration::from_secs(4))
+            .deliveries
+            .is_empty());
+        assert_eq!(
+            ids(&c.flush_expired(now + SEQ.wait)),
+            ["5"],
+            "sent anyway after the wait"
+        );
         c.publish(&item(Some("7"), Some("6")), now, SEQ);
         c.publish(&item(Some("9"), Some("8")), now, SEQ);
-        assert_eq!(ids(&c.publish(&item(Some("11"), Some("10")), now, SEQ)), ["7"], "over the count: oldest goes");
+        assert_eq!(
+            ids(&c.publish(&item(Some("11"), Some("10")), now, SEQ)),
+            ["7"],
+            "over the count: oldest goes"
+        );
         assert!(!c.is_idle());
     }
 }

@@ -376,7 +376,7 @@ async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts) -> Wa
     match published.action {
         Action::Hint => Waited::Refetch(None),
         Action::Send => Waited::Answer(
-            held.merge(&published.parts).to_response(),
+            held.merge(&published.parts).into_response(),
             Outcome::Released,
         ),
     }
@@ -399,10 +399,7 @@ mod tests {
     #[tokio::test]
     async fn request_future_stays_small() {
         let config = Config::default();
-        let state = Arc::new(ProxyState::new(
-            &config,
-            Registry::new((&config).into()),
-        ));
+        let state = Arc::new(ProxyState::new(&config, Registry::new((&config).into())));
         let req = Request::new(http_body_util::Empty::<Bytes>::new());
         let fut = serve(state, req, "127.0.0.1:1".parse().unwrap());
         let size = std::mem::size_of_val(&fut);

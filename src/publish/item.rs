@@ -273,3 +273,60 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON-ish text built from the publish format's own pieces, so that mutations reach deep into the parser.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(r#"{"items":["#.to_owned()),
+            Just(r#"{"channel":"#.to_owned()),
+            Just(r#""formats":{"http-response":{"#.to_owned()),
+            Just(r#""code":"#.to_owned()),
+            Just(r#""headers":[["#.to_owned()),
+            Just(r#""body-bin":"#.to_owned()),
+            Just(r#""id":"#.to_owned()),
+            Just("]".to_owned()),
+            Just("}".to_owned()),
+            Just(",".to_owned()),
+            "\"[ -~]{0,10}\"",
+            "-?[0-9]{1,6}",
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_body(&body);
+        }
+
+        #[test]
+        fn format_fragments_never_panic(parts in proptest::collection::vec(fragment(), 0..30)) {
+            let _ = parse_body(parts.concat().as_bytes());
+        }
+
+        /// A valid item with any code, headers and body parses to exactly those.
+        #[test]
+        fn valid_items_parse_back(
+            channel in "[a-z0-9]{1,10}",
+            code in 100u16..600,
+            headers in proptest::collection::vec(("x-[a-z]{1,8}", "[ -~]{0,20}"), 0..5),
+            body in "[ -~]{0,50}",
+        ) {
+            let json = serde_json::json!({"items": [{"channel": channel, "formats": {"http-response": {
+                "code": code, "headers": headers, "body": body}}}]});
+            let items = parse_body(json.to_string().as_bytes()).unwrap();
+            let r = items[0].http_response.as_ref().unwrap();
+            prop_assert_eq!(r.parts.status.as_u16(), code);
+            prop_assert_eq!(&r.parts.body[..], body.as_bytes());
+            prop_assert_eq!(r.parts.headers.len(), headers.len());
+        }
+    }
+}
