@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::hold::Registry;
 use crate::proxy::{self, ProxyState};
@@ -32,6 +33,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The bus could not start (Redis unreachable with `bus.startup = "fail"`).
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 /// A running proxy: both listeners bound and served.
@@ -39,6 +43,7 @@ pub struct App {
     proxy_addr: SocketAddr,
     control_addr: SocketAddr,
     registry: Registry,
+    bus: Bus,
     stop: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -54,16 +59,24 @@ impl App {
             tracing::warn!("{warning}");
         }
 
-        let registry = Registry::new(config.last_ids.clone());
+        let registry = Registry::new((&config).into());
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let bus = Bus::start(
+            &config.bus,
+            registry.clone(),
+            config.control_max_body,
+            stop.clone(),
+            &mut tasks,
+        )
+        .await?;
 
         let state = Arc::new(ProxyState::new(&config, registry.clone()));
         tasks.spawn(front::serve(
             proxy_listener,
             stop.clone(),
             config.shutdown_grace,
-            front::Limits::default(),
+            front::Limits::from(&config.limits),
             move |req, peer| proxy::serve(state.clone(), req, peer),
         ));
 
@@ -72,6 +85,7 @@ impl App {
             max_body: config.control_max_body,
             auth: crate::publish::auth::Auth::new(&config.control_auth)
                 .expect("auth keys were checked when the config was validated"),
+            bus: bus.clone(),
         });
         tasks.spawn(server::serve(
             "control",
@@ -83,11 +97,12 @@ impl App {
 
         tasks.spawn(registry.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));
 
-        tracing::info!(proxy = %proxy_addr, control = %control_addr, routes = config.routes.len(), "grip-proxy listening");
+        tracing::info!(proxy = %proxy_addr, control = %control_addr, routes = config.routes.len(), bus = bus.kind(), "grip-proxy listening");
         Ok(App {
             proxy_addr,
             control_addr,
             registry,
+            bus,
             stop,
             tasks,
         })
@@ -106,6 +121,16 @@ impl App {
     /// The hold registry (to observe parked clients).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The publish bus (to observe its status).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Whether the bus can take a publish now (memory: always; Redis: subscribed).
+    pub fn bus_connected(&self) -> bool {
+        self.bus.is_connected()
     }
 
     /// Stops accepting, answers every held client with its timeout response, lets in-flight requests finish

@@ -65,6 +65,8 @@ pub struct RawConfig {
     pub last_ids: RawLastIds,
     /// `[shutdown]`
     pub shutdown: RawShutdown,
+    /// `[bus]`
+    pub bus: crate::bus::config::RawBus,
     /// `[[routes]]`
     pub routes: Vec<RawRoute>,
 }
@@ -79,6 +81,7 @@ impl Default for RawConfig {
             origin: RawOrigin::default(),
             last_ids: RawLastIds::default(),
             shutdown: RawShutdown::default(),
+            bus: crate::bus::config::RawBus::default(),
             routes: vec![RawRoute::default()],
         }
     }
@@ -317,6 +320,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--control-listen ADDR`
     pub control_listen: Option<String>,
+    /// `--bus URL`: a Redis URL, or `memory`.
+    pub bus: Option<String>,
 }
 
 impl RawConfig {
@@ -333,6 +338,9 @@ impl RawConfig {
         }
         if let Some(l) = &o.control_listen {
             self.control.listen = l.clone();
+        }
+        if let Some(url) = &o.bus {
+            self.bus.url = Some(url.clone());
         }
     }
 }
@@ -368,6 +376,8 @@ pub struct Config {
     pub last_ids: LastIdsConfig,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
+    /// The publish bus (memory, or Redis).
+    pub bus: crate::bus::config::BusConfig,
     /// Routes, in file order (the table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
 }
@@ -636,6 +646,7 @@ impl TryFrom<RawConfig> for Config {
                 raw.publish.duplicate_window_secs,
             )?,
         };
+        let bus = crate::bus::config::validate(&raw.bus)?;
         if raw.routes.is_empty() {
             return Err(invalid(
                 "routes",
@@ -662,6 +673,7 @@ impl TryFrom<RawConfig> for Config {
             origin,
             last_ids,
             shutdown_grace,
+            bus,
             routes,
         })
     }
@@ -918,6 +930,7 @@ path_prefix = "api""#,
             origin: Some("http://127.0.0.1:9000".into()),
             listen: Some("127.0.0.1:1".into()),
             control_listen: None,
+            bus: None,
         });
         let c = Config::try_from(raw).unwrap();
         assert_eq!(c.routes[0].authority.as_str(), "127.0.0.1:9000");

@@ -13,6 +13,7 @@
 //! - [`grip`]: parsing GRIP instructions (headers and instruct bodies), `Grip-Sig`, held response parts.
 //! - [`hold`]: the registry of parked clients and last ids per channel.
 //! - [`publish`]: the control API and publish item parsing.
+//! - [`bus`]: where publishes go: this process's registry (memory), or Redis pub/sub shared by every instance.
 //! - [`secret`]: keys given literally, by environment variable or file.
 //! - [`error`], [`body`]: the proxy error type and the body type.
 //!
@@ -24,6 +25,7 @@
 
 pub mod app;
 pub mod body;
+pub mod bus;
 pub mod config;
 pub mod error;
 pub mod front;

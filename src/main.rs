@@ -24,6 +24,10 @@ struct Cli {
     /// Control API listener address (default 127.0.0.1:5561).
     #[arg(long, value_name = "ADDR")]
     control_listen: Option<String>,
+    /// Publish bus: a Redis URL shared by every instance (e.g. redis://127.0.0.1:6379/0), or `memory`
+    /// (default: bus.url of the config file, else memory).
+    #[arg(long, value_name = "URL", env = "GRIP_PROXY_BUS")]
+    bus: Option<String>,
     /// Log format on stderr. Filter with RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         origin: cli.origin.clone(),
         listen: cli.listen.clone(),
         control_listen: cli.control_listen.clone(),
+        bus: cli.bus.clone(),
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub(crate) mod redis_server;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
