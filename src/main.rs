@@ -79,6 +79,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // Installed before anything starts, and kept: a signal arriving at any point is seen, and the second one is
+    // not lost between the first and a re-registration.
+    let mut signals = match StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("grip-proxy: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = match App::start(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -87,12 +96,10 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = stop_signal().await {
-        tracing::error!(error = %e, "cannot listen for signals");
-    }
+    signals.next().await;
     // A second signal exits at once.
-    tokio::spawn(async {
-        let _ = stop_signal().await;
+    tokio::spawn(async move {
+        signals.next().await;
         tracing::warn!("second stop signal: exiting now");
         std::process::exit(130);
     });
@@ -100,16 +107,28 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -185,11 +185,14 @@ mod tests {
         assert!(bus.is_connected());
         assert!(tasks.is_empty(), "the memory bus runs no task");
         let mut hold = r
-            .park(&[ChannelSub {
-                name: "c".into(),
-                prev_id: None,
-                filters: vec![],
-            }])
+            .park(
+                &[ChannelSub {
+                    name: "c".into(),
+                    prev_id: None,
+                    filters: vec![],
+                }],
+                true,
+            )
             .unwrap();
         let body = br#"{"items": [
             {"channel": "c", "id": "1", "http-response": {"body": "first"}},

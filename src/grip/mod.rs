@@ -3,6 +3,7 @@
 
 pub mod instruct;
 pub mod parse;
+mod pem;
 pub mod sig;
 pub(crate) mod wire;
 

@@ -42,7 +42,7 @@ impl Signer {
             Algorithm::HS256 => EncodingKey::from_secret(key),
             Algorithm::RS256 => EncodingKey::from_rsa_pem(key)
                 .map_err(|e| format!("not a PEM RSA private key: {e}"))?,
-            Algorithm::ES256 => EncodingKey::from_ec_pem(key)
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&super::pem::normalize_ec_key(key)?)
                 .map_err(|e| format!("not a PEM EC private key: {e}"))?,
             other => return Err(format!("unsupported algorithm {other:?}")),
         };

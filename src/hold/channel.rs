@@ -38,8 +38,7 @@ pub(crate) struct Sequencing {
 pub(crate) enum ParkOutcome {
     /// The waiter is in the channel.
     Parked,
-    /// The channel's last id differs from the hold's prev-id: the client is behind. The last id is forgotten (so a
-    /// retried request's hold is accepted whatever its prev-id) and the waiter is not inserted.
+    /// The channel's last id differs from the hold's prev-id: the client is behind, and is not inserted.
     Stale,
 }
 
@@ -82,7 +81,6 @@ impl Channel {
     pub(crate) fn park(&mut self, waiter: u64, slot: &Slot, prev_id: Option<&str>) -> ParkOutcome {
         if let (Some(last), Some(prev)) = (self.last_id.as_deref(), prev_id) {
             if last != prev {
-                self.last_id = None;
                 return ParkOutcome::Stale;
             }
         }
@@ -223,10 +221,14 @@ mod tests {
         );
         assert!(matches!(c.park(2, &s, Some("2")), ParkOutcome::Parked));
         assert!(matches!(c.park(3, &s, Some("1")), ParkOutcome::Stale));
-        assert!(c.last_id.is_none(), "stale park forgets the last id");
+        assert_eq!(
+            c.last_id.as_deref(),
+            Some("2"),
+            "a stale park changes nothing"
+        );
         assert!(
-            matches!(c.park(4, &s, Some("1")), ParkOutcome::Parked),
-            "retry is accepted"
+            matches!(c.park(4, &s, None), ParkOutcome::Parked),
+            "a retry parks unchecked"
         );
         assert_eq!(c.waiters.len(), 2);
         let p = c.publish(&item(Some("3"), None), Instant::now(), SEQ);

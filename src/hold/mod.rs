@@ -140,7 +140,11 @@ impl Registry {
 
     /// Parks a client on `subs`. Each channel is checked (prev-id against the last id) and joined under its entry
     /// lock, so a publish either comes before (and the check sees its id) or after (and finds the waiter).
-    pub fn park(&self, subs: &[ChannelSub]) -> Result<Hold, ParkError> {
+    ///
+    /// `check_prev_id: false` parks whatever the prev-ids say: for a request that was already re-fetched once, so
+    /// that an origin still behind cannot make it loop. (Pushpin instead forgets the channel's last id, which lets
+    /// other clients that are behind park too, waiting for an item that has gone.)
+    pub fn park(&self, subs: &[ChannelSub], check_prev_id: bool) -> Result<Hold, ParkError> {
         if self.is_closed() {
             return Err(ParkError::Closed);
         }
@@ -151,8 +155,9 @@ impl Registry {
         let (tx, rx) = oneshot::channel();
         let slot: Slot = Arc::new(Mutex::new(Some(tx)));
         for (i, sub) in subs.iter().enumerate() {
-            let outcome =
-                self.with_channel(&sub.name, |c| c.park(id, &slot, sub.prev_id.as_deref()));
+            let outcome = self.with_channel(&sub.name, |c| {
+                c.park(id, &slot, sub.prev_id.as_deref().filter(|_| check_prev_id))
+            });
             if let ParkOutcome::Stale = outcome {
                 self.forget_if_idle(&sub.name);
                 self.unpark(&subs[..i], id);
@@ -442,7 +447,7 @@ mod tests {
     #[tokio::test]
     async fn publish_releases_and_drop_cleans_up() {
         let r = registry(10);
-        let mut h = r.park(&[sub("a", None), sub("b", None)]).unwrap();
+        let mut h = r.park(&[sub("a", None), sub("b", None)], true).unwrap();
         assert_eq!(r.held(), 1);
         assert_eq!(r.publish(&item("a", Some("1"))), 1);
         assert!(matches!(h.recv().await, Delivery::Item(_)));
@@ -463,7 +468,7 @@ mod tests {
         let r = registry(10);
         r.publish(&item("a", Some("2")));
         let err = r
-            .park(&[sub("b", None), sub("a", Some("1"))])
+            .park(&[sub("b", None), sub("a", Some("1"))], true)
             .err()
             .unwrap();
         assert_eq!(
@@ -473,21 +478,28 @@ mod tests {
                 prev_id: "1".into()
             }
         );
-        assert_eq!(r.channels(), 0);
+        assert_eq!(r.channels(), 1, "only a's last id remains");
         assert_eq!(r.held(), 0);
         assert!(
-            r.park(&[sub("a", Some("1"))]).is_ok(),
-            "a retry's hold is accepted"
+            r.park(&[sub("a", Some("1"))], true).is_err(),
+            "still behind"
+        );
+        assert!(
+            r.park(&[sub("a", Some("1"))], false).is_ok(),
+            "a retry's hold parks unchecked"
         );
     }
 
     #[tokio::test]
     async fn close_answers_everyone_and_refuses_new() {
         let r = registry(10);
-        let mut h = r.park(&[sub("a", None)]).unwrap();
+        let mut h = r.park(&[sub("a", None)], true).unwrap();
         r.close();
         assert!(matches!(h.recv().await, Delivery::Shutdown));
-        assert_eq!(r.park(&[sub("a", None)]).err(), Some(ParkError::Closed));
+        assert_eq!(
+            r.park(&[sub("a", None)], true).err(),
+            Some(ParkError::Closed)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -497,7 +509,7 @@ mod tests {
             r.publish(&item(&format!("c{i}"), Some("1")));
             tokio::time::advance(Duration::from_secs(1)).await;
         }
-        let _h = r.park(&[sub("c0", Some("1"))]).unwrap();
+        let _h = r.park(&[sub("c0", Some("1"))], true).unwrap();
         r.sweep(Instant::now());
         assert_eq!(r.channels(), 3);
         assert!(r.last_id("c0").is_some(), "an entry with waiters stays");

@@ -148,7 +148,7 @@ async fn proxy(
             Inspected::Respond(r) => return Ok((r, Outcome::Passed)),
             Inspected::Hold(hold, held) => (hold, held),
         };
-        match wait(state, &hold, &held).await {
+        match wait(state, &hold, &held, attempt > 0).await {
             Waited::Answer(r, outcome) => return Ok((r, outcome)),
             Waited::Fail(e) => return Err(e),
             Waited::Refetch(last) => grip_last = last,
@@ -342,9 +342,11 @@ enum Waited {
 ///
 /// # Cancel safety
 /// Dropping the future (the client went away) drops the `Hold` guard, which unparks it from every channel.
-async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts) -> Waited {
+async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts, retry: bool) -> Waited {
     let timeout = state.hold.effective_timeout(hold.timeout);
-    let mut parked = match state.registry.park(&hold.channels) {
+    // A re-fetched request parks whatever its prev-ids: the origin was told what the client missed, and a hold
+    // from an origin still behind must not loop (a later item with another prev-id re-fetches it again).
+    let mut parked = match state.registry.park(&hold.channels, !retry) {
         Ok(parked) => parked,
         Err(ParkError::Stale { channel, prev_id }) => {
             tracing::debug!(%channel, %prev_id, "hold is behind the channel's last id: re-fetching");
