@@ -148,7 +148,9 @@ impl Registry {
         if self.is_closed() {
             return Err(ParkError::Closed);
         }
-        if self.held() >= self.inner.max_held {
+        // Reserve the place first, so that parks racing each other cannot overshoot the bound.
+        if self.inner.held.fetch_add(1, Ordering::AcqRel) >= self.inner.max_held {
+            self.inner.held.fetch_sub(1, Ordering::AcqRel);
             return Err(ParkError::Full);
         }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -161,6 +163,7 @@ impl Registry {
             if let ParkOutcome::Stale = outcome {
                 self.forget_if_idle(&sub.name);
                 self.unpark(&subs[..i], id);
+                self.inner.held.fetch_sub(1, Ordering::AcqRel);
                 return Err(ParkError::Stale {
                     channel: sub.name.clone(),
                     prev_id: sub.prev_id.clone().unwrap_or_default(),
@@ -170,9 +173,9 @@ impl Registry {
         // close() sets the flag before draining: either the drain saw our waiter, or we see the flag here.
         if self.is_closed() {
             self.unpark(subs, id);
+            self.inner.held.fetch_sub(1, Ordering::AcqRel);
             return Err(ParkError::Closed);
         }
-        self.inner.held.fetch_add(1, Ordering::Relaxed);
         self.inner.held_changed.notify_waiters();
         Ok(Hold {
             registry: self.clone(),
