@@ -229,6 +229,9 @@ pub struct RawOrigin {
     pub pool_max_idle_per_host: usize,
     /// A request body up to this size is kept so the request can be re-sent on a prev-id mismatch.
     pub max_replay_body: usize,
+    /// Requests waiting for an origin's response head at once (more wait their turn): bounds the origin
+    /// connections a burst of clients opens.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for RawOrigin {
@@ -239,6 +242,7 @@ impl Default for RawOrigin {
             pool_idle_timeout_secs: 90.0,
             pool_max_idle_per_host: 256,
             max_replay_body: 65_536,
+            max_concurrent_requests: 512,
         }
     }
 }
@@ -484,6 +488,8 @@ pub struct OriginConfig {
     pub pool_max_idle_per_host: usize,
     /// Largest request body kept for a re-send.
     pub max_replay_body: usize,
+    /// Requests waiting for origin response heads at once.
+    pub max_concurrent_requests: usize,
 }
 
 /// Validated `[last_ids]`.
@@ -616,7 +622,12 @@ impl TryFrom<RawConfig> for Config {
             pool_idle_timeout: secs("origin.pool_idle_timeout_secs", o.pool_idle_timeout_secs)?,
             pool_max_idle_per_host: o.pool_max_idle_per_host,
             max_replay_body: o.max_replay_body,
+            max_concurrent_requests: o.max_concurrent_requests,
         };
+        positive(
+            "origin.max_concurrent_requests",
+            origin.max_concurrent_requests,
+        )?;
         positive("last_ids.capacity", raw.last_ids.capacity)?;
         if raw.last_ids.ttl_secs == 0 {
             return Err(invalid("last_ids.ttl_secs", "must be at least 1"));

@@ -100,7 +100,7 @@ where
     let path = req.uri().path().to_owned();
     let prepared = route(&state, &req)
         .and_then(|route| prepare(&state, route, req, client))
-        .map(|(replay, first)| Box::new((replay, Some(first))));
+        .map(|(replay, first)| (Box::new(replay), Box::new(first)));
     async move {
         let result = match prepared {
             Ok(prepared) => proxy(&state, prepared).await,
@@ -133,14 +133,16 @@ where
 
 async fn proxy(
     state: &ProxyState,
-    mut prepared: Box<(Replayable, Option<Request<Body>>)>,
+    (replay, first): (Box<Replayable>, Box<Request<Body>>),
 ) -> Result<(Response<Body>, Outcome), ProxyError> {
-    // Boxed, and the first request taken out of it: neither is stored inline in this future while parked.
+    // Both boxed: neither is stored inline in this future, and the first request's box is freed once sent, so
+    // a parked request keeps only what a re-send needs.
+    let mut first = Some(first);
     let mut grip_last = None;
     for attempt in 0..=MAX_REFETCHES {
-        let req = match prepared.1.take() {
-            Some(req) => req,
-            None => prepared.0.again(grip_last.take())?,
+        let req = match first.take() {
+            Some(req) => *req,
+            None => replay.again(grip_last.take())?,
         };
         // The origin exchange is boxed: hyper's client future is large, and inline it would set the size of this
         // future for its whole life, parked time included.
