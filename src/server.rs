@@ -25,6 +25,35 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The next connection, with `TCP_NODELAY` set, or `None` once `stop` fires. An accept error (e.g. out of file
+/// descriptors) is logged and retried after a pause, so the loop does not spin while the condition lasts.
+///
+/// # Cancel safety
+/// Cancel safe: `TcpListener::accept` is.
+pub(crate) async fn accept(
+    name: &'static str,
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "set_nodelay failed");
+                    }
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
 /// Accepts connections on `listener` and serves each with `handler` until `stop` fires; then stops accepting,
 /// lets open connections finish their current request, and returns once they have or `grace` has passed.
 pub async fn serve<H, F>(
@@ -39,20 +68,9 @@ pub async fn serve<H, F>(
 {
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = accept(name, &listener, &stop).await else {
+            break;
         };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "set_nodelay failed");
-        }
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let fut = handler(req, peer);

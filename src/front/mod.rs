@@ -58,9 +58,6 @@ impl From<&crate::config::ProxyLimits> for Limits {
 #[error("request body larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// After an accept error (e.g. out of file descriptors), wait this long before accepting again.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-
 /// Accepts clients until `stop` fires, then lets open connections finish their current request (a parked one is
 /// answered by the registry's close) for at most `grace`.
 pub async fn serve<H, F>(
@@ -75,20 +72,9 @@ pub async fn serve<H, F>(
 {
     let tracker = TaskTracker::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(listener = "proxy", error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = crate::server::accept("proxy", &listener, &stop).await else {
+            break;
         };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "set_nodelay failed");
-        }
         tracker.spawn(conn::run(
             stream,
             peer,
