@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use grip_proxy::{App, Config};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
 use support::redis_server::RedisServer;
 use support::*;
 use tokio::time::Instant;
@@ -62,16 +61,6 @@ fn hold_on_path(req: &Recorded) -> Reply {
         Some(channel) => Reply::hold(channel),
         None => Reply::text("plain"),
     }
-}
-
-/// An item on `channel` with an id, a prev-id if given, and a body.
-fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str) -> Value {
-    let mut item = item(channel, body);
-    item["id"] = json!(id.to_string());
-    if let Some(prev) = prev_id {
-        item["prev-id"] = json!(prev.to_string());
-    }
-    item
 }
 
 #[tokio::test]

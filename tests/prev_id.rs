@@ -7,18 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-
-/// An item on `channel` with an id, a prev-id if given, and a body.
-fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str) -> Value {
-    let mut item = item(channel, body);
-    item["id"] = json!(id.to_string());
-    if let Some(prev) = prev_id {
-        item["prev-id"] = json!(prev.to_string());
-    }
-    item
-}
 
 /// Answers a request carrying `Grip-Last` with data naming it, and anything else with `otherwise`.
 fn catch_up_or(otherwise: impl Fn(&Recorded) -> Reply) -> impl Fn(&Recorded) -> Reply {

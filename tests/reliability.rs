@@ -12,16 +12,6 @@ use serde_json::{json, Value};
 use support::*;
 use tokio::time::Instant;
 
-/// An item on `channel` with an id, a prev-id if given, and a body.
-fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str) -> Value {
-    let mut item = item(channel, body);
-    item["id"] = json!(id.to_string());
-    if let Some(prev) = prev_id {
-        item["prev-id"] = json!(prev.to_string());
-    }
-    item
-}
-
 /// Publishes and checks the answer is `200 Published`.
 async fn publish_ok(proxy: &Proxy, body: Value) {
     let resp = publish(proxy, body).await;

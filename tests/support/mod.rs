@@ -715,6 +715,16 @@ pub(crate) fn item(channel: &str, body: &str) -> Value {
 }
 
 /// `{"items": [..]}`.
+/// An item on `channel` with an id, a prev-id if given, and a body.
+pub(crate) fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str) -> Value {
+    let mut item = item(channel, body);
+    item["id"] = serde_json::json!(id.to_string());
+    if let Some(prev) = prev_id {
+        item["prev-id"] = serde_json::json!(prev.to_string());
+    }
+    item
+}
+
 pub(crate) fn items(list: &[Value]) -> Value {
     json!({ "items": list })
 }
