@@ -99,6 +99,12 @@ struct Inner {
     held: AtomicUsize,
     /// Woken whenever `held` changes, for tests and tools that wait for parks.
     held_changed: Notify,
+    /// Places taken against `max_held`: parked clients plus parks in progress. Reserved before a park inserts
+    /// anything, so that parks racing each other cannot overshoot the bound; `held` counts only parked clients.
+    reserved: AtomicUsize,
+    /// Tasks in `wait_held` now: `held_changed` is only notified when someone waits, because `Notify` takes a
+    /// mutex on every notification and every park and unpark would otherwise contend on it.
+    watchers: AtomicUsize,
     /// Set once by `close()`; parks fail afterwards.
     closed: AtomicBool,
     /// Bounds on remembered last ids.
@@ -125,6 +131,8 @@ impl Registry {
                 next_waiter: AtomicU64::new(1),
                 held: AtomicUsize::new(0),
                 held_changed: Notify::new(),
+                watchers: AtomicUsize::new(0),
+                reserved: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 limits,
                 sequencing: channel::Sequencing {
@@ -148,9 +156,8 @@ impl Registry {
         if self.is_closed() {
             return Err(ParkError::Closed);
         }
-        // Reserve the place first, so that parks racing each other cannot overshoot the bound.
-        if self.inner.held.fetch_add(1, Ordering::AcqRel) >= self.inner.max_held {
-            self.inner.held.fetch_sub(1, Ordering::AcqRel);
+        if self.inner.reserved.fetch_add(1, Ordering::AcqRel) >= self.inner.max_held {
+            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
             return Err(ParkError::Full);
         }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +170,7 @@ impl Registry {
             if let ParkOutcome::Stale = outcome {
                 self.forget_if_idle(&sub.name);
                 self.unpark(&subs[..i], id);
-                self.inner.held.fetch_sub(1, Ordering::AcqRel);
+                self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
                 return Err(ParkError::Stale {
                     channel: sub.name.clone(),
                     prev_id: sub.prev_id.clone().unwrap_or_default(),
@@ -173,14 +180,16 @@ impl Registry {
         // close() sets the flag before draining: either the drain saw our waiter, or we see the flag here.
         if self.is_closed() {
             self.unpark(subs, id);
-            self.inner.held.fetch_sub(1, Ordering::AcqRel);
+            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
             return Err(ParkError::Closed);
         }
-        self.inner.held_changed.notify_waiters();
+        self.inner.held.fetch_add(1, Ordering::SeqCst);
+        self.notify_held();
         Ok(Hold {
             registry: self.clone(),
             id,
             subs: subs.into(),
+            slot,
             rx,
         })
     }
@@ -273,7 +282,7 @@ impl Registry {
 
     /// Parked clients now.
     pub fn held(&self) -> usize {
-        self.inner.held.load(Ordering::Relaxed)
+        self.inner.held.load(Ordering::SeqCst)
     }
 
     /// Clients parked on one channel now.
@@ -298,8 +307,25 @@ impl Registry {
         self.inner.channels.len()
     }
 
+    /// Calls `f` with each channel entry's name, held clients and last id, for introspection (`GET /channels`).
+    /// `f` runs while a shard of the map is read-locked (parks and publishes on that shard wait): it must be quick,
+    /// and must not touch the registry.
+    pub fn for_each_channel(&self, mut f: impl FnMut(&str, usize, Option<&str>)) {
+        for entry in self.inner.channels.iter() {
+            f(entry.key(), entry.waiters.len(), entry.last_id.as_deref());
+        }
+    }
+
     /// Waits until `pred(held())` holds. For tests and tools; cancel safe.
     pub async fn wait_held(&self, pred: impl Fn(usize) -> bool) {
+        struct Watching<'a>(&'a AtomicUsize);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.inner.watchers.fetch_add(1, Ordering::SeqCst);
+        let _watching = Watching(&self.inner.watchers);
         loop {
             let notified = self.inner.held_changed.notified();
             tokio::pin!(notified);
@@ -308,6 +334,14 @@ impl Registry {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Wakes `wait_held` callers, if any. `held` and `watchers` are both SeqCst, so either the watcher sees the
+    /// new count or this sees the watcher.
+    fn notify_held(&self) {
+        if self.inner.watchers.load(Ordering::SeqCst) > 0 {
+            self.inner.held_changed.notify_waiters();
         }
     }
 
@@ -391,6 +425,8 @@ pub struct Hold {
     registry: Registry,
     id: u64,
     subs: Box<[ChannelSub]>,
+    /// Its place in the channels: empty once a delivery (or close/recover) took it out of the map.
+    slot: Slot,
     rx: oneshot::Receiver<Delivery>,
 }
 
@@ -414,9 +450,16 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.registry.unpark(&self.subs, self.id);
-        self.registry.inner.held.fetch_sub(1, Ordering::Relaxed);
-        self.registry.inner.held_changed.notify_waiters();
+        // Whatever took the sender removed this waiter from the channel it came from: a released single-channel
+        // hold has nothing left to remove, and skips the map (a fan-out to 10,000 clients would otherwise take
+        // that channel's shard lock 20,000 more times).
+        let taken = self.slot.lock().is_none();
+        if !(taken && self.subs.len() == 1) {
+            self.registry.unpark(&self.subs, self.id);
+        }
+        self.registry.inner.held.fetch_sub(1, Ordering::SeqCst);
+        self.registry.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.registry.notify_held();
     }
 }
 
