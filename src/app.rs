@@ -12,9 +12,12 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::hold::Registry;
+use crate::metrics::Metrics;
+use crate::proxy::forward::Forwarder;
 use crate::proxy::{self, ProxyState};
 use crate::publish::{self, Control};
-use crate::{front, server};
+use crate::reload::Reloader;
+use crate::{front, ops, server};
 
 /// How often expired last ids are swept (and early, when the map is over capacity).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -42,7 +45,9 @@ pub enum StartError {
 pub struct App {
     proxy_addr: SocketAddr,
     control_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     registry: Registry,
+    reloader: Reloader,
     bus: Bus,
     stop: CancellationToken,
     tasks: JoinSet<()>,
@@ -55,6 +60,14 @@ impl App {
         let control_listener = bind("control", config.control_listen).await?;
         let proxy_addr = local_addr("proxy", config.listen, &proxy_listener)?;
         let control_addr = local_addr("control", config.control_listen, &control_listener)?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let l = bind("metrics", addr).await?;
+                let bound = local_addr("metrics", addr, &l)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
@@ -71,13 +84,21 @@ impl App {
         )
         .await?;
 
-        let state = Arc::new(ProxyState::new(&config, registry.clone()));
+        let metrics = Arc::new(Metrics::new());
+        // Reloads swap this; each request takes the state in force when it arrives and keeps it to its end.
+        let live = Arc::new(arc_swap::ArcSwap::from_pointee(ProxyState::build(
+            &config,
+            registry.clone(),
+            Forwarder::new(&config.origin),
+            metrics.clone(),
+        )));
+        let reloader = Reloader::new(live.clone(), config.clone());
         tasks.spawn(front::serve(
             proxy_listener,
             stop.clone(),
             config.shutdown_grace,
             front::Limits::from(&config.limits),
-            move |req, peer| proxy::serve(state.clone(), req, peer),
+            move |req, peer| proxy::serve(live.load_full(), req, peer),
         ));
 
         let control = Arc::new(Control {
@@ -86,7 +107,25 @@ impl App {
             auth: crate::publish::auth::Auth::new(&config.control_auth)
                 .expect("auth keys were checked when the config was validated"),
             bus: bus.clone(),
+            ops: ops::Ops {
+                exposition: metrics.exposition(registry.clone(), &bus),
+                metrics,
+            },
         });
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+        if let Some((listener, _)) = metrics_listener {
+            let control = control.clone();
+            tasks.spawn(server::serve(
+                "metrics",
+                listener,
+                stop.clone(),
+                config.shutdown_grace,
+                move |req, _peer| {
+                    let resp = ops::serve_metrics_listener(&control, &req);
+                    async move { resp }
+                },
+            ));
+        }
         tasks.spawn(server::serve(
             "control",
             control_listener,
@@ -97,11 +136,13 @@ impl App {
 
         tasks.spawn(registry.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));
 
-        tracing::info!(proxy = %proxy_addr, control = %control_addr, routes = config.routes.len(), bus = bus.kind(), "grip-proxy listening");
+        tracing::info!(proxy = %proxy_addr, control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), "grip-proxy listening");
         Ok(App {
             proxy_addr,
             control_addr,
+            metrics_addr,
             registry,
+            reloader,
             bus,
             stop,
             tasks,
@@ -116,6 +157,16 @@ impl App {
     /// Where the control API listens.
     pub fn control_addr(&self) -> SocketAddr {
         self.control_addr
+    }
+
+    /// Where the metrics listener (`[metrics] listen`) listens, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Live reload: apply a new configuration's reloadable settings (see [`crate::reload`]).
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
 
     /// The hold registry (to observe parked clients).

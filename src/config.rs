@@ -67,6 +67,8 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     /// `[bus]`
     pub bus: crate::bus::config::RawBus,
+    /// `[metrics]`
+    pub metrics: RawMetrics,
     /// `[[routes]]`
     pub routes: Vec<RawRoute>,
 }
@@ -82,9 +84,18 @@ impl Default for RawConfig {
             last_ids: RawLastIds::default(),
             shutdown: RawShutdown::default(),
             bus: crate::bus::config::RawBus::default(),
+            metrics: RawMetrics::default(),
             routes: vec![RawRoute::default()],
         }
     }
+}
+
+/// `[metrics]`: `GET /metrics` is always on the control listener; this adds a listener of its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Address of a listener serving only `/metrics`, `/health` and `/ready` (none by default).
+    pub listen: Option<String>,
 }
 
 /// `[proxy]`: the client-facing listener.
@@ -382,6 +393,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The publish bus (memory, or Redis).
     pub bus: crate::bus::config::BusConfig,
+    /// A listener of its own for `/metrics`, `/health` and `/ready`, if configured.
+    pub metrics_listen: Option<SocketAddr>,
     /// Routes, in file order (the table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
 }
@@ -574,11 +587,24 @@ impl Config {
 }
 
 impl RawConfig {
-    /// Parses TOML text; unknown keys and wrong types are errors with line and column.
+    /// Parses TOML text; unknown keys and wrong types are errors with line and column. The message never quotes
+    /// the file (toml's own display shows the offending line, which may hold a key): it is printed and logged.
     pub fn from_toml(text: &str, path: &str) -> Result<RawConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                message: format!(
+                    "{}{}",
+                    at.unwrap_or_default(),
+                    e.message().trim().replace('\n', " ")
+                ),
+            }
         })
     }
 }
@@ -658,6 +684,20 @@ impl TryFrom<RawConfig> for Config {
             )?,
         };
         let bus = crate::bus::config::validate(&raw.bus)?;
+        let metrics_listen = raw
+            .metrics
+            .listen
+            .as_deref()
+            .map(|l| addr("metrics.listen", l))
+            .transpose()?;
+        if let Some(m) = metrics_listen {
+            if m.port() != 0 && (m == listen || m == control_listen) {
+                return Err(invalid(
+                    "metrics.listen",
+                    "must differ from proxy.listen and control.listen",
+                ));
+            }
+        }
         if raw.routes.is_empty() {
             return Err(invalid(
                 "routes",
@@ -685,6 +725,7 @@ impl TryFrom<RawConfig> for Config {
             last_ids,
             shutdown_grace,
             bus,
+            metrics_listen,
             routes,
         })
     }
@@ -920,6 +961,14 @@ path_prefix = "api""#,
                 "[control]\nlisten = \"0.0.0.0:7999\"",
                 "control.listen: must differ from proxy.listen",
             ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:5561\"",
+                "metrics.listen: must differ from proxy.listen and control.listen",
+            ),
+            (
+                "[metrics]\nlisten = \"localhost:9090\"",
+                r#"metrics.listen: "localhost:9090" is not an IP address and port (e.g. 127.0.0.1:7999)"#,
+            ),
         ];
         for (toml, want) in cases {
             assert_eq!(err(toml), want, "{toml}");
@@ -930,6 +979,15 @@ path_prefix = "api""#,
     fn syntax_errors_keep_position_and_unknown_keys_fail() {
         let e = err("[proxy]\nlisten = ");
         assert!(e.contains("line 2"), "{e}");
+        let e = err("[control.auth]\nbearer_key = \"s3cret-value\nx = 1");
+        assert!(
+            e.starts_with("config file <string>: line 2, column "),
+            "{e}"
+        );
+        assert!(
+            !e.contains("s3cret"),
+            "the file's text is never quoted: {e}"
+        );
         let e = err("[proxy]\nlisen = \"1.2.3.4:5\"");
         assert!(e.contains("unknown field `lisen`"), "{e}");
     }

@@ -14,6 +14,10 @@
 //! - [`hold`]: the registry of parked clients and last ids per channel.
 //! - [`publish`]: the control API and publish item parsing.
 //! - [`bus`]: where publishes go: this process's registry (memory), or Redis pub/sub shared by every instance.
+//! - [`metrics`]: Prometheus counters and histograms (atomics on the hot path), encoded at scrape time.
+//! - [`ops`]: health, readiness, `/metrics` and channel introspection on the control listener.
+//! - [`reload`]: live reload (SIGHUP) of routes and the other reloadable settings.
+//! - [`cli`]: the binary's subcommands other than running the proxy (`grip-proxy publish`).
 //! - [`secret`]: keys given literally, by environment variable or file.
 //! - [`error`], [`body`]: the proxy error type and the body type.
 //!
@@ -26,13 +30,17 @@
 pub mod app;
 pub mod body;
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod front;
 pub mod grip;
 pub mod hold;
+pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod publish;
+pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod server;

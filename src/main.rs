@@ -1,17 +1,26 @@
 //! The `grip-proxy` binary: parses the command line, loads the config (exit 64 if invalid, before binding
-//! anything), installs logging and signal handlers, and runs the proxy until SIGTERM or SIGINT.
+//! anything), installs logging and signal handlers, and runs the proxy until SIGTERM or SIGINT; SIGHUP reloads
+//! the config file. `grip-proxy publish ...` publishes one item instead ([`grip_proxy::cli::publish`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use grip_proxy::config::{Config, Overrides};
 use grip_proxy::App;
 
 /// A GRIP long-poll reverse proxy (a drop-in for Pushpin's long-poll use).
 #[derive(Parser, Debug)]
-#[command(name = "grip-proxy", version, about)]
+#[command(
+    name = "grip-proxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// With no subcommand, the proxy runs.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file (default: built-in defaults, as in config/grip-proxy.toml).
     #[arg(long, short = 'c', value_name = "PATH", env = "GRIP_PROXY_CONFIG")]
     config: Option<PathBuf>,
@@ -36,6 +45,12 @@ struct Cli {
     check_config: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Publish one item to a running grip-proxy's control API (as Pushpin's pushpin-publish).
+    Publish(grip_proxy::cli::publish::Args),
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -47,6 +62,9 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Publish(args)) = cli.command {
+        return ExitCode::from(grip_proxy::cli::publish::main(args));
+    }
     let overrides = Overrides {
         origin: cli.origin.clone(),
         listen: cli.listen.clone(),
@@ -75,10 +93,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    let reload = Reload {
+        path: cli.config,
+        overrides,
+    };
+    runtime.block_on(run(config, reload))
 }
 
-async fn run(config: Config) -> ExitCode {
+/// What SIGHUP reloads: the same file, with the same command-line overrides.
+struct Reload {
+    path: Option<PathBuf>,
+    overrides: Overrides,
+}
+
+async fn run(config: Config, reload: Reload) -> ExitCode {
     // Installed before anything starts, and kept: a signal arriving at any point is seen, and the second one is
     // not lost between the first and a re-registration.
     let mut signals = match StopSignals::new() {
@@ -96,7 +124,17 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    signals.next().await;
+    while let Event::Reload = signals.next_event().await {
+        match &reload.path {
+            // Errors are logged by the reloader, and the running configuration stays.
+            Some(path) => {
+                let _ = app.reloader().reload_from(Some(path), &reload.overrides);
+            }
+            None => {
+                tracing::warn!("SIGHUP: no config file was given (--config): nothing to reload")
+            }
+        }
+    }
     // A second signal exits at once.
     tokio::spawn(async move {
         signals.next().await;
@@ -107,10 +145,19 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGTERM and SIGINT.
+/// What a signal asks for.
+enum Event {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// SIGTERM and SIGINT, and SIGHUP (reload).
 struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -119,7 +166,17 @@ impl StopSignals {
         Ok(StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
+    }
+
+    /// Resolves on the next SIGTERM, SIGINT or SIGHUP.
+    async fn next_event(&mut self) -> Event {
+        tokio::select! {
+            _ = self.term.recv() => { tracing::info!("SIGTERM received"); Event::Stop }
+            _ = self.int.recv() => { tracing::info!("SIGINT received"); Event::Stop }
+            _ = self.hup.recv() => { tracing::info!("SIGHUP received: reloading the configuration"); Event::Reload }
+        }
     }
 
     /// Resolves on the next SIGTERM or SIGINT.

@@ -19,6 +19,7 @@ use crate::config::{Config, HoldConfig};
 use crate::error::{ProxyError, Source};
 use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
 use crate::hold::{Delivery, ParkError, Registry};
+use crate::metrics::{route_label, HoldEnd, Metrics, RouteStats};
 use crate::publish::item::Action;
 use crate::routes::{Route, RouteTable};
 use forward::{Forwarder, Replayable};
@@ -45,14 +46,39 @@ pub struct ProxyState {
     pub max_replay_body: usize,
     /// Checks `Grip-Sig` of a trusted GRIP proxy in front, if one is configured.
     pub upstream: Option<crate::grip::sig::Verifier>,
+    /// Counters and histograms (shared by every generation of the state).
+    pub metrics: Arc<Metrics>,
+    /// Request counters and log label of each route, by the route's index in the config.
+    pub route_stats: Box<[RouteStats]>,
 }
 
 impl ProxyState {
-    /// Builds the proxy state from config and a registry.
+    /// Builds the proxy state from config and a registry, with its own origin client and metrics.
     pub fn new(config: &Config, registry: Registry) -> Self {
+        Self::build(
+            config,
+            registry,
+            Forwarder::new(&config.origin),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// Builds the proxy state around an existing origin client and metrics: at start, and for each reload (which
+    /// keeps the origin pool and the counters).
+    pub fn build(
+        config: &Config,
+        registry: Registry,
+        forwarder: Forwarder,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let route_stats = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&route_label(r.host.as_deref(), &r.path_prefix)))
+            .collect();
         ProxyState {
             routes: RouteTable::new(&config.routes),
-            forwarder: Forwarder::new(&config.origin),
+            forwarder,
             registry,
             hold: config.hold.clone(),
             x_forwarded_for: config.x_forwarded_for,
@@ -62,7 +88,16 @@ impl ProxyState {
                 crate::grip::sig::Verifier::new(u.sig_key.as_deref(), u.sig_public_key.as_deref())
                     .expect("upstream keys were checked when the config was validated")
             }),
+            metrics,
+            route_stats,
         }
+    }
+
+    /// The counters (and log label) of the route at config index `index`, or of unrouted requests.
+    fn stats(&self, index: Option<u32>) -> &RouteStats {
+        index
+            .and_then(|i| self.route_stats.get(i as usize))
+            .unwrap_or_else(|| self.metrics.unrouted())
     }
 }
 
@@ -98,7 +133,13 @@ where
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let prepared = route(&state, &req)
+    let routed = route(&state, &req);
+    // u32: this lives in the request future for the whole hold (routes are far fewer).
+    let route_index = routed
+        .as_ref()
+        .ok()
+        .and_then(|r| u32::try_from(r.index).ok());
+    let prepared = routed
         .and_then(|route| prepare(&state, route, req, client))
         .map(|(replay, first)| (Box::new(replay), Box::new(first)));
     async move {
@@ -107,22 +148,27 @@ where
             Err(e) => Err(e),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
+        let stats = state.stats(route_index);
+        let route = stats.label();
         match result {
             Ok((resp, outcome)) => {
+                stats.record(resp.status());
                 tracing::info!(
-                    client.addr = %client, %method, %path, status = resp.status().as_u16(),
+                    client.addr = %client, %method, %path, route, status = resp.status().as_u16(),
                     duration_ms, outcome = ?outcome, "request"
                 );
                 resp
             }
             Err(e) => {
+                stats.record(e.status());
+                state.metrics.origin_error(&e);
                 let status = e.status().as_u16();
                 match e.source_kind() {
                     Source::Origin => tracing::warn!(
-                        client.addr = %client, %method, %path, status, duration_ms, error = %e, "request failed"
+                        client.addr = %client, %method, %path, route, status, duration_ms, error = %e, "request failed"
                     ),
                     Source::Client | Source::Internal => tracing::info!(
-                        client.addr = %client, %method, %path, status, duration_ms, error = %e, "request refused"
+                        client.addr = %client, %method, %path, route, status, duration_ms, error = %e, "request refused"
                     ),
                 }
                 e.into_response()
@@ -168,7 +214,9 @@ async fn proxy(
 
 /// Phases 3 and 4: send to the origin, read its answer.
 async fn exchange(state: &ProxyState, req: Request<Body>) -> Result<Inspected, ProxyError> {
+    let sent = Instant::now();
     let resp = state.forwarder.send(req).await?;
+    state.metrics.origin_latency(sent.elapsed());
     inspect(state, resp).await
 }
 
@@ -355,17 +403,42 @@ async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts, retry
             return Waited::Refetch(grip_last(&channel, &prev_id));
         }
         Err(ParkError::Closed) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
-        Err(ParkError::Full) => return Waited::Fail(ProxyError::HoldsExhausted),
+        Err(ParkError::Full) => {
+            state.metrics.hold_refused();
+            return Waited::Fail(ProxyError::HoldsExhausted);
+        }
     };
+    // Declared after `parked`, so dropped before it when the client goes away: the disconnect is counted before
+    // the registry reports the client gone.
+    let track = state.metrics.hold_started();
     let delivery = tokio::select! {
-        d = parked.recv() => d,
-        _ = tokio::time::sleep(timeout) => return Waited::Answer(held.to_response(), Outcome::TimedOut),
+        d = parked.recv() => Some(d),
+        _ = tokio::time::sleep(timeout) => None,
     };
+    let waited = answer(state, &parked, held, delivery);
+    track.end(match &waited {
+        Waited::Answer(_, Outcome::Released) => HoldEnd::Released,
+        Waited::Answer(_, Outcome::Shutdown) => HoldEnd::Shutdown,
+        Waited::Refetch(_) => HoldEnd::Refetched,
+        Waited::Answer(..) | Waited::Fail(_) => HoldEnd::TimedOut,
+    });
+    waited
+}
+
+/// What a parked client does with its delivery (`None`: the timeout).
+fn answer(
+    state: &ProxyState,
+    parked: &crate::hold::Hold,
+    held: &ResponseParts,
+    delivery: Option<Delivery>,
+) -> Waited {
     let item = match delivery {
-        Delivery::Shutdown => return Waited::Answer(held.to_response(), Outcome::Shutdown),
-        Delivery::Refetch => return Waited::Refetch(None),
-        Delivery::Item(item) => item,
+        None => return Waited::Answer(held.to_response(), Outcome::TimedOut),
+        Some(Delivery::Shutdown) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
+        Some(Delivery::Refetch) => return Waited::Refetch(None),
+        Some(Delivery::Item(item)) => item,
     };
+    state.metrics.delivery();
     let Some(published) = &item.http_response else {
         // The registry releases response holds only with items that carry an http-response.
         return Waited::Answer(held.to_response(), Outcome::TimedOut);
@@ -379,10 +452,11 @@ async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts, retry
     }
     match published.action {
         Action::Hint => Waited::Refetch(None),
-        Action::Send => Waited::Answer(
-            held.merge(&published.parts).into_response(),
-            Outcome::Released,
-        ),
+        Action::Send => {
+            let resp = held.merge(&published.parts).into_response();
+            state.metrics.released(item.accepted);
+            Waited::Answer(resp, Outcome::Released)
+        }
     }
 }
 

@@ -132,6 +132,12 @@ impl Auth {
         let Some((user, password)) = &self.basic else {
             return Err(AuthError::Malformed);
         };
+        // Python's pubcontrol (3.5.0) on Python 3 sends `Basic b'dXNlcjpwYXNz'`: the repr of the base64 bytes.
+        // Accepted as what it means, so that the library works unchanged.
+        let encoded = encoded
+            .strip_prefix("b'")
+            .and_then(|e| e.strip_suffix('\''))
+            .unwrap_or(encoded);
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map_err(|_| AuthError::Malformed)?;
@@ -224,6 +230,7 @@ mod tests {
                 Ok(()),
             ),
             (format!("Basic {}", b64("user:pass")), Ok(())),
+            (format!("Basic b'{}'", b64("user:pass")), Ok(())),
             ("".into(), Err(AuthError::Missing)),
             ("Digest x".into(), Err(AuthError::Malformed)),
             (

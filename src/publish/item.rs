@@ -30,6 +30,9 @@ pub struct Item {
     pub no_seq: bool,
     /// The `http-response` format, which releases response holds.
     pub http_response: Option<HttpResponse>,
+    /// When this process parsed it (the control API accepted it, or the bus brought it): the start of the
+    /// publish-to-delivery latency in the metrics.
+    pub accepted: tokio::time::Instant,
 }
 
 /// What a released response hold does.
@@ -94,14 +97,15 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, PublishError> {
             reason,
         }
     })?;
+    let accepted = tokio::time::Instant::now();
     wire.items
         .into_iter()
         .enumerate()
-        .map(|(i, w)| item(i, w))
+        .map(|(i, w)| item(i, w, accepted))
         .collect()
 }
 
-fn item(i: usize, w: WireItem<'_>) -> Result<Item, PublishError> {
+fn item(i: usize, w: WireItem<'_>, accepted: tokio::time::Instant) -> Result<Item, PublishError> {
     let err = |field: &str, reason: String| PublishError {
         field: format!("items[{i}].{field}"),
         reason,
@@ -143,6 +147,7 @@ fn item(i: usize, w: WireItem<'_>) -> Result<Item, PublishError> {
         prev_id: w.prev_id.map(|s| Box::from(s.0.as_ref())),
         no_seq: w.no_seq.unwrap_or(false),
         http_response,
+        accepted,
     })
 }
 
@@ -169,6 +174,7 @@ impl Item {
                     body: bytes::Bytes::from(body.to_owned()),
                 },
             }),
+            accepted: tokio::time::Instant::now(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The control API: `POST /publish/` (items released to held clients), `POST /recover` (forget last ids, re-fetch
-//! every held client), `GET /` (a banner). Its own listener, loopback by default; optional credentials.
+//! every held client), `GET /` (a banner). Its own listener, loopback by default; optional credentials. Health,
+//! readiness, metrics and channel introspection on the same listener are answered by [`crate::ops`].
 
 pub mod auth;
 pub mod item;
@@ -24,11 +25,16 @@ pub struct Control {
     pub auth: auth::Auth,
     /// Where a validated publish goes (memory: `registry`; Redis: every instance, this one included).
     pub bus: crate::bus::Bus,
+    /// Health, readiness, metrics and channel introspection ([`crate::ops`]).
+    pub ops: crate::ops::Ops,
 }
 
 /// Serves one control API request. Never fails: every error is a response.
 pub async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
     let path = normalize(req.uri().path());
+    if let Some(resp) = crate::ops::serve(&control, path, &req) {
+        return resp;
+    }
     match path {
         "/publish" | "/publish/" | "/recover" | "/recover/" => {
             if req.method() != Method::POST {
@@ -39,6 +45,12 @@ pub async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Bo
             }
             if let Err(e) = control.auth.check(req.headers()) {
                 tracing::warn!(path, error = %e, "control request refused: authentication failed");
+                if path.starts_with("/publish") {
+                    control
+                        .ops
+                        .metrics
+                        .publish_answered(StatusCode::UNAUTHORIZED);
+                }
                 let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, control.auth.challenge());
@@ -52,7 +64,9 @@ pub async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Bo
                 );
                 return text(StatusCode::OK, "Recovered\n");
             }
-            publish(&control, req).await
+            let resp = publish(&control, req).await;
+            control.ops.metrics.publish_answered(resp.status());
+            resp
         }
         "/" if req.method() == Method::GET || req.method() == Method::HEAD => {
             text(StatusCode::OK, "grip-proxy control API\n")
@@ -98,7 +112,8 @@ async fn publish(control: &Control, req: Request<Incoming>) -> Response<Body> {
     let items = match item::parse_body(&body) {
         Ok(items) => items,
         Err(e) => {
-            tracing::warn!(error = %e, "publish rejected");
+            // The field only: the reason may quote a value of the body, which is never logged.
+            tracing::warn!(field = %e.field, "publish rejected");
             return if wants_json {
                 json(
                     StatusCode::BAD_REQUEST,
@@ -109,10 +124,12 @@ async fn publish(control: &Control, req: Request<Incoming>) -> Response<Body> {
             };
         }
     };
+    let count = items.len();
     if let Err(e) = control.bus.publish(body, items).await {
         tracing::warn!(bus = control.bus.kind(), error = %e, "publish refused: the bus cannot take it now");
         return unavailable(control.bus.retry_after(), wants_json);
     }
+    control.ops.metrics.items_published(count);
     if wants_json {
         json(
             StatusCode::OK,

@@ -656,7 +656,8 @@ impl Proxy {
         Proxy::to(origin).start().await
     }
 
-    fn app(&self) -> &App {
+    /// The running app (its reloader, metrics listener, bus).
+    pub(crate) fn app(&self) -> &App {
         self.app.as_ref().unwrap()
     }
 
