@@ -1,11 +1,13 @@
 //! grip-bench: benchmark of grip-proxy (or Pushpin) for held-client memory, fan-out latency,
 //! sustained re-poll deliveries, pass-through overhead and publish API throughput.
 
+mod bus;
 mod children;
 mod http;
 mod origin;
 mod plan;
 mod procfs;
+mod redis;
 mod report;
 mod run;
 mod scenarios;

@@ -20,6 +20,12 @@ pub struct Plan {
     pub passthrough_conns: usize,
     pub publish_conns: usize,
     pub workers: usize,
+    /// Clients held on instance A in the cross-instance (Redis bus) fan-out round.
+    pub bus_fanout_n: usize,
+    /// Single-client rounds per delivery path in the cross-instance latency test.
+    pub bus_rounds: usize,
+    /// Rounds per path run first and not counted.
+    pub bus_warmup_rounds: usize,
     /// Bound on the whole run.
     pub max_run: Duration,
 }
@@ -38,6 +44,9 @@ impl Plan {
                 passthrough_conns: 50,
                 publish_conns: 8,
                 workers: 2,
+                bus_fanout_n: 200,
+                bus_rounds: 200,
+                bus_warmup_rounds: 20,
                 max_run: Duration::from_secs(240),
             }
         } else {
@@ -52,6 +61,9 @@ impl Plan {
                 passthrough_conns: 50,
                 publish_conns: 8,
                 workers: 3,
+                bus_fanout_n: 1_000,
+                bus_rounds: 500,
+                bus_warmup_rounds: 20,
                 max_run: Duration::from_secs(900),
             }
         }
@@ -124,6 +136,73 @@ pub struct PublishRun {
     pub reconnects: u64,
 }
 
+/// Single-client delivery latency over one path: a client is held, one item is published,
+/// the time from just before the publish is written until the client has read its response.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeliveryLatency {
+    /// Which instance held the client, which one got the publish, and the bus.
+    pub path: String,
+    pub rounds: usize,
+    /// Rounds whose client did not get the published body (not in the percentiles).
+    pub failed: usize,
+    pub latency: Percentiles,
+    pub mean_ms: f64,
+    /// Time until the publish was answered 200 (before the release on the Redis bus, after it
+    /// on the memory bus).
+    pub publish_ack: Percentiles,
+}
+
+/// Figure 6: delivery through the Redis publish bus, across instances and on one instance,
+/// against the memory bus.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BusFigures {
+    /// Why the scenario did not run (the rest is then empty).
+    pub skipped: Option<String>,
+    /// Why it failed once started (the run then exits non-zero after writing the report).
+    pub error: Option<String>,
+    pub redis_version: Option<String>,
+    /// Wall time of the whole scenario (Redis and both instances started and stopped).
+    pub seconds: f64,
+    /// N clients held on instance A, one publish to instance B.
+    pub fanout: Option<FanoutRound>,
+    /// The same N held on the memory-bus instance M, publish to M (the baseline, run right
+    /// after the cross-instance round).
+    pub fanout_memory: Option<FanoutRound>,
+    /// Last-client fan-out time, cross-instance / memory bus.
+    pub ratio_fanout_cross_to_memory: Option<f64>,
+    /// Publish to B, client held on A (Redis bus).
+    pub cross_instance: Option<DeliveryLatency>,
+    /// Publish to A, client held on A (Redis bus: the item still goes through Redis).
+    pub same_instance_redis: Option<DeliveryLatency>,
+    /// Publish to a fresh memory-bus instance M, client held there (the baseline).
+    pub memory_bus: Option<DeliveryLatency>,
+    /// cross_instance / memory_bus and same_instance_redis / memory_bus, per percentile.
+    pub ratio_cross_to_memory: Option<Ratios>,
+    pub ratio_same_redis_to_memory: Option<Ratios>,
+    pub ratio_cross_to_same_redis: Option<Ratios>,
+}
+
+/// Per-percentile ratio of two latency distributions.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Ratios {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Ratios {
+    pub fn of(a: &Percentiles, b: &Percentiles) -> Self {
+        let r = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
+        Self {
+            p50: r(a.p50_ms, b.p50_ms),
+            p90: r(a.p90_ms, b.p90_ms),
+            p99: r(a.p99_ms, b.p99_ms),
+            max: r(a.max_ms, b.max_ms),
+        }
+    }
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
@@ -137,6 +216,7 @@ pub struct Results {
     pub passthrough: Passthrough,
     pub publish_single: PublishRun,
     pub publish_batched: PublishRun,
+    pub bus: BusFigures,
     /// RSS of the proxy (KiB) after each phase, once it is idle again.
     pub rss_after_phase_kib: Vec<(String, u64)>,
     /// Share of the machine's CPU used by processes other than this benchmark's (its
@@ -144,4 +224,30 @@ pub struct Results {
     pub foreign_cpu_percent: f64,
     pub notes: Vec<String>,
     pub run_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_per_percentile() {
+        let a = Percentiles {
+            p50_ms: 0.3,
+            p90_ms: 0.4,
+            p99_ms: 1.0,
+            max_ms: 2.0,
+        };
+        let b = Percentiles {
+            p50_ms: 0.1,
+            p90_ms: 0.2,
+            p99_ms: 0.5,
+            max_ms: 0.0,
+        };
+        let r = Ratios::of(&a, &b);
+        assert!((r.p50 - 3.0).abs() < 1e-9);
+        assert!((r.p90 - 2.0).abs() < 1e-9);
+        assert!((r.p99 - 2.0).abs() < 1e-9);
+        assert_eq!(r.max, 0.0); // no baseline: no ratio
+    }
 }

@@ -103,7 +103,12 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
         out.join("report.md").display(),
         out.join("plot.svg").display()
     );
-    Ok(())
+    match &results.bus.error {
+        Some(e) => Err(format!(
+            "figure 6 (delivery through the Redis bus) could not be measured: {e}"
+        )),
+        None => Ok(()),
+    }
 }
 
 async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Results> {
@@ -132,6 +137,8 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     phases.push(("publish 1/request".into(), ctx.rss_kib()));
     let publish_batched = ctx.publish_api(100).await?;
     phases.push(("publish 100/request".into(), ctx.rss_kib()));
+    eprintln!("cross-instance delivery through the Redis bus");
+    let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
     let (busy1, total1) = machine_cpu_ticks();
     let ours = tree_cpu_ticks(me).saturating_sub(ours0);
@@ -153,6 +160,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
         passthrough,
         publish_single,
         publish_batched,
+        bus,
         rss_after_phase_kib: phases,
         foreign_cpu_percent,
         notes: ctx.notes.clone(),

@@ -72,7 +72,7 @@ impl Ctx {
         }
     }
 
-    fn note(&mut self, s: String) {
+    pub fn note(&mut self, s: String) {
         eprintln!("note: {s}");
         self.notes.push(s);
     }
@@ -99,7 +99,7 @@ impl Ctx {
         Ok(v["hold"].as_u64().unwrap_or(0))
     }
 
-    async fn wait_idle(&mut self, what: &str) {
+    pub async fn wait_idle(&mut self, what: &str) {
         if !wait_cpu_idle(self.target.pid(), Duration::from_secs(15)).await {
             self.note(format!(
                 "proxy still busy 15 s after {what}; measured anyway"
@@ -223,17 +223,14 @@ impl Ctx {
         }
     }
 
-    /// POST one publish body to the control port; returns (time sent, time acknowledged).
-    async fn publish(&self, channels: &[String]) -> Result<(u64, u64)> {
-        let mut s = TcpStream::connect(self.target.control)
+    /// POST one publish body to the control port `control`; returns (time sent, time
+    /// acknowledged).
+    async fn publish(&self, control: SocketAddr, channels: &[String]) -> Result<(u64, u64)> {
+        let mut s = TcpStream::connect(control)
             .await
             .map_err(|e| format!("connect to control port: {e}"))?;
         let _ = s.set_nodelay(true);
-        let req = post_request(
-            &self.target.control.to_string(),
-            "/publish/",
-            &publish_body(channels),
-        );
+        let req = post_request(&control.to_string(), "/publish/", &publish_body(channels));
         let t0 = now_ns();
         s.write_all(&req)
             .await
@@ -304,6 +301,19 @@ impl Ctx {
         tag: &str,
         idle_rss: u64,
     ) -> Result<FanoutRound> {
+        let control = self.target.control;
+        self.fanout_round_via(n, tag, idle_rss, control).await
+    }
+
+    /// A fan-out round whose clients are held on `self.target` and whose publish is sent to the
+    /// control port `publish_to` (another instance's for the cross-instance round).
+    pub async fn fanout_round_via(
+        &mut self,
+        n: usize,
+        tag: &str,
+        idle_rss: u64,
+        publish_to: SocketAddr,
+    ) -> Result<FanoutRound> {
         let prefix = format!("{tag}{n}-");
         let channel = format!("{prefix}0");
         let h0 = self.origin_holds().await?;
@@ -325,7 +335,9 @@ impl Ctx {
 
         let cmds = vec!["arm".to_string(); self.workers.len()];
         broadcast(&mut self.workers, &cmds, Duration::from_secs(10)).await?;
-        let (t0, t_ack) = self.publish(std::slice::from_ref(&channel)).await?;
+        let (t0, t_ack) = self
+            .publish(publish_to, std::slice::from_ref(&channel))
+            .await?;
         let cmds = vec![format!("collect {release_ms}"); self.workers.len()];
         let replies = broadcast(
             &mut self.workers,
@@ -392,8 +404,13 @@ impl Ctx {
             rss_after_release_kib: rss_after,
         };
         if tag != "warm" {
+            let label = if tag == "fan" {
+                String::new()
+            } else {
+                format!(" ({tag})")
+            };
             eprintln!(
-                "fan-out N={n}: parked in {:.0} ms, {:.2} KiB/held, fan-out {:.1} ms (p50 {:.1} p99 {:.1})",
+                "fan-out{label} N={n}: parked in {:.0} ms, {:.2} KiB/held, fan-out {:.1} ms (p50 {:.1} p99 {:.1})",
                 park_ms, round.kib_per_held, fanout_ms, latency.p50_ms, latency.p99_ms
             );
         }

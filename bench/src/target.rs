@@ -2,7 +2,7 @@
 //! readiness, measuring its process tree, and stopping every process of it by pid.
 
 use crate::children::Result;
-use crate::http::{get_request, simple_request};
+use crate::http::{get_request, post_request, publish_body, simple_request};
 use crate::procfs::process_tree;
 use crate::sys::signal_pid;
 use std::net::SocketAddr;
@@ -38,15 +38,39 @@ pub fn free_port() -> Result<u16> {
 impl Target {
     /// Start the proxy in front of the origin on `origin_port` and wait until it proxies.
     pub async fn start(kind: Kind, bin: &Path, origin_port: u16, out_dir: &Path) -> Result<Self> {
+        let log = out_dir.join(match kind {
+            Kind::GripProxy => "grip-proxy.log",
+            Kind::Pushpin => "pushpin.log",
+        });
+        Self::start_with(kind, bin, origin_port, log, None).await
+    }
+
+    /// Start a grip-proxy on the publish bus at `bus_url` (`redis://...`; None: the memory
+    /// bus), logging to `log`, and wait until it proxies and its publishes are accepted (on the
+    /// Redis bus: once it has subscribed).
+    pub async fn start_instance(
+        bin: &Path,
+        origin_port: u16,
+        log: PathBuf,
+        bus_url: Option<&str>,
+    ) -> Result<Self> {
+        let mut t = Self::start_with(Kind::GripProxy, bin, origin_port, log, bus_url).await?;
+        t.wait_publish_ready(Duration::from_secs(30)).await?;
+        Ok(t)
+    }
+
+    async fn start_with(
+        kind: Kind,
+        bin: &Path,
+        origin_port: u16,
+        log: PathBuf,
+        bus_url: Option<&str>,
+    ) -> Result<Self> {
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut control: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         while control == listen {
             control = ([127, 0, 0, 1], free_port()?).into();
         }
-        let log = out_dir.join(match kind {
-            Kind::GripProxy => "grip-proxy.log",
-            Kind::Pushpin => "pushpin.log",
-        });
         let log_file = std::fs::File::create(&log).map_err(|e| format!("create log: {e}"))?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
         let (mut cmd, tmpdir) = match kind {
@@ -65,6 +89,9 @@ impl Target {
                     .arg("--control-listen")
                     .arg(control.to_string())
                     .env("RUST_LOG", "warn");
+                if let Some(url) = bus_url {
+                    c.arg("--bus").arg(url);
+                }
                 (c, None)
             }
             Kind::Pushpin => {
@@ -125,6 +152,38 @@ impl Target {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Wait until `POST /publish/` (one item on a channel nobody holds) is answered 200: a
+    /// proxy on the Redis bus answers 503 until it has subscribed.
+    async fn wait_publish_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let addr = self.control.to_string();
+        let req = post_request(&addr, "/publish/", &publish_body(&["bench-bus-ready"]));
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "proxy exited ({status}) while joining the bus; see {}",
+                    self.log.display()
+                ));
+            }
+            let last =
+                match tokio::time::timeout(Duration::from_secs(2), simple_request(&addr, &req))
+                    .await
+                {
+                    Ok(Ok((200, _))) => return Ok(()),
+                    Ok(Ok((status, body))) => format!("{status} {}", body.trim()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no answer within 2 s".into(),
+                };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "proxy on the bus did not accept a publish within {limit:?} (last answer: {last:.200}); see {}",
+                    self.log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
