@@ -8,10 +8,9 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use support::*;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// The built binary, with no config from the environment.
 fn grip_proxy() -> Command {
@@ -77,20 +76,6 @@ async fn check_config_accepts_the_shipped_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Connects to `addr` until it accepts (the binary prints nothing about readiness), within `LIMIT`.
-async fn wait_listening(addr: SocketAddr, child: &mut Child) {
-    within(LIMIT, async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "grip-proxy exited early"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
 }
 
 #[tokio::test]

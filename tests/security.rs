@@ -7,7 +7,7 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -442,16 +442,7 @@ async fn log_of_a_refused_publish(config: &str, authorization: &str) -> String {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    within(LIMIT, async {
-        while tokio::net::TcpStream::connect(control).await.is_err() {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "grip-proxy exited early"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_listening(control, &mut child).await;
     std::fs::remove_file(&path).unwrap();
 
     let req = request("POST", "/publish/")

@@ -77,17 +77,7 @@ impl Running {
             lines,
             config,
         };
-        let child = &mut running.child;
-        within(LIMIT, async {
-            while TcpStream::connect(listen).await.is_err() {
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "grip-proxy exited early"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        wait_listening(listen, &mut running.child).await;
         running
     }
 

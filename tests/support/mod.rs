@@ -716,6 +716,21 @@ pub(crate) fn item(channel: &str, body: &str) -> Value {
 }
 
 /// `{"items": [..]}`.
+/// Connects to `addr` until it accepts (the binary prints nothing about readiness), within `LIMIT`; fails at
+/// once if the process exits meanwhile.
+pub(crate) async fn wait_listening(addr: std::net::SocketAddr, child: &mut tokio::process::Child) {
+    within(LIMIT, async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "grip-proxy exited early"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// An item on `channel` with an id, a prev-id if given, and a body.
 pub(crate) fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str) -> Value {
     let mut item = item(channel, body);
