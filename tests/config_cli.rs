@@ -97,12 +97,7 @@ async fn the_binary_proxies_with_flags_and_exits_0_on_sigterm() {
     assert_eq!(resp.text(), "origin saw /through?x=1");
     wait_listening(control, &mut child).await;
 
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
     let status = within(LIMIT, child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }

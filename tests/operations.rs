@@ -516,12 +516,7 @@ impl Log {
 }
 
 fn hup(child: &tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    signal(child, "HUP");
 }
 
 fn temp_config(name: &str) -> PathBuf {
@@ -569,11 +564,7 @@ async fn sighup_rejects_an_invalid_file_keeping_the_old_route_then_applies_a_val
     assert_eq!(reloaded["routes"], 1);
     assert_eq!(within(LIMIT, get(proxy, "/x")).await.text(), "from b");
 
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    signal(&child, "TERM");
     assert_eq!(within(LIMIT, child.wait()).await.unwrap().code(), Some(0));
     std::fs::remove_file(&path).unwrap();
 }
@@ -685,11 +676,7 @@ async fn logs_never_contain_bodies_keys_or_tokens() {
     hup(&child);
     log.next("configuration reload rejected").await;
 
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    signal(&child, "TERM");
     assert_eq!(within(LIMIT, child.wait()).await.unwrap().code(), Some(0));
     std::fs::remove_file(&path).unwrap();
     // The reader task ends at the pipe's EOF, after the process exited: drain what it read.

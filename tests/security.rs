@@ -451,12 +451,7 @@ async fn log_of_a_refused_publish(config: &str, authorization: &str) -> String {
         .unwrap();
     assert_eq!(within(LIMIT, send(control, req)).await.status, 401);
 
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
     let out = within(LIMIT, child.wait_with_output()).await.unwrap();
     assert_eq!(out.status.code(), Some(0));
     String::from_utf8(out.stderr).unwrap()

@@ -82,12 +82,7 @@ impl Running {
     }
 
     fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let sent = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        signal(&self.child, name);
     }
 
     /// Waits (within `LIMIT`) for a log line containing `text`.

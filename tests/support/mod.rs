@@ -716,6 +716,16 @@ pub(crate) fn item(channel: &str, body: &str) -> Value {
 }
 
 /// `{"items": [..]}`.
+/// Sends signal `name` (e.g. `TERM`, `HUP`) to a spawned process, and checks it was delivered.
+pub(crate) fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid} failed");
+}
+
 /// Connects to `addr` until it accepts (the binary prints nothing about readiness), within `LIMIT`; fails at
 /// once if the process exits meanwhile.
 pub(crate) async fn wait_listening(addr: std::net::SocketAddr, child: &mut tokio::process::Child) {
