@@ -40,6 +40,10 @@ struct Cli {
     /// Output directory for results.json, report.md, plot.svg and logs (default: target/bench).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure only these figures (comma-separated: fanout, sustained, passthrough, publish) and print them,
+    /// without writing the report: for quick before/after comparisons while working on one path.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<run::Figure>,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
                 target: cli.target,
                 proxy_bin,
                 out: cli.out.unwrap_or_else(|| root.join("target/bench")),
+                only: cli.only,
             })
         }
     };

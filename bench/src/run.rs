@@ -17,6 +17,17 @@ pub struct Options {
     pub target: Kind,
     pub proxy_bin: PathBuf,
     pub out: PathBuf,
+    /// Figures to measure alone (empty: the whole run, with its report).
+    pub only: Vec<Figure>,
+}
+
+/// A figure that `--only` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Figure {
+    Fanout,
+    Sustained,
+    Passthrough,
+    Publish,
 }
 
 /// Run the whole benchmark; every child is stopped before this returns (also on error).
@@ -84,6 +95,16 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
     }
 
     let mut ctx = Ctx::new(target, origin_addr, workers, plan.clone());
+    if !opts.only.is_empty() {
+        // Each figure prints its own progress line; nothing is written.
+        let result = measure_only(&mut ctx, &opts.only).await;
+        for w in ctx.workers.drain(..) {
+            w.stop().await;
+        }
+        ctx.target.stop();
+        origin.stop().await;
+        return result;
+    }
     let result = measure(&mut ctx, opts, started).await;
 
     // Stop everything by pid, whatever happened.
@@ -109,6 +130,29 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
         )),
         None => Ok(()),
     }
+}
+
+async fn measure_only(ctx: &mut Ctx, only: &[Figure]) -> Result<()> {
+    ctx.warm_up().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss_kib = ctx.rss_kib();
+    eprintln!("idle RSS {:.1} MiB", idle_rss_kib as f64 / 1024.0);
+    if only.contains(&Figure::Fanout) {
+        for n in ctx.plan.fanout_n.clone() {
+            ctx.fanout_round(n, "fan", idle_rss_kib).await?;
+        }
+    }
+    if only.contains(&Figure::Sustained) {
+        ctx.sustained().await?;
+    }
+    if only.contains(&Figure::Passthrough) {
+        ctx.passthrough().await?;
+    }
+    if only.contains(&Figure::Publish) {
+        ctx.publish_api(1).await?;
+        ctx.publish_api(100).await?;
+    }
+    Ok(())
 }
 
 async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Results> {
