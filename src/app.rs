@@ -85,11 +85,17 @@ impl App {
         .await?;
 
         let metrics = Arc::new(Metrics::new());
+        let forwarder = Forwarder::new(&config.origin);
+        tasks.spawn(sweep_origin_pool(
+            forwarder.clone(),
+            config.origin.pool_idle_timeout,
+            stop.clone(),
+        ));
         // Reloads swap this; each request takes the state in force when it arrives and keeps it to its end.
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(ProxyState::build(
             &config,
             registry.clone(),
-            Forwarder::new(&config.origin),
+            forwarder,
             metrics.clone(),
         )));
         let reloader = Reloader::new(live.clone(), config.clone());
@@ -219,4 +225,15 @@ fn local_addr(
 ) -> Result<SocketAddr, StartError> {
     l.local_addr()
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Closes idle origin connections past the pool's idle timeout, checking twice per timeout.
+async fn sweep_origin_pool(forwarder: Forwarder, idle_timeout: Duration, stop: CancellationToken) {
+    let every = (idle_timeout / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => forwarder.sweep_idle(),
+        }
+    }
 }

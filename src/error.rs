@@ -24,7 +24,7 @@ pub enum ProxyError {
     NoRoute,
     /// The origin could not be reached.
     #[error("origin unreachable: {0}")]
-    OriginConnect(#[source] hyper_util::client::legacy::Error),
+    OriginConnect(#[source] std::io::Error),
     /// The origin accepted the connection but its response was unusable (closed early, not HTTP).
     #[error("origin failed: {0}")]
     OriginProtocol(#[source] crate::body::BoxError),

@@ -38,6 +38,7 @@ pub mod grip;
 pub mod hold;
 pub mod metrics;
 pub mod ops;
+pub mod origin;
 pub mod proxy;
 pub mod publish;
 pub mod reload;

@@ -1,4 +1,5 @@
-//! Request body decoding (`Content-Length` and `chunked`) over the connection's read buffer. Pure: it takes
+//! Message body decoding (`Content-Length` and `chunked`) over a connection's read buffer: request bodies here,
+//! response bodies in the origin client. Pure: it takes
 //! bytes out of a `BytesMut` and says what it needs next; the connection does the reading.
 
 use bytes::{Buf, Bytes, BytesMut};

@@ -1,5 +1,6 @@
-//! Sending requests to origins: a pooled hyper-util client with connect and response-head timeouts, error
-//! classification (unreachable / invalid / timed out), and the copy of a request kept so it can be re-sent.
+//! Sending requests to origins: the pooled origin client (src/origin) with a response-head timeout and bounded
+//! concurrency, error classification (unreachable / invalid / timed out), and the copy of a request kept so it
+//! can be re-sent.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,20 +11,17 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 
 use crate::body::{self, Body, BoxError};
 use crate::config::OriginConfig;
 use crate::error::ProxyError;
+use crate::origin::{self, OriginBody, OriginError};
 
 /// The origin client. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    client: origin::Client,
     response_timeout: Duration,
     /// Requests waiting for an origin's response head at once. Bounds the origin connections a burst opens
     /// (each costs about 20 KiB of hyper buffers, which the allocator keeps after the burst: measured +37 KiB of
@@ -34,15 +32,11 @@ pub struct Forwarder {
 impl Forwarder {
     /// A client with the configured pool and timeouts.
     pub fn new(cfg: &OriginConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(connector);
+        let client = origin::Client::new(origin::Settings {
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle_per_host: cfg.pool_max_idle_per_host,
+        });
         Forwarder {
             client,
             response_timeout: cfg.response_timeout,
@@ -59,19 +53,26 @@ impl Forwarder {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the request (the connection is not returned to the pool).
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<OriginBody>, ProxyError> {
         let exchange = async {
             // The semaphore is never closed, so acquiring only waits.
             let _permit = self.permits.acquire().await;
-            self.client.request(req).await
+            self.client.send(req).await
         };
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(ProxyError::OriginTimeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::OriginConnect(e)),
-            Ok(Err(e)) if caused_by_body_limit(&e) => Err(ProxyError::BodyTooLarge),
+            Ok(Err(OriginError::Connect { source, .. })) => Err(ProxyError::OriginConnect(source)),
+            Ok(Err(OriginError::RequestBody(e))) if caused_by_body_limit(&*e) => {
+                Err(ProxyError::BodyTooLarge)
+            }
             Ok(Err(e)) => Err(ProxyError::OriginProtocol(Box::new(e))),
         }
+    }
+
+    /// Closes pooled origin connections idle for longer than `origin.pool_idle_timeout_secs`.
+    pub fn sweep_idle(&self) {
+        self.client.sweep_idle();
     }
 }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
@@ -20,6 +19,7 @@ use crate::error::{ProxyError, Source};
 use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
 use crate::hold::{Delivery, ParkError, Registry};
 use crate::metrics::{route_label, HoldEnd, Metrics, RouteStats};
+use crate::origin::OriginBody;
 use crate::publish::item::Action;
 use crate::routes::{Route, RouteTable};
 use forward::{Forwarder, Replayable};
@@ -286,7 +286,7 @@ enum Inspected {
 
 /// Phase 3: read the origin's answer. No instructions: stream it back untouched (no buffering). Instructions:
 /// read the body (bounded), and build the held (timeout) response.
-async fn inspect(state: &ProxyState, resp: Response<Incoming>) -> Result<Inspected, ProxyError> {
+async fn inspect(state: &ProxyState, resp: Response<OriginBody>) -> Result<Inspected, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let is_instruct = parts
         .headers
@@ -300,9 +300,7 @@ async fn inspect(state: &ProxyState, resp: Response<Incoming>) -> Result<Inspect
     };
     if from_headers.is_none() && !is_instruct {
         headers::to_client(&mut parts.headers);
-        let body = body
-            .map_err(|e| Box::new(e) as crate::body::BoxError)
-            .boxed();
+        let body = body.boxed();
         return Ok(Inspected::Respond(Response::from_parts(parts, body)));
     }
     let bytes = read_held_body(state, body).await?;
@@ -347,7 +345,7 @@ fn hold_of(hold: grip::Hold, held: ResponseParts) -> Result<Inspected, ProxyErro
     Ok(Inspected::Hold(hold, held))
 }
 
-async fn read_held_body(state: &ProxyState, body: Incoming) -> Result<Bytes, ProxyError> {
+async fn read_held_body(state: &ProxyState, body: OriginBody) -> Result<Bytes, ProxyError> {
     let limit = state.hold.max_body;
     let timeout = state.forwarder.response_timeout();
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {

@@ -1,0 +1,163 @@
+//! The body of an origin's response, read from the origin connection as the caller polls it. Read to its end,
+//! the connection goes back to the pool; dropped before, the connection is closed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use super::pool::{Conn, Pool, READ_CHUNK};
+use super::wire::ResponseFraming;
+use crate::body::BoxError;
+use crate::front::{Decoded, Decoder};
+
+/// The connection a body is read from, and how it is delimited.
+pub(super) struct Reading {
+    conn: Conn,
+    decode: Decode,
+    reusable: bool,
+}
+
+enum Decode {
+    Framed(Decoder),
+    Close,
+}
+
+impl Reading {
+    pub(super) fn new(conn: Conn, framing: ResponseFraming, reusable: bool) -> Self {
+        let decode = match framing {
+            ResponseFraming::Framed(f) => Decode::Framed(Decoder::new(f)),
+            ResponseFraming::Close => Decode::Close,
+        };
+        Reading {
+            conn,
+            decode,
+            reusable,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(&self.decode, Decode::Framed(d) if d.is_done() || d.remaining() == Some(0))
+    }
+}
+
+/// A response body streamed from an origin connection.
+pub struct OriginBody {
+    reading: Option<Box<Reading>>,
+    pool: Arc<Pool>,
+    key: Box<str>,
+}
+
+impl OriginBody {
+    pub(super) fn new(reading: Reading, pool: Arc<Pool>, key: &str) -> Self {
+        let mut body = OriginBody {
+            reading: Some(Box::new(reading)),
+            pool,
+            key: key.into(),
+        };
+        if body.reading.as_ref().is_some_and(|r| r.is_done()) {
+            // Nothing to read (HEAD, 204, 304, `Content-Length: 0`): the connection is free now.
+            body.finish();
+        }
+        body
+    }
+
+    /// The body has been read to its end: pool the connection if it can carry another request.
+    fn finish(&mut self) {
+        if let Some(reading) = self.reading.take() {
+            if reading.reusable && reading.conn.buf.is_empty() {
+                self.pool.put(&self.key, reading.conn);
+            }
+        }
+    }
+}
+
+impl http_body::Body for OriginBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(reading) = this.reading.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut reading.decode {
+                Decode::Framed(decoder) => match decoder.decode(&mut reading.conn.buf) {
+                    Ok(Decoded::Data(data)) => {
+                        if decoder.remaining() == Some(0) {
+                            // The last bytes of a sized body: free the connection now rather than on the next
+                            // poll, which a consumer that knows the length may never make.
+                            let _ = decoder.decode(&mut reading.conn.buf);
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Decoded::End) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => {
+                        this.reading = None;
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                },
+                Decode::Close => {
+                    if !reading.conn.buf.is_empty() {
+                        let data = reading.conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            reading.conn.buf.reserve(READ_CHUNK);
+            let read = loop {
+                if let Err(e) = ready!(reading.conn.stream.poll_read_ready(cx)) {
+                    break Err(e);
+                }
+                match reading.conn.stream.try_read_buf(&mut reading.conn.buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => break other,
+                }
+            };
+            match read {
+                Ok(0) => {
+                    let close_delimited = matches!(reading.decode, Decode::Close);
+                    this.reading = None;
+                    return Poll::Ready(if close_delimited {
+                        None
+                    } else {
+                        Some(Err(
+                            "origin closed the connection in the middle of the body".into(),
+                        ))
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.reading = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reading.as_ref().is_none_or(|r| r.is_done())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.reading.as_deref().map(|r| &r.decode) {
+            None => SizeHint::with_exact(0),
+            Some(Decode::Framed(d)) => match d.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Some(Decode::Close) => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The HTTP/1.1 client toward origins. An exchange runs entirely in the calling task (the client's connection
+//! task): it writes the request and reads the response head on a pooled keep-alive connection, and the response
+//! body reads from that connection as the caller polls it. No dispatch task or channel sits in between.
+
+mod body;
+mod pool;
+mod wire;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::body::{Body, BoxError};
+pub use body::OriginBody;
+use pool::{Conn, Pool};
+use wire::BodyFraming;
+
+/// Request bytes written with one syscall when they fit (the head and the first body chunks).
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// Why an exchange with an origin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The origin could not be connected to (refused, unresolvable, or not within the connect timeout).
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: Box<str>,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection failed while the request was written or the response head read.
+    #[error("connection failed: {0}")]
+    Io(#[source] io::Error),
+    /// The origin closed the connection before sending a whole response head.
+    #[error("origin closed the connection before a complete response head")]
+    Closed,
+    /// The response head is not valid HTTP/1.x, or its framing is ambiguous.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    /// The client's request body failed while it was streamed to the origin.
+    #[error("request body failed: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+/// Settings of the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Idle connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per origin (host and port).
+    pub max_idle_per_host: usize,
+}
+
+/// The origin client. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Client {
+    pool: Arc<Pool>,
+    connect_timeout: Duration,
+}
+
+/// A failed attempt, and whether the request may be sent again on a new connection.
+struct Failed {
+    error: OriginError,
+    /// Nothing of the request's body was consumed and nothing of a response was received.
+    retryable: bool,
+}
+
+impl Client {
+    /// A client with an empty pool.
+    pub fn new(settings: Settings) -> Self {
+        Client {
+            pool: Arc::new(Pool::new(settings.max_idle_per_host, settings.idle_timeout)),
+            connect_timeout: settings.connect_timeout,
+        }
+    }
+
+    /// Closes idle connections that have been idle longer than the idle timeout.
+    pub fn sweep_idle(&self) {
+        self.pool.sweep(tokio::time::Instant::now());
+    }
+
+    /// Idle pooled connections, over all origins.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Sends a request (its URI carries the origin's authority) and waits for the response head.
+    ///
+    /// A request without a body that fails on a reused connection before any response byte arrived (the origin
+    /// closed it while it was idle) is sent again on a new connection.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the request; its connection is closed, not pooled.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<OriginBody>, OriginError> {
+        let (parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .cloned()
+            .ok_or(OriginError::Invalid("request URI has no authority"))?;
+        let framing = if body.is_end_stream() {
+            if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                BodyFraming::Length(0)
+            } else {
+                BodyFraming::None
+            }
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => BodyFraming::Length(n),
+                None => BodyFraming::Chunked,
+            }
+        };
+        let mut head = Vec::with_capacity(512);
+        wire::encode_request_head(&mut head, &parts, &authority, framing);
+        let is_head = parts.method == http::Method::HEAD;
+        let key = authority.as_str();
+        let mut body =
+            (!matches!(framing, BodyFraming::None | BodyFraming::Length(0))).then_some(body);
+        loop {
+            let (conn, reused) = match self.pool.checkout(key) {
+                Some(conn) => (conn, true),
+                None => (self.connect(&authority).await?, false),
+            };
+            match exchange(conn, &head, body.as_mut(), framing, is_head).await {
+                Ok((parts, reading)) => {
+                    let body = OriginBody::new(reading, self.pool.clone(), key);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(Failed { error, retryable }) if reused && retryable => {
+                    // The other idle connections to this origin are likely from before the same restart.
+                    tracing::debug!(origin = key, %error, "pooled origin connection was closed; retrying on a new one");
+                    self.pool.clear(key);
+                }
+                Err(Failed { error, .. }) => return Err(error),
+            }
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, OriginError> {
+        let addr: Box<str> = match authority.port() {
+            Some(_) => authority.as_str().into(),
+            None => format!("{}:80", authority.host()).into(),
+        };
+        let connected =
+            tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*addr)).await;
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(OriginError::Connect { addr, source }),
+            Err(_) => {
+                let source = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                return Err(OriginError::Connect { addr, source });
+            }
+        };
+        // Small requests and responses: no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        Ok(Conn::new(stream))
+    }
+}
+
+/// One attempt on one connection: write the request, read the response head.
+async fn exchange(
+    mut conn: Conn,
+    head: &[u8],
+    body: Option<&mut Body>,
+    framing: BodyFraming,
+    is_head: bool,
+) -> Result<(http::response::Parts, body::Reading), Failed> {
+    let mut body_touched = false;
+    if let Err(error) = write_request(&mut conn, head, body, framing, &mut body_touched).await {
+        let retryable = !body_touched && matches!(error, OriginError::Io(_));
+        return Err(Failed { error, retryable });
+    }
+    loop {
+        if let Some(parsed) =
+            wire::parse_response_head(&mut conn.buf, is_head).map_err(|error| Failed {
+                error,
+                retryable: false,
+            })?
+        {
+            let reading = body::Reading::new(conn, parsed.framing, parsed.reusable);
+            return Ok((parsed.parts, reading));
+        }
+        let received_before = !conn.buf.is_empty();
+        conn.buf.reserve(pool::READ_CHUNK);
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) => {
+                let error = if received_before {
+                    OriginError::Invalid("connection closed in the middle of the response head")
+                } else {
+                    OriginError::Closed
+                };
+                return Err(Failed {
+                    error,
+                    retryable: !received_before && !body_touched,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Failed {
+                    retryable: !received_before && !body_touched,
+                    error: OriginError::Io(e),
+                })
+            }
+        }
+    }
+}
+
+/// Writes the head and the body, coalescing small pieces into one write.
+async fn write_request(
+    conn: &mut Conn,
+    head: &[u8],
+    body: Option<&mut Body>,
+    framing: BodyFraming,
+    body_touched: &mut bool,
+) -> Result<(), OriginError> {
+    let Some(body) = body else {
+        return conn.stream.write_all(head).await.map_err(OriginError::Io);
+    };
+    let chunked = framing == BodyFraming::Chunked;
+    let mut out = Vec::with_capacity(head.len() + 1024);
+    out.extend_from_slice(head);
+    loop {
+        *body_touched = true;
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(OriginError::RequestBody(e)),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            crate::front::chunk_header(&mut out, data.len());
+        }
+        if out.len() + data.len() <= COALESCE_MAX {
+            out.extend_from_slice(&data);
+        } else {
+            conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
+            out.clear();
+            conn.stream
+                .write_all(&data)
+                .await
+                .map_err(OriginError::Io)?;
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if !body.is_end_stream() && !out.is_empty() {
+            conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
+            out.clear();
+        }
+    }
+    if chunked {
+        out.extend_from_slice(crate::front::LAST_CHUNK);
+    }
+    if !out.is_empty() {
+        conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
+    }
+    Ok(())
+}

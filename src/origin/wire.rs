@@ -1,0 +1,359 @@
+//! The bytes of an origin exchange: the request head we write, and the response head we parse (`httparse`) with
+//! its RFC 9112 framing (section 6.3: no body for HEAD, 1xx, 204 and 304; `chunked` last; one unambiguous
+//! `Content-Length`; otherwise the body ends when the connection closes). Pure functions, no IO.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{StatusCode, Version};
+
+use super::OriginError;
+use crate::front::Framing;
+
+/// Largest response head accepted from an origin.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 100;
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyFraming {
+    /// No body, no `Content-Length`.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ResponseFraming {
+    /// By length, chunks, or not at all.
+    Framed(Framing),
+    /// Until the origin closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+pub(super) struct Parsed {
+    pub(super) parts: http::response::Parts,
+    pub(super) framing: ResponseFraming,
+    /// The connection may carry another request once the body is read.
+    pub(super) reusable: bool,
+}
+
+/// Writes `METHOD target HTTP/1.1`, the headers (with our framing in place of any given), and `Host` when the
+/// request has none (an HTTP/1.0 client's).
+pub(super) fn encode_request_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    authority: &Authority,
+    framing: BodyFraming,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses a response head off the front of `buf`. `Ok(None)`: incomplete, read more. Interim (1xx) responses
+/// other than 101 are skipped. Header values are zero-copy slices of the head's bytes.
+pub(super) fn parse_response_head(
+    buf: &mut BytesMut,
+    is_head: bool,
+) -> Result<Option<Parsed>, OriginError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(OriginError::Invalid("response head too large"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(OriginError::Invalid("too many response header fields"))
+            }
+            Err(_) => return Err(OriginError::Invalid("malformed response head")),
+        };
+        let code = resp.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| OriginError::Invalid("invalid status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(OriginError::Invalid("protocol upgrades are not supported"));
+        }
+        if status.is_informational() {
+            let _ = buf.split_to(len);
+            continue;
+        }
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let reason = resp.reason.unwrap_or("");
+        let custom_reason = !reason.is_empty() && Some(reason) != status.canonical_reason();
+        let reason_range = custom_reason.then(|| offset_in(buf, reason.as_bytes()));
+        // Offsets of each name and value: the head is frozen into shared bytes after this borrow of `buf` ends,
+        // and the values become slices of it (no copy, no allocation per value).
+        let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = resp.headers.len();
+        for (range, h) in ranges.iter_mut().zip(resp.headers.iter()) {
+            let (ns, ne) = offset_in(buf, h.name.as_bytes());
+            let (vs, ve) = offset_in(buf, h.value);
+            *range = (ns, ne, vs, ve);
+        }
+        let head: Bytes = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &ranges[..count] {
+            let name = HeaderName::from_bytes(&head[ns..ne])
+                .map_err(|_| OriginError::Invalid("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| OriginError::Invalid("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, framing_reusable) = framing(status, is_head, &headers)?;
+        let reusable = framing_reusable && persistent(version, &headers);
+        let mut builder = http::Response::builder().status(status).version(version);
+        if let Some((start, end)) = reason_range {
+            if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(head.slice(start..end)) {
+                builder = builder.extension(reason);
+            }
+        }
+        let mut resp = builder
+            .body(())
+            .map_err(|_| OriginError::Invalid("invalid response head"))?;
+        *resp.headers_mut() = headers;
+        let (parts, ()) = resp.into_parts();
+        return Ok(Some(Parsed {
+            parts,
+            framing,
+            reusable,
+        }));
+    }
+}
+
+/// The range of `part` (a slice of `buf`) within `buf`.
+fn offset_in(buf: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+    (start, start + part.len())
+}
+
+/// The body's framing, and whether it leaves the connection reusable.
+fn framing(
+    status: StatusCode,
+    is_head: bool,
+    headers: &HeaderMap,
+) -> Result<(ResponseFraming, bool), OriginError> {
+    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((ResponseFraming::Framed(Framing::Empty), true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|c| !c.is_empty());
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        // With a Content-Length too, the message is suspect: read it by its coding, then close (RFC 9112 6.3).
+        let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            (ResponseFraming::Framed(Framing::Chunked), reusable)
+        } else {
+            (ResponseFraming::Close, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(OriginError::Invalid("invalid Content-Length"));
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(OriginError::Invalid("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(OriginError::Invalid("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (ResponseFraming::Framed(Framing::Empty), true),
+        Some(n) => (ResponseFraming::Framed(Framing::Length(n)), true),
+        None => (ResponseFraming::Close, false),
+    })
+}
+
+/// Whether the origin keeps the connection open after this response.
+fn persistent(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &[u8]| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_10 {
+        has(b"keep-alive")
+    } else {
+        !has(b"close")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str, is_head: bool) -> Result<Option<Parsed>, OriginError> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse_response_head(&mut buf, is_head)
+    }
+
+    fn framing_of(raw: &str) -> (ResponseFraming, bool) {
+        let p = parse(raw, false).unwrap().unwrap();
+        (p.framing, p.reusable)
+    }
+
+    #[test]
+    fn framings() {
+        use ResponseFraming::*;
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (Framed(Framing::Length(5)), true)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
+            (Framed(Framing::Length(5)), true)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            (Framed(Framing::Chunked), true)
+        );
+        assert_eq!(
+            framing_of(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"
+            ),
+            (Framed(Framing::Chunked), false)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            (Close, false)
+        );
+        assert_eq!(framing_of("HTTP/1.1 200 OK\r\n\r\n"), (Close, false));
+        assert_eq!(
+            framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
+            (Framed(Framing::Empty), true)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+            (Framed(Framing::Empty), false)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+            (Framed(Framing::Length(1)), false)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nConnection: Keep-Alive\r\n\r\n"),
+            (Framed(Framing::Length(1)), true)
+        );
+        let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, Framed(Framing::Empty));
+    }
+
+    #[test]
+    fn refuses_ambiguous_or_broken_heads() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+        ] {
+            assert!(parse(raw, false).is_err(), "{raw:?} was accepted");
+        }
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-le", false)
+            .unwrap()
+            .is_none());
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD + 1));
+        assert!(parse(&huge, false).is_err());
+    }
+
+    #[test]
+    fn skips_interim_responses_and_keeps_the_rest() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 299 Fine Thanks\r\nx-a: 1\r\nX-A: 2\r\ncontent-length: 2\r\n\r\nhi"[..],
+        );
+        let p = parse_response_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(p.parts.status.as_u16(), 299);
+        let reason = p
+            .parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .unwrap();
+        assert_eq!(reason.as_bytes(), b"Fine Thanks");
+        let values: Vec<_> = p.parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"hi");
+        let canonical = parse("HTTP/1.1 404 Not Found\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(canonical
+            .parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .is_none());
+    }
+
+    #[test]
+    fn request_head() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("http://127.0.0.1:8080/a?b=1")
+            .header("x-one", "1")
+            .header("content-length", "999")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let authority = parts.uri.authority().unwrap().clone();
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &parts, &authority, BodyFraming::Length(3));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nx-one: 1\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+}

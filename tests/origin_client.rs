@@ -1,0 +1,283 @@
+//! The proxy's own origin client over real sockets: connection reuse, origins that close idle connections, every
+//! response framing (length, chunks, close-delimited, none for HEAD), interim responses, and broken origins.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use support::*;
+
+/// What a scripted origin does after writing its answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Wait for the next request on the same connection.
+    KeepOpen,
+    /// Close the connection.
+    Close,
+}
+
+/// An origin that answers each request head with bytes from a script, counting connections and requests.
+struct ScriptOrigin {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<parking_lot::Mutex<Vec<(usize, String)>>>,
+    task: JoinHandle<()>,
+}
+
+impl ScriptOrigin {
+    /// `script(request head) -> (answer, after)`.
+    async fn start(script: fn(&str) -> (Vec<u8>, After)) -> ScriptOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let index = conns.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, index, script, reqs.clone()));
+            }
+        });
+        ScriptOrigin {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The connection index each request arrived on, in order.
+    fn request_connections(&self) -> Vec<usize> {
+        self.requests.lock().iter().map(|(c, _)| *c).collect()
+    }
+}
+
+impl Drop for ScriptOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    index: usize,
+    script: fn(&str) -> (Vec<u8>, After),
+    requests: Arc<parking_lot::Mutex<Vec<(usize, String)>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        requests.lock().push((index, head.clone()));
+        let (answer, after) = script(&head);
+        if stream.write_all(&answer).await.is_err() || after == After::Close {
+            return;
+        }
+    }
+}
+
+fn ok(_: &str) -> (Vec<u8>, After) {
+    (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        After::KeepOpen,
+    )
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_origin_connection() {
+    let origin = ScriptOrigin::start(ok).await;
+    let proxy = Proxy::start(origin.addr).await;
+
+    for _ in 0..5 {
+        let resp = within(LIMIT, proxy.get("/")).await;
+        assert_eq!((resp.status.as_u16(), resp.text()), (200, "ok"));
+    }
+
+    assert_eq!(origin.connections(), 1);
+    assert_eq!(origin.request_connections(), [0, 0, 0, 0, 0]);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_origin_closed_is_replaced_without_an_error() {
+    // Answers one request per connection, then closes it without saying so (no `Connection: close`): the
+    // pooled connection is dead when the next request comes.
+    fn once(_: &str) -> (Vec<u8>, After) {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            After::Close,
+        )
+    }
+    let origin = ScriptOrigin::start(once).await;
+    let proxy = Proxy::start(origin.addr).await;
+
+    for _ in 0..5 {
+        let resp = within(LIMIT, proxy.get("/")).await;
+        assert_eq!((resp.status.as_u16(), resp.text()), (200, "ok"));
+    }
+
+    assert_eq!(origin.request_connections(), [0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_connection_the_origin_marks_close_is_not_reused() {
+    fn close(_: &str) -> (Vec<u8>, After) {
+        (
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            After::KeepOpen,
+        )
+    }
+    let origin = ScriptOrigin::start(close).await;
+    let proxy = Proxy::start(origin.addr).await;
+
+    for _ in 0..3 {
+        let resp = within(LIMIT, proxy.get("/")).await;
+        assert_eq!(resp.text(), "ok");
+        assert_eq!(resp.header("connection"), None);
+    }
+
+    assert_eq!(origin.connections(), 3);
+}
+
+#[tokio::test]
+async fn chunked_close_delimited_and_bodyless_responses_are_relayed_whole() {
+    fn framings(head: &str) -> (Vec<u8>, After) {
+        if head.starts_with("GET /chunked ") {
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                          5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n";
+            (answer.into(), After::KeepOpen)
+        } else if head.starts_with("GET /close ") {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end".to_vec(),
+                After::Close,
+            )
+        } else if head.starts_with("HEAD ") {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec(),
+                After::KeepOpen,
+            )
+        } else if head.starts_with("GET /304 ") {
+            (
+                b"HTTP/1.1 304 Not Modified\r\netag: \"7\"\r\ncontent-length: 10\r\n\r\n".to_vec(),
+                After::KeepOpen,
+            )
+        } else {
+            ok(head)
+        }
+    }
+    let origin = ScriptOrigin::start(framings).await;
+    let proxy = Proxy::start(origin.addr).await;
+
+    let chunked = within(LIMIT, proxy.get("/chunked")).await;
+    assert_eq!(chunked.text(), "hello, world");
+    let head = within(
+        LIMIT,
+        proxy.send(request("HEAD", "/h").body(empty()).unwrap()),
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("10"));
+    assert_eq!(head.text(), "");
+    let not_modified = within(LIMIT, proxy.get("/304")).await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(not_modified.header("etag"), Some("\"7\""));
+    let after = within(LIMIT, proxy.get("/after")).await;
+    assert_eq!(after.text(), "ok");
+    // Chunked, HEAD and 304 left the connection in a known state: all on the first one.
+    assert_eq!(origin.request_connections(), [0, 0, 0, 0]);
+
+    let close = within(LIMIT, proxy.get("/close")).await;
+    assert_eq!(close.status, 200);
+    assert_eq!(close.text(), "until the end");
+}
+
+#[tokio::test]
+async fn interim_responses_from_the_origin_are_skipped() {
+    fn early_hints(_: &str) -> (Vec<u8>, After) {
+        (
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal"
+                .to_vec(),
+            After::KeepOpen,
+        )
+    }
+    let origin = ScriptOrigin::start(early_hints).await;
+    let proxy = Proxy::start(origin.addr).await;
+
+    let resp = within(LIMIT, proxy.get("/")).await;
+
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "final");
+    assert_eq!(resp.header("link"), None);
+}
+
+#[tokio::test]
+async fn an_origin_closing_mid_body_truncates_the_response_and_closes_the_client_connection() {
+    fn short(_: &str) -> (Vec<u8>, After) {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten..".to_vec(),
+            After::Close,
+        )
+    }
+    let origin = ScriptOrigin::start(short).await;
+    let proxy = Proxy::start(origin.addr).await;
+    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+
+    // The proxy closes the client connection: reading to EOF ends within the limit.
+    let mut got = Vec::new();
+    within(LIMIT, client.read_to_end(&mut got)).await.unwrap();
+
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-length: 100\r\n"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body, "only ten..");
+}
+
+#[tokio::test]
+async fn ambiguous_or_oversized_origin_heads_are_a_502() {
+    fn broken(head: &str) -> (Vec<u8>, After) {
+        let answer = if head.starts_with("GET /lengths ") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok".to_vec()
+        } else if head.starts_with("GET /upgrade ") {
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n".to_vec()
+        } else {
+            let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+            huge.extend(std::iter::repeat_n(b'a', 70 * 1024));
+            huge
+        };
+        (answer, After::Close)
+    }
+    let origin = ScriptOrigin::start(broken).await;
+    let proxy = Proxy::start(origin.addr).await;
+
+    for path in ["/lengths", "/upgrade", "/huge"] {
+        let resp = within(LIMIT, proxy.get(path)).await;
+        resp.assert_proxy_error(502);
+    }
+}
