@@ -128,8 +128,8 @@ mod tests {
         let size = std::mem::size_of_val(&fut);
         println!("connection task future: {size} bytes");
         assert!(
-            size <= 2048,
-            "connection future is {size} bytes (measured 1,624)"
+            size <= 1100,
+            "connection future is {size} bytes (measured 992)"
         );
         drop(client);
     }
