@@ -391,3 +391,50 @@ async fn two_items_for_one_channel_in_one_publish_the_client_gets_the_first() {
 
     assert_eq!(client.response().await.text(), "first");
 }
+
+#[tokio::test]
+async fn one_publish_gives_each_client_the_release_of_its_own_held_response() {
+    // Clients of /hold/c/<tag> are held with `X-Tag: <tag>`: two shapes of held response on one channel.
+    let origin = Origin::start(|req| {
+        let tag = req.path().rsplit('/').next().unwrap_or("").to_owned();
+        Reply::hold("c")
+            .header("X-Tag", &tag)
+            .header("Content-Type", "text/plain")
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let a1 = Pending::get(proxy.addr(), "/hold/c/a");
+    let a2 = Pending::get(proxy.addr(), "/hold/c/a");
+    let b = Pending::get(proxy.addr(), "/hold/c/b");
+    // An HTTP/1.0 client: its release is framed for its connection (closed after the body), not as the others'.
+    let mut old = RawConn::open(proxy.addr()).await;
+    old.write(b"GET /hold/c/a HTTP/1.0\r\n\r\n").await;
+    // A client asking to close after this response.
+    let mut closing = RawConn::open(proxy.addr()).await;
+    closing
+        .write(b"GET /hold/c/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await;
+    proxy.wait_held(5).await;
+
+    let item = json!({"channel": "c", "formats": {"http-response": {
+        "code": 200, "headers": {"X-Item": "1"}, "body": "news"
+    }}});
+    publish(&proxy, items(&[item])).await;
+
+    for (client, tag) in [(a1, "a"), (a2, "a"), (b, "b")] {
+        let resp = within(LIMIT, client.response()).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-tag"), Some(tag));
+        assert_eq!(resp.header("x-item"), Some("1"));
+        assert_eq!(resp.header("content-length"), Some("4"));
+        assert_eq!(resp.text(), "news");
+    }
+    for conn in [&mut old, &mut closing] {
+        let resp = within(LIMIT, conn.read_response()).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-tag"), Some("a"));
+        assert_eq!(resp.header("connection"), Some("close"));
+        assert_eq!(resp.text(), "news");
+        assert!(within(LIMIT, conn.closed()).await, "connection stays open");
+    }
+}

@@ -200,10 +200,14 @@ mod tests {
         ]}"#;
         let items = crate::publish::item::parse_body(body).unwrap();
         bus.publish(Bytes::from_static(body), items).await.unwrap();
-        let Delivery::Item(item) = hold.recv().await else {
+        let Delivery::Item(release) = hold.recv().await else {
             panic!("expected an item");
         };
-        assert_eq!(item.id.as_deref(), Some("1"), "the first item released it");
+        assert_eq!(
+            release.item.id.as_deref(),
+            Some("1"),
+            "the first item released it"
+        );
         assert_eq!(r.last_id("c").as_deref(), Some("2"));
     }
 }

@@ -345,6 +345,15 @@ impl Conn {
         version: Version,
         keep_alive: bool,
     ) -> io::Result<bool> {
+        let resp = match resp.extensions().get::<encode::PreEncoded>() {
+            // A release shared by many clients: its bytes are ready when the connection is what they were made for.
+            Some(pre) if version == Version::HTTP_11 && !is_head && keep_alive => {
+                self.stream.write_all(pre.wire()).await?;
+                return Ok(true);
+            }
+            Some(pre) => pre.response(),
+            None => resp,
+        };
         let (parts, mut body) = resp.into_parts();
         let framing = encode::framing(parts.status, is_head, body.size_hint().exact(), version);
         let keep_alive = keep_alive && framing != OutFraming::Close;

@@ -1,8 +1,14 @@
 //! Response encoding: the status line and headers with our own framing (`Content-Length`, `chunked`, or
 //! close-delimited), and chunk framing. Pure functions writing into a `Vec<u8>`.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::header::{self, HeaderMap};
-use http::{StatusCode, Version};
+use http::{Response, StatusCode, Version};
+
+use crate::body::Body;
+use crate::grip::ResponseParts;
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +94,67 @@ pub(crate) fn head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// A response encoded once for many connections: its bytes as an HTTP/1.1 keep-alive connection answering a
+/// request other than HEAD sends them, and its parts for any other connection. Travels as a response extension;
+/// cloning it shares both.
+#[derive(Debug, Clone)]
+pub struct PreEncoded(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
+    parts: ResponseParts,
+    wire: Bytes,
+}
+
+impl PreEncoded {
+    /// Encodes `parts` as [`head`] and the connection's response writer would for a keep-alive HTTP/1.1 request.
+    pub fn new(parts: ResponseParts) -> Self {
+        let resp = parts.to_response();
+        let framing = framing(
+            resp.status(),
+            false,
+            Some(parts.body.len() as u64),
+            Version::HTTP_11,
+        );
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| r.as_bytes());
+        let mut wire = Vec::with_capacity(256 + parts.body.len());
+        head(
+            &mut wire,
+            resp.status(),
+            reason,
+            resp.headers(),
+            framing,
+            true,
+            Version::HTTP_11,
+        );
+        if let OutFraming::Length(_) = framing {
+            wire.extend_from_slice(&parts.body);
+        }
+        PreEncoded(Arc::new(Encoded {
+            parts,
+            wire: wire.into(),
+        }))
+    }
+
+    /// The response's status.
+    pub fn status(&self) -> StatusCode {
+        self.0.parts.status
+    }
+
+    /// The whole response for a keep-alive HTTP/1.1 connection, request other than HEAD.
+    pub(crate) fn wire(&self) -> &Bytes {
+        &self.0.wire
+    }
+
+    /// The response, to be encoded for the connection at hand.
+    pub(crate) fn response(&self) -> Response<Body> {
+        self.0.parts.to_response()
+    }
+}
+
 /// A chunk header for `len` bytes of data.
 pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
@@ -100,6 +167,36 @@ pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn pre_encoded_responses_are_whole_keep_alive_messages() {
+        let parts = |status: u16, reason: Option<&'static str>, body: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("etag", HeaderValue::from_static("\"2\""));
+            ResponseParts {
+                status: StatusCode::from_u16(status).unwrap(),
+                reason: reason.map(|r| Bytes::from_static(r.as_bytes())),
+                headers,
+                body: Bytes::from_static(body.as_bytes()),
+            }
+        };
+        let ok = PreEncoded::new(parts(200, None, "news"));
+        assert_eq!(
+            &ok.wire()[..],
+            b"HTTP/1.1 200 OK\r\netag: \"2\"\r\ncontent-length: 4\r\n\r\nnews"
+        );
+        assert_eq!(ok.status(), StatusCode::OK);
+        let not_modified = PreEncoded::new(parts(304, Some("Same"), "no body for a 304"));
+        assert_eq!(
+            &not_modified.wire()[..],
+            b"HTTP/1.1 304 Same\r\netag: \"2\"\r\n\r\n"
+        );
+        assert!(not_modified
+            .response()
+            .headers()
+            .get("content-length")
+            .is_none());
+    }
 
     fn encode(
         status: u16,

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 pub use body::RequestBody;
+pub use encode::PreEncoded;
 // Message framing shared with the origin client (src/origin), which reads response bodies the same way.
 pub(crate) use decode::{Decoded, Decoder};
 pub(crate) use encode::{chunk_header, LAST_CHUNK};

@@ -2,6 +2,7 @@
 //! `Registry` is a cheap handle (an `Arc` inside); a parked request owns a `Hold` guard that unparks on drop.
 
 mod channel;
+mod release;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,15 +16,17 @@ use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
 use crate::publish::item::Item;
 use channel::{Channel, ParkOutcome, Slot};
+pub use release::Release;
 
 /// Hands each item to the waiters it took, in order. Runs with no map guard held.
 fn deliver(deliveries: Vec<(Arc<Item>, channel::Waiters)>) -> usize {
     let mut delivered = 0;
     for (item, waiters) in deliveries {
+        let release = Arc::new(Release::new(item));
         for slot in waiters.into_values() {
             let sender = slot.lock().take();
             if let Some(tx) = sender {
-                if tx.send(Delivery::Item(item.clone())).is_ok() {
+                if tx.send(Delivery::Item(release.clone())).is_ok() {
                     delivered += 1;
                 }
             }
@@ -36,7 +39,7 @@ fn deliver(deliveries: Vec<(Arc<Item>, channel::Waiters)>) -> usize {
 #[derive(Debug, Clone)]
 pub enum Delivery {
     /// An item was published on one of its channels.
-    Item(Arc<Item>),
+    Item(Arc<Release>),
     /// The proxy is shutting down: answer with the timeout response now.
     Shutdown,
     /// What the client waits for may have been missed (recovery, a bus outage): re-fetch from the origin.

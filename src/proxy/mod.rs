@@ -434,12 +434,13 @@ fn answer(
     held: &ResponseParts,
     delivery: Option<Delivery>,
 ) -> Waited {
-    let item = match delivery {
+    let release = match delivery {
         None => return Waited::Answer(held.to_response(), Outcome::TimedOut),
         Some(Delivery::Shutdown) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
         Some(Delivery::Refetch) => return Waited::Refetch(None),
-        Some(Delivery::Item(item)) => item,
+        Some(Delivery::Item(release)) => release,
     };
+    let item = &release.item;
     state.metrics.delivery();
     let Some(published) = &item.http_response else {
         // The registry releases response holds only with items that carry an http-response.
@@ -455,7 +456,7 @@ fn answer(
     match published.action {
         Action::Hint => Waited::Refetch(None),
         Action::Send => {
-            let resp = held.merge(&published.parts).into_response();
+            let resp = release.response_for(held, &published.parts);
             state.metrics.released(item.accepted);
             Waited::Answer(resp, Outcome::Released)
         }

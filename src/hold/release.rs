@@ -1,0 +1,49 @@
+//! What a publish hands to each client held on a channel: the item, and the response it makes of a held
+//! response, merged and encoded once for every client whose held response is the same (a fan-out to N clients of
+//! one endpoint writes the same bytes N times instead of building them N times).
+
+use std::sync::{Arc, OnceLock};
+
+use http::Response;
+
+use crate::body::{self, Body};
+use crate::front::PreEncoded;
+use crate::grip::ResponseParts;
+use crate::publish::item::Item;
+
+/// One item on its way to the clients of one channel.
+#[derive(Debug)]
+pub struct Release {
+    /// The item published.
+    pub item: Arc<Item>,
+    /// The held response of the first client that asked, and the release built from it.
+    first: OnceLock<(ResponseParts, PreEncoded)>,
+}
+
+impl Release {
+    /// A release of `item`, nothing built yet.
+    pub fn new(item: Arc<Item>) -> Self {
+        Release {
+            item,
+            first: OnceLock::new(),
+        }
+    }
+
+    /// The response for a client held with `held`, released by `published` (the item's `http-response`): the
+    /// published one merged into the held one. Built and encoded once for every client whose held response equals
+    /// the first client's; any other client gets its own.
+    pub fn response_for(&self, held: &ResponseParts, published: &ResponseParts) -> Response<Body> {
+        let (key, shared) = self.first.get_or_init(|| {
+            let merged = held.merge(published);
+            (held.clone(), PreEncoded::new(merged))
+        });
+        if key == held {
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = shared.status();
+            resp.extensions_mut().insert(shared.clone());
+            resp
+        } else {
+            held.merge(published).into_response()
+        }
+    }
+}
