@@ -93,6 +93,8 @@ pub struct FanoutRound {
     pub other_responses: usize,
     pub errors: usize,
     pub rss_after_release_kib: u64,
+    /// CPU time the proxy used from just before the publish until every client had its response.
+    pub proxy_cpu_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

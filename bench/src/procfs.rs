@@ -80,6 +80,28 @@ pub fn tree_cpu_ticks(root: u32) -> u64 {
         .sum()
 }
 
+/// CPU time (ns) the threads of the whole process tree of `root` have run, from each thread's
+/// `/proc/PID/task/TID/schedstat` (nanosecond resolution, unlike the clock ticks of `stat`).
+pub fn tree_cpu_ns(root: u32) -> u64 {
+    let mut total = 0;
+    for pid in process_tree(root) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let path = task.path().join("schedstat");
+            if let Some(ns) = std::fs::read_to_string(path).ok().and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|f| f.parse::<u64>().ok())
+            }) {
+                total += ns;
+            }
+        }
+    }
+    total
+}
+
 /// Wait until the process tree stops using CPU: two consecutive 100 ms samples with at most
 /// one clock tick of CPU time each. Returns false if that did not happen within `max`.
 pub async fn wait_cpu_idle(root: u32, max: Duration) -> bool {

@@ -130,13 +130,16 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "\n### Held rounds (one channel, one publish)\n");
     let _ = writeln!(
         s,
-        "| N | parked in | retried | RSS held | KiB/held | publish ack | fan-out (last) | p50 | p90 | p99 | max | released | RSS after release |"
+        "| N | parked in | retried | RSS held | KiB/held | publish ack | fan-out (last) | p50 | p90 | p99 | max | released | RSS after release | proxy CPU (µs/client) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for f in &r.fanout {
         let _ = writeln!(
             s,
-            "| {} | {:.0} ms | {} | {:.1} MiB | {:.2} | {:.1} ms | {:.1} ms | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} | {:.1} MiB |",
+            "| {} | {:.0} ms | {} | {:.1} MiB | {:.2} | {:.1} ms | {:.1} ms | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} | {:.1} MiB | {:.1} ms ({:.2}) |",
             thousands(f.n as f64),
             f.park_ms,
             f.retried_before_publish,
@@ -150,7 +153,9 @@ pub fn markdown(r: &Results) -> String {
             f.latency.max_ms,
             f.released,
             f.n,
-            f.rss_after_release_kib as f64 / 1024.0
+            f.rss_after_release_kib as f64 / 1024.0,
+            f.proxy_cpu_ms,
+            f.proxy_cpu_ms * 1e3 / f.n.max(1) as f64
         );
     }
     let _ = writeln!(
