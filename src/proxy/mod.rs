@@ -139,13 +139,16 @@ where
         .as_ref()
         .ok()
         .and_then(|r| u32::try_from(r.index).ok());
+    // The error boxed too: this value is captured by the future below and keeps its size for the whole hold
+    // (measured: 824 -> 768 bytes).
     let prepared = routed
         .and_then(|route| prepare(&state, route, req, client))
-        .map(|(replay, first)| (Box::new(replay), Box::new(first)));
+        .map(|(replay, first)| (Box::new(replay), Box::new(first)))
+        .map_err(Box::new);
     async move {
         let result = match prepared {
             Ok(prepared) => proxy(&state, prepared).await,
-            Err(e) => Err(e),
+            Err(e) => Err(*e),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let stats = state.stats(route_index);
@@ -486,8 +489,8 @@ mod tests {
         let size = std::mem::size_of_val(&fut);
         println!("proxy::serve future: {size} bytes");
         assert!(
-            size <= 1024,
-            "proxy::serve future is {size} bytes (was 776)"
+            size <= 800,
+            "proxy::serve future is {size} bytes (measured 768)"
         );
     }
 }
