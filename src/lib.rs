@@ -45,6 +45,7 @@ pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod server;
+mod sockio;
 
 pub use app::App;
 pub use config::Config;

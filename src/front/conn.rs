@@ -241,7 +241,7 @@ impl Conn {
     /// One non-blocking read into the buffer. `Some(0)`: EOF; `None`: nothing there after all.
     fn read_some(&mut self) -> io::Result<Option<usize>> {
         let mut chunk = [0u8; READ_CHUNK];
-        match self.stream.try_read(&mut chunk) {
+        match crate::sockio::try_read(&self.stream, &mut chunk) {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(Some(n))

@@ -120,7 +120,7 @@ impl http_body::Body for OriginBody {
                 if let Err(e) = ready!(reading.conn.stream.poll_read_ready(cx)) {
                     break Err(e);
                 }
-                match reading.conn.stream.try_read_buf(&mut reading.conn.buf) {
+                match crate::sockio::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     other => break other,
                 }

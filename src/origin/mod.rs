@@ -14,7 +14,7 @@ use http::uri::Authority;
 use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
@@ -193,7 +193,7 @@ async fn exchange(
         }
         let received_before = !conn.buf.is_empty();
         conn.buf.reserve(pool::READ_CHUNK);
-        match conn.stream.read_buf(&mut conn.buf).await {
+        match crate::sockio::read_buf(&conn.stream, &mut conn.buf).await {
             Ok(0) => {
                 let error = if received_before {
                     OriginError::Invalid("connection closed in the middle of the response head")
