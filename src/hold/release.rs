@@ -17,7 +17,7 @@ pub struct Release {
     /// The item published.
     pub item: Arc<Item>,
     /// The held response of the first client that asked, and the release built from it.
-    first: OnceLock<(ResponseParts, PreEncoded)>,
+    first: OnceLock<(Arc<ResponseParts>, PreEncoded)>,
 }
 
 impl Release {
@@ -32,12 +32,17 @@ impl Release {
     /// The response for a client held with `held`, released by `published` (the item's `http-response`): the
     /// published one merged into the held one. Built and encoded once for every client whose held response equals
     /// the first client's; any other client gets its own.
-    pub fn response_for(&self, held: &ResponseParts, published: &ResponseParts) -> Response<Body> {
+    pub fn response_for(
+        &self,
+        held: &Arc<ResponseParts>,
+        published: &ResponseParts,
+    ) -> Response<Body> {
         let (key, shared) = self.first.get_or_init(|| {
             let merged = held.merge(published);
             (held.clone(), PreEncoded::new(merged))
         });
-        if key == held {
+        // Held responses are shared between clients (`proxy::interned`): mostly the same pointer.
+        if Arc::ptr_eq(key, held) || key == held {
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = shared.status();
             resp.extensions_mut().insert(shared.clone());

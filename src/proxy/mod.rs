@@ -3,6 +3,7 @@
 
 pub mod forward;
 pub mod headers;
+mod interned;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct ProxyState {
     pub metrics: Arc<Metrics>,
     /// Request counters and log label of each route, by the route's index in the config.
     pub route_stats: Box<[RouteStats]>,
+    /// Held responses shared between the clients held with them.
+    held_responses: interned::Interned,
 }
 
 impl ProxyState {
@@ -90,6 +93,7 @@ impl ProxyState {
             }),
             metrics,
             route_stats,
+            held_responses: interned::Interned::default(),
         }
     }
 
@@ -288,7 +292,7 @@ where
 
 enum Inspected {
     Respond(Response<Body>),
-    Hold(grip::Hold, ResponseParts),
+    Hold(grip::Hold, Arc<ResponseParts>),
 }
 
 /// Phase 3: read the origin's answer. No instructions: stream it back untouched (no buffering). Instructions:
@@ -315,7 +319,7 @@ async fn inspect(state: &ProxyState, resp: Response<OriginBody>) -> Result<Inspe
         let i = instruct::from_body(&bytes, state.hold.max_channels)?;
         return match i.hold {
             None => Ok(Inspected::Respond(i.response.to_response())),
-            Some(hold) => hold_of(hold, i.response),
+            Some(hold) => hold_of(state, hold, i.response),
         };
     }
     let instr = from_headers.expect("checked above: header instructions are present");
@@ -337,10 +341,14 @@ async fn inspect(state: &ProxyState, resp: Response<OriginBody>) -> Result<Inspe
         headers: detach(&parts.headers),
         body: bytes,
     };
-    hold_of(instr.hold, held)
+    hold_of(state, instr.hold, held)
 }
 
-fn hold_of(hold: grip::Hold, held: ResponseParts) -> Result<Inspected, ProxyError> {
+fn hold_of(
+    state: &ProxyState,
+    hold: grip::Hold,
+    held: ResponseParts,
+) -> Result<Inspected, ProxyError> {
     if hold.mode == HoldMode::Stream {
         return Err(GripError::new(
             "Grip-Hold",
@@ -349,7 +357,7 @@ fn hold_of(hold: grip::Hold, held: ResponseParts) -> Result<Inspected, ProxyErro
         )
         .into());
     }
-    Ok(Inspected::Hold(hold, held))
+    Ok(Inspected::Hold(hold, state.held_responses.intern(held)))
 }
 
 async fn read_held_body(state: &ProxyState, body: OriginBody) -> Result<Bytes, ProxyError> {
@@ -397,7 +405,12 @@ enum Waited {
 ///
 /// # Cancel safety
 /// Dropping the future (the client went away) drops the `Hold` guard, which unparks it from every channel.
-async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts, retry: bool) -> Waited {
+async fn wait(
+    state: &ProxyState,
+    hold: &grip::Hold,
+    held: &Arc<ResponseParts>,
+    retry: bool,
+) -> Waited {
     let timeout = state.hold.effective_timeout(hold.timeout);
     // A re-fetched request parks whatever its prev-ids: the origin was told what the client missed, and a hold
     // from an origin still behind must not loop (a later item with another prev-id re-fetches it again).
@@ -434,7 +447,7 @@ async fn wait(state: &ProxyState, hold: &grip::Hold, held: &ResponseParts, retry
 fn answer(
     state: &ProxyState,
     parked: &crate::hold::Hold,
-    held: &ResponseParts,
+    held: &Arc<ResponseParts>,
     delivery: Option<Delivery>,
 ) -> Waited {
     let release = match delivery {
