@@ -82,7 +82,59 @@ struct WireFormats<'a> {
 }
 
 /// Parses and validates a publish body. Any error rejects the whole batch.
+///
+/// Two passes only when the body is bad. The first parses with plain serde_json and validates each item as it is
+/// read; `serde_path_to_error` is left out there because it wraps every visitor and copies every map key it passes
+/// into a `String` to keep the path (measured: about 1.9x the parse time of a valid item). Any failure, of the JSON or
+/// of an item, parses the body again with [`parse_body_slow`], which finds the same failure and names its field: the
+/// first pass's error is dropped, so every error message is exactly the slow path's.
 pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, PublishError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    // Like the slow path, no check for trailing bytes after the object (`Deserializer::end`).
+    match FastBody::deserialize(de) {
+        Ok(fast) => Ok(fast.items.0),
+        Err(_) => parse_body_slow(body),
+    }
+}
+
+/// The body as the fast path reads it: `items` validated while they are parsed (no `Vec` of wire items).
+#[derive(Deserialize)]
+struct FastBody {
+    items: FastItems,
+}
+
+/// Validated items; deserializing fails at the first item that does not validate (why does not matter: the slow
+/// path says).
+struct FastItems(Vec<Item>);
+
+impl<'de> Deserialize<'de> for FastItems {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FastItems;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of publish items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FastItems, A::Error> {
+                let accepted = tokio::time::Instant::now();
+                let mut items = Vec::new();
+                while let Some(w) = seq.next_element::<WireItem<'de>>()? {
+                    let item = item(items.len(), w, accepted)
+                        .map_err(|_| serde::de::Error::custom("invalid item"))?;
+                    items.push(item);
+                }
+                Ok(FastItems(items))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The reference parse: every field's path is tracked, so a failure names it (`items[2].formats.http-response.code`).
+fn parse_body_slow(body: &[u8]) -> Result<Vec<Item>, PublishError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let wire: WireBody<'_> = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -183,6 +235,31 @@ impl Item {
 mod tests {
     use super::*;
 
+    /// The fast and slow paths' answers, the slow one's `accepted` (when the parse ran) set to the fast one's so
+    /// the two compare.
+    pub(super) fn both_paths(
+        body: &[u8],
+    ) -> (
+        Result<Vec<Item>, PublishError>,
+        Result<Vec<Item>, PublishError>,
+    ) {
+        let fast = parse_body(body);
+        let accepted = fast
+            .as_ref()
+            .ok()
+            .and_then(|items| items.first().map(|i| i.accepted));
+        let slow = parse_body_slow(body).map(|items| {
+            items
+                .into_iter()
+                .map(|i| Item {
+                    accepted: accepted.unwrap_or(i.accepted),
+                    ..i
+                })
+                .collect()
+        });
+        (fast, slow)
+    }
+
     #[test]
     fn accepted_forms() {
         type Case<'a> = (&'a str, usize, Option<(u16, &'a str)>);
@@ -221,7 +298,9 @@ mod tests {
             ),
         ];
         for (json, n, first) in cases {
-            let items = parse_body(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let (items, slow) = both_paths(json.as_bytes());
+            assert_eq!(items, slow, "{json}");
+            let items = items.unwrap_or_else(|e| panic!("{json}: {e}"));
             assert_eq!(items.len(), *n, "{json}");
             if let Some((code, body)) = first {
                 let r = items[0].http_response.as_ref().unwrap();
@@ -282,6 +361,7 @@ mod tests {
 
 #[cfg(test)]
 mod props {
+    use super::tests::both_paths;
     use super::*;
     use proptest::prelude::*;
 
@@ -316,6 +396,14 @@ mod props {
         #[test]
         fn format_fragments_never_panic(parts in proptest::collection::vec(fragment(), 0..30)) {
             let _ = parse_body(parts.concat().as_bytes());
+        }
+
+        /// The fast path gives what the slow path gives, items and errors alike.
+        #[test]
+        fn fast_path_agrees_with_slow_path(parts in proptest::collection::vec(fragment(), 0..30)) {
+            let body = parts.concat();
+            let (fast, slow) = both_paths(body.as_bytes());
+            prop_assert_eq!(fast, slow);
         }
 
         /// A valid item with any code, headers and body parses to exactly those.
