@@ -66,7 +66,7 @@ pub fn from_body(body: &[u8], max_channels: usize) -> Result<Instruct, GripError
     let response = wire
         .response
         .unwrap_or_default()
-        .to_parts()
+        .into_parts()
         .map_err(|e| GripError::new(format!("instruct response.{}", e.field), "", e.reason))?;
     Ok(Instruct { hold, response })
 }

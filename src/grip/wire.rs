@@ -128,7 +128,7 @@ fn is_dropped_header(name: &HeaderName) -> bool {
 
 impl WireResponse<'_> {
     /// Validates into response parts; errors name the field (`code`, `headers[1]`, `body-bin`).
-    pub(crate) fn to_parts(&self) -> Result<ResponseParts, FieldError> {
+    pub(crate) fn into_parts(self) -> Result<ResponseParts, FieldError> {
         let status = match self.code {
             None => StatusCode::OK,
             Some(WireCode(c)) => u16::try_from(c)
@@ -169,13 +169,15 @@ impl WireResponse<'_> {
                 }
             }
         }
-        let body = match (&self.body_bin, &self.body) {
+        let body = match (self.body_bin, self.body) {
             (Some(bin), _) => Bytes::from(
                 base64::engine::general_purpose::STANDARD
                     .decode(bin.0.as_bytes())
                     .map_err(|e| FieldError::new("body-bin", format!("invalid base64: {e}")))?,
             ),
-            (None, Some(text)) => Bytes::copy_from_slice(text.0.as_bytes()),
+            // A body with escapes (`"hello\n"`) was already copied out of the input: keep that copy.
+            (None, Some(Str(Cow::Owned(text)))) => Bytes::from(text),
+            (None, Some(Str(Cow::Borrowed(text)))) => Bytes::copy_from_slice(text.as_bytes()),
             (None, None) => Bytes::new(),
         };
         Ok(ResponseParts {
@@ -193,7 +195,7 @@ mod tests {
 
     fn parse(json: &str) -> Result<ResponseParts, FieldError> {
         let wire: WireResponse<'_> = serde_json::from_str(json).unwrap();
-        wire.to_parts()
+        wire.into_parts()
     }
 
     #[test]
@@ -255,7 +257,7 @@ mod tests {
         for c in cases {
             let got = serde_json::from_str::<WireResponse<'_>>(c.json)
                 .map_err(|_| FieldError::new("parse", ""))
-                .and_then(|w| w.to_parts());
+                .and_then(|w| w.into_parts());
             match (got, c.want) {
                 (Ok(p), Ok((code, body))) => {
                     assert_eq!(p.status.as_u16(), code, "{}", c.json);
