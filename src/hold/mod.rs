@@ -201,6 +201,13 @@ impl Registry {
     /// `Channel::publish`), otherwise records its id as the channel's last id and, if it carries an
     /// `http-response`, releases every client parked on the channel. Returns how many clients items were handed to.
     pub fn publish(&self, item: &Arc<Item>) -> usize {
+        // An item without an id on a channel with no entry (nobody held, no last id, nothing waiting) has nothing
+        // to record and no one to release: no entry is made for it. A publish to channels without subscribers
+        // would otherwise insert and remove one per item. A park racing with this is ordered after it, as if the
+        // publish had come first.
+        if item.id.is_none() && !self.inner.channels.contains_key(&*item.channel) {
+            return 0;
+        }
         let now = Instant::now();
         let seq = self.inner.sequencing;
         let published = self.with_channel(&item.channel, |c| c.publish(item, now, seq));
