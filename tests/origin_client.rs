@@ -281,3 +281,28 @@ async fn ambiguous_or_oversized_origin_heads_are_a_502() {
         resp.assert_proxy_error(502);
     }
 }
+
+#[tokio::test]
+async fn an_origin_answering_before_the_whole_body_is_relayed_at_once() {
+    // Refuses the upload as soon as it has the head, and reads no further.
+    fn refuse(_: &str) -> (Vec<u8>, After) {
+        (
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!".to_vec(),
+            After::KeepOpen,
+        )
+    }
+    let origin = ScriptOrigin::start(refuse).await;
+    let proxy = Proxy::start(origin.addr).await;
+    let mut client = RawConn::open(proxy.addr()).await;
+    // A head announcing 1 MB and the first bytes of it; the rest never comes while the client waits.
+    client
+        .write(b"POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: 1000000\r\n\r\nfirst bytes")
+        .await;
+
+    let resp = within(LIMIT, client.read_response()).await;
+
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.text(), "too big!");
+    // The body was not read to its end: the connection cannot carry another request.
+    assert!(within(LIMIT, client.closed()).await);
+}

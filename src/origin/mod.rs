@@ -177,9 +177,21 @@ async fn exchange(
     is_head: bool,
 ) -> Result<(http::response::Parts, body::Reading), Failed> {
     let mut body_touched = false;
-    if let Err(error) = write_request(&mut conn, head, body, framing, &mut body_touched).await {
-        let retryable = !body_touched && matches!(error, OriginError::Io(_));
-        return Err(Failed { error, retryable });
+    // A write that fails once the body has begun may be the origin closing after an early answer (a 413 or 401
+    // before the whole body): its answer may still be readable, and is used if so.
+    let mut write_failed = None;
+    match write_request(&mut conn, head, body, framing, is_head, &mut body_touched).await {
+        Ok(Sent::Whole) => {}
+        Ok(Sent::AnsweredEarly(parsed)) => {
+            // The rest of the request was never sent: the connection cannot carry another one.
+            let reading = body::Reading::new(conn, parsed.framing, false);
+            return Ok((parsed.parts, reading));
+        }
+        Err(error @ OriginError::Io(_)) if body_touched => write_failed = Some(error),
+        Err(error) => {
+            let retryable = !body_touched && matches!(error, OriginError::Io(_));
+            return Err(Failed { error, retryable });
+        }
     }
     loop {
         if let Some(parsed) =
@@ -188,12 +200,22 @@ async fn exchange(
                 retryable: false,
             })?
         {
-            let reading = body::Reading::new(conn, parsed.framing, parsed.reusable);
+            let reusable = parsed.reusable && write_failed.is_none();
+            let reading = body::Reading::new(conn, parsed.framing, reusable);
             return Ok((parsed.parts, reading));
         }
         let received_before = !conn.buf.is_empty();
         conn.buf.reserve(pool::READ_CHUNK);
-        match crate::sockio::read_buf(&conn.stream, &mut conn.buf).await {
+        let read = crate::sockio::read_buf(&conn.stream, &mut conn.buf).await;
+        if matches!(read, Ok(0) | Err(_)) {
+            if let Some(error) = write_failed.take() {
+                return Err(Failed {
+                    error,
+                    retryable: false,
+                });
+            }
+        }
+        match read {
             Ok(0) => {
                 let error = if received_before {
                     OriginError::Invalid("connection closed in the middle of the response head")
@@ -216,23 +238,42 @@ async fn exchange(
     }
 }
 
-/// Writes the head and the body, coalescing small pieces into one write.
+/// How much of a request went out.
+enum Sent {
+    /// All of it.
+    Whole,
+    /// The origin answered before the whole body was sent; the rest was not.
+    AnsweredEarly(wire::Parsed),
+}
+
+/// Writes the head and the body, coalescing small pieces into one write. While it waits for the client's next
+/// body bytes it watches the origin too: an origin may answer (and stop reading) before the body is complete.
 async fn write_request(
     conn: &mut Conn,
     head: &[u8],
     body: Option<&mut Body>,
     framing: BodyFraming,
+    is_head: bool,
     body_touched: &mut bool,
-) -> Result<(), OriginError> {
+) -> Result<Sent, OriginError> {
     let Some(body) = body else {
-        return conn.stream.write_all(head).await.map_err(OriginError::Io);
+        conn.stream.write_all(head).await.map_err(OriginError::Io)?;
+        return Ok(Sent::Whole);
     };
     let chunked = framing == BodyFraming::Chunked;
     let mut out = Vec::with_capacity(head.len() + 1024);
     out.extend_from_slice(head);
     loop {
         *body_touched = true;
-        let frame = match body.frame().await {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            early = answered_early(conn, is_head) => match early? {
+                Some(parsed) => return Ok(Sent::AnsweredEarly(parsed)),
+                None => continue,
+            },
+        };
+        let frame = match frame {
             None => break,
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Err(OriginError::RequestBody(e)),
@@ -270,5 +311,26 @@ async fn write_request(
     if !out.is_empty() {
         conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
     }
-    Ok(())
+    Ok(Sent::Whole)
+}
+
+/// Waits until the origin sends something while the request body is still being sent. `Some`: a whole final
+/// response head (interim responses are skipped); `None`: nothing usable yet, keep sending.
+///
+/// # Cancel safety
+/// Cancel safe: bytes read are kept in the connection's buffer.
+async fn answered_early(
+    conn: &mut Conn,
+    is_head: bool,
+) -> Result<Option<wire::Parsed>, OriginError> {
+    std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx))
+        .await
+        .map_err(OriginError::Io)?;
+    conn.buf.reserve(pool::READ_CHUNK);
+    match crate::sockio::try_read_buf(&conn.stream, &mut conn.buf) {
+        Ok(0) => Err(OriginError::Closed),
+        Ok(_) => wire::parse_response_head(&mut conn.buf, is_head),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(OriginError::Io(e)),
+    }
 }
