@@ -72,16 +72,15 @@ pub(crate) fn head(
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         OutFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
         }
         OutFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         OutFraming::NoBody | OutFraming::Close => {}
@@ -153,6 +152,14 @@ impl PreEncoded {
     pub(crate) fn response(&self) -> Response<Body> {
         self.0.parts.to_response()
     }
+}
+
+/// One header field line.
+pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A chunk header for `len` bytes of data.

@@ -4,7 +4,7 @@
 mod body;
 mod conn;
 mod decode;
-mod encode;
+pub(crate) mod encode;
 mod head;
 #[cfg(test)]
 mod props;

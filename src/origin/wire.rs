@@ -8,7 +8,7 @@ use http::uri::Authority;
 use http::{StatusCode, Version};
 
 use super::OriginError;
-use crate::front::Framing;
+use crate::front::{encode, Framing};
 
 /// Largest response head accepted from an origin.
 const MAX_HEAD: usize = 64 * 1024;
@@ -57,25 +57,22 @@ pub(super) fn encode_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode::field(out, b"host", authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode::field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         BodyFraming::None => {}
         BodyFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            encode::field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
         }
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
