@@ -33,8 +33,8 @@ struct ScriptOrigin {
 }
 
 impl ScriptOrigin {
-    /// `script(request head) -> (answer, after)`.
-    async fn start(script: fn(&str) -> (Vec<u8>, After)) -> ScriptOrigin {
+    /// `script(request head, its index on its connection) -> (answer, after)`.
+    async fn start(script: fn(&str, usize) -> (Vec<u8>, After)) -> ScriptOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -73,11 +73,11 @@ impl Drop for ScriptOrigin {
 async fn serve(
     mut stream: TcpStream,
     index: usize,
-    script: fn(&str) -> (Vec<u8>, After),
+    script: fn(&str, usize) -> (Vec<u8>, After),
     requests: Arc<parking_lot::Mutex<Vec<(usize, String)>>>,
 ) {
     let mut buf = Vec::new();
-    loop {
+    for on_conn in 0.. {
         let end = loop {
             if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break pos + 4;
@@ -91,14 +91,14 @@ async fn serve(
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
         requests.lock().push((index, head.clone()));
-        let (answer, after) = script(&head);
+        let (answer, after) = script(&head, on_conn);
         if stream.write_all(&answer).await.is_err() || after == After::Close {
             return;
         }
     }
 }
 
-fn ok(_: &str) -> (Vec<u8>, After) {
+fn ok(_: &str, _: usize) -> (Vec<u8>, After) {
     (
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
         After::KeepOpen,
@@ -123,7 +123,7 @@ async fn sequential_requests_share_one_origin_connection() {
 async fn an_idle_connection_the_origin_closed_is_replaced_without_an_error() {
     // Answers one request per connection, then closes it without saying so (no `Connection: close`): the
     // pooled connection is dead when the next request comes.
-    fn once(_: &str) -> (Vec<u8>, After) {
+    fn once(_: &str, _: usize) -> (Vec<u8>, After) {
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
             After::Close,
@@ -141,8 +141,34 @@ async fn an_idle_connection_the_origin_closed_is_replaced_without_an_error() {
 }
 
 #[tokio::test]
+async fn a_request_on_a_pooled_connection_the_origin_closes_under_it_is_sent_again() {
+    // Answers the first request of each connection, and closes without an answer when a second one comes: the
+    // proxy cannot see it coming (the connection looked open when it was taken from the pool).
+    fn first_only(_: &str, on_conn: usize) -> (Vec<u8>, After) {
+        if on_conn == 0 {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                After::KeepOpen,
+            )
+        } else {
+            (Vec::new(), After::Close)
+        }
+    }
+    let origin = ScriptOrigin::start(first_only).await;
+    let proxy = Proxy::start(origin.addr).await;
+
+    for _ in 0..3 {
+        let resp = within(LIMIT, proxy.get("/")).await;
+        assert_eq!((resp.status.as_u16(), resp.text()), (200, "ok"));
+    }
+
+    // Each later request reached a pooled connection first, which closed, then a new one.
+    assert_eq!(origin.request_connections(), [0, 0, 1, 1, 2]);
+}
+
+#[tokio::test]
 async fn a_connection_the_origin_marks_close_is_not_reused() {
-    fn close(_: &str) -> (Vec<u8>, After) {
+    fn close(_: &str, _: usize) -> (Vec<u8>, After) {
         (
             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec(),
             After::KeepOpen,
@@ -162,7 +188,7 @@ async fn a_connection_the_origin_marks_close_is_not_reused() {
 
 #[tokio::test]
 async fn chunked_close_delimited_and_bodyless_responses_are_relayed_whole() {
-    fn framings(head: &str) -> (Vec<u8>, After) {
+    fn framings(head: &str, _: usize) -> (Vec<u8>, After) {
         if head.starts_with("GET /chunked ") {
             let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
                           5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n";
@@ -183,7 +209,7 @@ async fn chunked_close_delimited_and_bodyless_responses_are_relayed_whole() {
                 After::KeepOpen,
             )
         } else {
-            ok(head)
+            ok(head, 0)
         }
     }
     let origin = ScriptOrigin::start(framings).await;
@@ -214,7 +240,7 @@ async fn chunked_close_delimited_and_bodyless_responses_are_relayed_whole() {
 
 #[tokio::test]
 async fn interim_responses_from_the_origin_are_skipped() {
-    fn early_hints(_: &str) -> (Vec<u8>, After) {
+    fn early_hints(_: &str, _: usize) -> (Vec<u8>, After) {
         (
             b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
               HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal"
@@ -234,7 +260,7 @@ async fn interim_responses_from_the_origin_are_skipped() {
 
 #[tokio::test]
 async fn an_origin_closing_mid_body_truncates_the_response_and_closes_the_client_connection() {
-    fn short(_: &str) -> (Vec<u8>, After) {
+    fn short(_: &str, _: usize) -> (Vec<u8>, After) {
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten..".to_vec(),
             After::Close,
@@ -261,7 +287,7 @@ async fn an_origin_closing_mid_body_truncates_the_response_and_closes_the_client
 
 #[tokio::test]
 async fn ambiguous_or_oversized_origin_heads_are_a_502() {
-    fn broken(head: &str) -> (Vec<u8>, After) {
+    fn broken(head: &str, _: usize) -> (Vec<u8>, After) {
         let answer = if head.starts_with("GET /lengths ") {
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok".to_vec()
         } else if head.starts_with("GET /upgrade ") {
@@ -285,7 +311,7 @@ async fn ambiguous_or_oversized_origin_heads_are_a_502() {
 #[tokio::test]
 async fn an_origin_answering_before_the_whole_body_is_relayed_at_once() {
     // Refuses the upload as soon as it has the head, and reads no further.
-    fn refuse(_: &str) -> (Vec<u8>, After) {
+    fn refuse(_: &str, _: usize) -> (Vec<u8>, After) {
         (
             b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!".to_vec(),
             After::KeepOpen,
