@@ -86,6 +86,7 @@ impl App {
 
         let metrics = Arc::new(Metrics::new());
         let forwarder = Forwarder::new(&config.origin);
+        let origins = forwarder.client().clone();
         tasks.spawn(sweep_origin_pool(
             forwarder.clone(),
             config.origin.pool_idle_timeout,
@@ -114,7 +115,7 @@ impl App {
                 .expect("auth keys were checked when the config was validated"),
             bus: bus.clone(),
             ops: ops::Ops {
-                exposition: metrics.exposition(registry.clone(), &bus),
+                exposition: metrics.exposition(registry.clone(), &bus, origins),
                 metrics,
             },
         });

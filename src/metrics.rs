@@ -260,7 +260,12 @@ impl Metrics {
 
     /// The OpenMetrics exposition of these metrics, plus gauges read at scrape time from the registry and, when
     /// the bus is Redis, from its status.
-    pub fn exposition(self: &Arc<Self>, holds: Registry, bus: &Bus) -> Exposition {
+    pub fn exposition(
+        self: &Arc<Self>,
+        holds: Registry,
+        bus: &Bus,
+        origins: crate::origin::Client,
+    ) -> Exposition {
         let mut r = prometheus_client::registry::Registry::with_prefix("grip_proxy");
         r.register(
             "build",
@@ -281,6 +286,11 @@ impl Metrics {
             "origin_response_seconds",
             "Time from sending a request to an origin to its response head",
             self.origin_latency.clone(),
+        );
+        r.register(
+            "origin_idle_connections",
+            "Keep-alive connections to origins idle in the pool now",
+            Scraped::gauge(move || origins.idle_connections() as u64),
         );
         let held = holds.clone();
         r.register(
@@ -647,11 +657,17 @@ mod tests {
         m.items_published(2);
         let holds = registry();
         let bus = Bus::Memory(holds.clone());
-        let text = m.exposition(holds, &bus).encode();
+        let origins = crate::origin::Client::new(crate::origin::Settings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle_per_host: 1,
+        });
+        let text = m.exposition(holds, &bus, origins).encode();
         for want in [
             r#"grip_proxy_requests_total{route="*/api/",status="2xx"} 2"#,
             r#"grip_proxy_requests_total{route="(none)",status="5xx"} 1"#,
             "grip_proxy_holds_started_total 2",
+            "grip_proxy_origin_idle_connections 0",
             r#"grip_proxy_holds_ended_total{reason="timeout"} 1"#,
             r#"grip_proxy_holds_ended_total{reason="disconnect"} 1"#,
             "grip_proxy_held_clients 0",

@@ -161,6 +161,30 @@ async fn metrics_count_a_hold_released_by_a_publish_a_timeout_and_a_disconnect()
 }
 
 #[tokio::test]
+async fn metrics_show_the_origin_connections_idle_in_the_pool() {
+    let origin = Origin::start(|_| Reply::text("plain")).await;
+    let proxy = Proxy::start(origin.addr()).await;
+    assert_eq!(
+        scrape(&proxy)
+            .await
+            .value("grip_proxy_origin_idle_connections"),
+        0.0
+    );
+
+    // Two requests one after the other: one connection, back in the pool after each.
+    for _ in 0..2 {
+        assert_eq!(proxy.get("/").await.text(), "plain");
+    }
+
+    assert_eq!(
+        scrape(&proxy)
+            .await
+            .value("grip_proxy_origin_idle_connections"),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_origin_errors_by_kind_and_requests_by_route() {
     let dead = free_port();
     let proxy = Proxy::with_routes(&format!(

@@ -70,6 +70,11 @@ impl Forwarder {
         }
     }
 
+    /// The origin client (its pool is shared by every clone).
+    pub fn client(&self) -> &origin::Client {
+        &self.client
+    }
+
     /// Closes pooled origin connections idle for longer than `origin.pool_idle_timeout_secs`.
     pub fn sweep_idle(&self) {
         self.client.sweep_idle();
