@@ -88,7 +88,7 @@ impl App {
         let forwarder = Forwarder::new(&config.origin);
         let origins = forwarder.client().clone();
         tasks.spawn(sweep_origin_pool(
-            forwarder.clone(),
+            origins.clone(),
             config.origin.pool_idle_timeout,
             stop.clone(),
         ));
@@ -229,12 +229,16 @@ fn local_addr(
 }
 
 /// Closes idle origin connections past the pool's idle timeout, checking twice per timeout.
-async fn sweep_origin_pool(forwarder: Forwarder, idle_timeout: Duration, stop: CancellationToken) {
+async fn sweep_origin_pool(
+    origins: crate::origin::Client,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) {
     let every = (idle_timeout / 2).max(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => forwarder.sweep_idle(),
+            _ = tokio::time::sleep(every) => origins.sweep_idle(),
         }
     }
 }

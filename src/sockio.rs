@@ -1,4 +1,5 @@
-//! Socket reads that tell the runtime when a socket has been drained. A read that returns fewer bytes than asked
+//! Socket IO shared by the client-facing server and the origin client: writing body pieces (chunk framing and
+//! coalescing), and reads that tell the runtime when a socket has been drained. A read that returns fewer bytes than asked
 //! for took everything the kernel had, so the runtime's cached readiness is cleared there and then; otherwise it
 //! stays set until a read fails with `WouldBlock`, and the next wait costs a `recv` syscall that finds nothing.
 //! Measured: one such syscall per origin exchange and one per client request.
@@ -6,7 +7,7 @@
 use std::io;
 
 use bytes::BytesMut;
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Reads into `buf` without waiting. `Err(WouldBlock)`: nothing there.
@@ -52,4 +53,38 @@ pub(crate) async fn read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Resu
             other => return other,
         }
     }
+}
+
+/// Buffered bytes are written together with the next body piece when both fit in this much: a head and a small
+/// body go out with one syscall.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// Adds one piece of a message body to `out` (which may hold a head or earlier pieces), framed as a chunk when
+/// `chunked`, and writes what is buffered when it would grow past [`COALESCE_MAX`] or when `more` is coming
+/// later (so what is here must not wait for it). Whatever stays in `out` is the caller's to write at the end.
+pub(crate) async fn put_body_piece(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    chunked: bool,
+    more: bool,
+) -> io::Result<()> {
+    if chunked {
+        crate::front::chunk_header(out, data.len());
+    }
+    if out.len() + data.len() <= COALESCE_MAX {
+        out.extend_from_slice(data);
+    } else {
+        stream.write_all(out).await?;
+        out.clear();
+        stream.write_all(data).await?;
+    }
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+    if more && !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
 }

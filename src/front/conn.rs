@@ -26,9 +26,6 @@ use crate::body::{Body, BoxError};
 /// arrives, so that an idle or parked connection owns no read buffer at all.
 const READ_CHUNK: usize = 8192;
 
-/// Head and first body chunk are written with one syscall when the chunk is at most this big.
-const COALESCE_MAX: usize = 16 * 1024;
-
 /// Waits until the socket is readable (or closed). Uses the socket's own reader slot through `poll_read_ready`
 /// rather than `readable()`, whose future carries a 152-byte waiter node: this wait is what every parked
 /// connection is doing.
@@ -394,23 +391,9 @@ impl Conn {
                 continue;
             }
             written += data.len() as u64;
-            if framing == OutFraming::Chunked {
-                encode::chunk_header(&mut out, data.len());
-            }
-            if out.len() + data.len() <= COALESCE_MAX {
-                out.extend_from_slice(&data);
-            } else {
-                self.stream.write_all(&out).await?;
-                out.clear();
-                self.stream.write_all(&data).await?;
-            }
-            if framing == OutFraming::Chunked {
-                out.extend_from_slice(b"\r\n");
-            }
-            if !out.is_empty() && !body.is_end_stream() {
-                self.stream.write_all(&out).await?;
-                out.clear();
-            }
+            let chunked = framing == OutFraming::Chunked;
+            let more = !body.is_end_stream();
+            crate::sockio::put_body_piece(&mut self.stream, &mut out, &data, chunked, more).await?;
         }
         match framing {
             OutFraming::Chunked => out.extend_from_slice(encode::LAST_CHUNK),

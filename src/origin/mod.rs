@@ -22,9 +22,6 @@ pub use body::OriginBody;
 use pool::{Conn, Pool};
 use wire::BodyFraming;
 
-/// Request bytes written with one syscall when they fit (the head and the first body chunks).
-const COALESCE_MAX: usize = 16 * 1024;
-
 /// Why an exchange with an origin failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
@@ -206,35 +203,25 @@ async fn exchange(
         }
         let received_before = !conn.buf.is_empty();
         conn.buf.reserve(pool::READ_CHUNK);
-        let read = crate::sockio::read_buf(&conn.stream, &mut conn.buf).await;
-        if matches!(read, Ok(0) | Err(_)) {
-            if let Some(error) = write_failed.take() {
-                return Err(Failed {
-                    error,
-                    retryable: false,
-                });
+        let error = match crate::sockio::read_buf(&conn.stream, &mut conn.buf).await {
+            Ok(0) if received_before => {
+                OriginError::Invalid("connection closed in the middle of the response head")
             }
-        }
-        match read {
-            Ok(0) => {
-                let error = if received_before {
-                    OriginError::Invalid("connection closed in the middle of the response head")
-                } else {
-                    OriginError::Closed
-                };
-                return Err(Failed {
-                    error,
-                    retryable: !received_before && !body_touched,
-                });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return Err(Failed {
-                    retryable: !received_before && !body_touched,
-                    error: OriginError::Io(e),
-                })
-            }
-        }
+            Ok(0) => OriginError::Closed,
+            Ok(_) => continue,
+            Err(e) => OriginError::Io(e),
+        };
+        return Err(match write_failed {
+            // No answer after all: the write's failure is what happened.
+            Some(error) => Failed {
+                error,
+                retryable: false,
+            },
+            None => Failed {
+                error,
+                retryable: !received_before && !body_touched,
+            },
+        });
     }
 }
 
@@ -284,26 +271,10 @@ async fn write_request(
         if data.is_empty() {
             continue;
         }
-        if chunked {
-            crate::front::chunk_header(&mut out, data.len());
-        }
-        if out.len() + data.len() <= COALESCE_MAX {
-            out.extend_from_slice(&data);
-        } else {
-            conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
-            out.clear();
-            conn.stream
-                .write_all(&data)
-                .await
-                .map_err(OriginError::Io)?;
-        }
-        if chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        if !body.is_end_stream() && !out.is_empty() {
-            conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
-            out.clear();
-        }
+        let more = !body.is_end_stream();
+        crate::sockio::put_body_piece(&mut conn.stream, &mut out, &data, chunked, more)
+            .await
+            .map_err(OriginError::Io)?;
     }
     if chunked {
         out.extend_from_slice(crate::front::LAST_CHUNK);

@@ -74,11 +74,6 @@ impl Forwarder {
     pub fn client(&self) -> &origin::Client {
         &self.client
     }
-
-    /// Closes pooled origin connections idle for longer than `origin.pool_idle_timeout_secs`.
-    pub fn sweep_idle(&self) {
-        self.client.sweep_idle();
-    }
 }
 
 /// Whether the client's body failed by growing past its limit (the error travels inside hyper's).

@@ -338,7 +338,7 @@ async fn inspect(state: &ProxyState, resp: Response<OriginBody>) -> Result<Inspe
     let held = ResponseParts {
         status,
         reason,
-        headers: detach(&parts.headers),
+        headers: parts.headers,
         body: bytes,
     };
     hold_of(state, instr.hold, held)
@@ -365,9 +365,8 @@ async fn read_held_body(state: &ProxyState, body: OriginBody) -> Result<Bytes, P
     let timeout = state.forwarder.response_timeout();
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(ProxyError::OriginTimeout(timeout)),
-        // Copied: the collected body is a slice of the origin connection's read buffer (8 KiB), which a held
-        // response would otherwise keep alive for the whole hold.
-        Ok(Ok(collected)) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
+        // Still a slice of the origin connection's read buffer: interning copies it out if it is kept.
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GripError::new(
             "held body",
             &format!("over {limit} bytes"),
@@ -376,20 +375,6 @@ async fn read_held_body(state: &ProxyState, body: OriginBody) -> Result<Bytes, P
         .into()),
         Ok(Err(e)) => Err(ProxyError::OriginProtocol(e)),
     }
-}
-
-/// Copies header values out of the origin connection's read buffer (hyper's values are zero-copy slices of it),
-/// so that a held response does not keep that 8 KiB buffer alive. Measured: 11.3 KB per held client before
-/// this and the body copy, see docs/performance.md.
-fn detach(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes())
-            .expect("a valid header value stays valid when copied");
-        copy.set_sensitive(value.is_sensitive());
-        out.append(name.clone(), copy);
-    }
-    out
 }
 
 enum Waited {
