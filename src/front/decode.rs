@@ -6,10 +6,11 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::head::Framing;
 
-/// Longest chunk-size line (size, extensions) accepted; longer is an attack or a broken client.
-const MAX_CHUNK_LINE: usize = 4096;
-/// Most bytes of trailer fields accepted (they are read and dropped).
-const MAX_TRAILERS: usize = 16 * 1024;
+/// Longest chunk-size line (size, extensions, without its CRLF) accepted; longer is an attack or a broken client.
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
+/// Most bytes of trailer fields accepted, each line counted with its CRLF, the blank line that ends them not
+/// counted (they are read and dropped).
+pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 
 /// A broken body: the connection cannot be used further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -85,7 +86,9 @@ impl Decoder {
                     return Ok(Decoded::Data(buf.split_to(take).freeze()));
                 }
                 State::ChunkSize => {
-                    let Some(line) = line(buf, MAX_CHUNK_LINE)? else {
+                    let Some(line) = line(buf, MAX_CHUNK_LINE)
+                        .map_err(|_| DecodeError("chunk size line too long"))?
+                    else {
                         return Ok(Decoded::NeedMore);
                     };
                     let size = chunk_size(&line)?;
@@ -119,7 +122,12 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers(seen) => {
-                    let Some(line) = line(buf, MAX_TRAILERS - seen)? else {
+                    // What this line may hold, its CRLF aside: never negative, whatever came before (`seen` never
+                    // exceeds the limit, as the line below is refused if it would take it past).
+                    let allowance = MAX_TRAILERS.saturating_sub(seen).saturating_sub(2);
+                    let Some(line) =
+                        line(buf, allowance).map_err(|_| DecodeError("trailers too large"))?
+                    else {
                         return Ok(Decoded::NeedMore);
                     };
                     if line.is_empty() {
@@ -137,16 +145,22 @@ fn take_len(want: u64, have: usize) -> usize {
     usize::try_from(want).map_or(have, |w| w.min(have))
 }
 
-/// Takes one CRLF-terminated line (without the CRLF) off the front of `buf`.
+/// Takes one CRLF-terminated line of at most `max` bytes (without the CRLF) off the front of `buf`. Only the
+/// first `max + 2` bytes are looked at, so a caller that keeps reading does not re-scan an ever larger buffer.
 fn line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, DecodeError> {
-    match buf.windows(2).position(|w| w == b"\r\n") {
-        Some(pos) if pos <= max => {
+    let window = &buf[..buf.len().min(max.saturating_add(2))];
+    match window.windows(2).position(|w| w == b"\r\n") {
+        Some(pos) => {
             let line = buf.split_to(pos);
             buf.advance(2);
             Ok(Some(line))
         }
-        Some(_) => Err(DecodeError("line too long")),
-        None if buf.len() > max => Err(DecodeError("line too long")),
+        // `max` bytes and a CR may still be a line of `max` bytes whose LF has not arrived yet.
+        None if window.len() > max.saturating_add(1)
+            || (window.len() == max.saturating_add(1) && window[max] != b'\r') =>
+        {
+            Err(DecodeError("line too long"))
+        }
         None => Ok(None),
     }
 }
@@ -186,7 +200,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Feeds `input` one byte at a time (the worst split) and collects the body.
@@ -264,6 +278,133 @@ mod tests {
         );
         assert_eq!(d.decode(&mut buf).unwrap(), Decoded::End);
         assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+    }
+
+    /// Feeds `input` in pieces cut at `cuts` (positions taken modulo the length), then says whether the body
+    /// decoded (`Ok`) or why not. `Err("eof")`: it wanted more than there was.
+    pub(crate) fn decode_in_pieces(
+        framing: Framing,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> Result<Vec<u8>, &'static str> {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        ends.push(input.len());
+        ends.sort_unstable();
+        let mut d = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        let mut ends = ends.into_iter();
+        loop {
+            match d.decode(&mut buf).map_err(|e| e.0)? {
+                Decoded::Data(b) => out.extend_from_slice(&b),
+                Decoded::End => return Ok(out),
+                Decoded::NeedMore => {
+                    let Some(end) = ends.find(|e| *e > fed) else {
+                        return Err("eof");
+                    };
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    /// A chunked body whose trailer section is one line per entry of `lines`, each that many bytes long.
+    pub(crate) fn with_trailers(lines: &[usize]) -> Vec<u8> {
+        let mut raw = b"3\r\nabc\r\n0\r\n".to_vec();
+        for (i, len) in lines.iter().enumerate() {
+            let name = format!("T{i}: ");
+            let mut line = name.into_bytes();
+            line.resize((*len).max(line.len()), b'v');
+            line.truncate(*len);
+            raw.extend_from_slice(&line);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        raw
+    }
+
+    /// A chunked body whose first chunk-size line is `len` bytes long (size, then an extension padded out).
+    pub(crate) fn with_chunk_line(len: usize) -> Vec<u8> {
+        let mut line = b"3;e=".to_vec();
+        line.resize(len, b'x');
+        let mut raw = line;
+        raw.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+        raw
+    }
+
+    /// Each limit at its value and one and two bytes either side, whole and cut at awkward places (right before
+    /// and after the CR and LF that end the line at the limit).
+    #[test]
+    fn lines_at_and_around_each_limit() {
+        for delta in -2i64..=2 {
+            // One trailer line: its bytes and CRLF count against the limit.
+            let len = (MAX_TRAILERS as i64 - 2 + delta) as usize;
+            let raw = with_trailers(&[len]);
+            let line_end = 11 + len;
+            for cuts in [
+                vec![],
+                vec![line_end],
+                vec![line_end + 1],
+                vec![line_end - 1, line_end + 2],
+            ] {
+                let got = decode_in_pieces(Framing::Chunked, &raw, &cuts);
+                if delta <= 0 {
+                    assert_eq!(
+                        got,
+                        Ok(b"abc".to_vec()),
+                        "trailer line {len} cut at {cuts:?}"
+                    );
+                } else {
+                    assert_eq!(
+                        got,
+                        Err("trailers too large"),
+                        "trailer line {len} cut at {cuts:?}"
+                    );
+                }
+            }
+            // Two trailer lines sharing the limit.
+            let second = (MAX_TRAILERS as i64 - 2 - 100 - 2 + delta) as usize;
+            let got = decode_in_pieces(Framing::Chunked, &with_trailers(&[100, second]), &[7, 200]);
+            assert_eq!(
+                got.is_ok(),
+                delta <= 0,
+                "trailer lines 100 + {second}: {got:?}"
+            );
+            // A chunk-size line.
+            let len = (MAX_CHUNK_LINE as i64 + delta) as usize;
+            let raw = with_chunk_line(len);
+            for cuts in [vec![], vec![len], vec![len + 1], vec![len - 1, len + 2]] {
+                let got = decode_in_pieces(Framing::Chunked, &raw, &cuts);
+                if delta <= 0 {
+                    assert_eq!(got, Ok(b"abc".to_vec()), "chunk line {len} cut at {cuts:?}");
+                } else {
+                    assert_eq!(
+                        got,
+                        Err("chunk size line too long"),
+                        "chunk line {len} cut at {cuts:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A trailer line that never ends is refused once it passes the limit, however it arrives: before the fix
+    /// a first line of 16,383 or 16,384 bytes made the allowance wrap and the rest was read without limit.
+    #[test]
+    fn endless_trailer_lines_are_refused() {
+        for first in [16_380, 16_381, 16_382, 16_383, 16_384, 16_385] {
+            let mut raw = with_trailers(&[first]);
+            raw.truncate(raw.len() - 2);
+            raw.extend(std::iter::repeat_n(b'x', 100_000));
+            let got = decode_in_pieces(
+                Framing::Chunked,
+                &raw,
+                &[first + 10, first + 12, first + 5000],
+            );
+            assert_eq!(got, Err("trailers too large"), "first line {first}");
+        }
     }
 
     #[test]

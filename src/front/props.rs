@@ -128,3 +128,48 @@ proptest! {
         prop_assert_eq!(got, body);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Trailer lines and chunk-size lines at each limit, and one and two bytes either side, cut anywhere: the
+    /// body decodes exactly when every line is within its limit, and is refused (never read on) otherwise.
+    #[test]
+    fn lines_at_each_limit_cut_anywhere(
+        delta in -2i64..=2,
+        split in 0usize..200,
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        use super::decode::tests::{decode_in_pieces, with_chunk_line, with_trailers};
+        use super::decode::{MAX_CHUNK_LINE, MAX_TRAILERS};
+        // One trailer line, or two sharing the limit.
+        let total = (MAX_TRAILERS as i64 + delta) as usize;
+        let lines = if split < 8 { vec![total - 2] } else { vec![split, total - split - 4] };
+        let got = decode_in_pieces(Framing::Chunked, &with_trailers(&lines), &cuts);
+        if delta <= 0 {
+            prop_assert_eq!(got, Ok(b"abc".to_vec()));
+        } else {
+            prop_assert_eq!(got, Err("trailers too large"));
+        }
+        let len = (MAX_CHUNK_LINE as i64 + delta) as usize;
+        let got = decode_in_pieces(Framing::Chunked, &with_chunk_line(len), &cuts);
+        if delta <= 0 {
+            prop_assert_eq!(got, Ok(b"abc".to_vec()));
+        } else {
+            prop_assert_eq!(got, Err("chunk size line too long"));
+        }
+    }
+
+    /// Chunk sizes of 16 hex digits (the most accepted) and 17 digits, with leading zeros so the data stays short.
+    #[test]
+    fn chunk_size_digits_at_the_limit(digits in 14usize..=18, cuts in proptest::collection::vec(any::<usize>(), 0..4)) {
+        use super::decode::tests::decode_in_pieces;
+        let raw = format!("{:0>digits$}\r\nabc\r\n0\r\n\r\n", "3").into_bytes();
+        let got = decode_in_pieces(Framing::Chunked, &raw, &cuts);
+        if digits <= 16 {
+            prop_assert_eq!(got, Ok(b"abc".to_vec()));
+        } else {
+            prop_assert_eq!(got, Err("chunk size too large"));
+        }
+    }
+}
