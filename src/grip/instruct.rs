@@ -83,7 +83,7 @@ fn hold(h: WireHold<'_>, max_channels: usize) -> Result<Hold, GripError> {
             ))
         }
     };
-    let mut channels: Vec<ChannelSub> = Vec::new();
+    let mut channels = super::Channels::new(max_channels);
     for (i, c) in h.channels.into_iter().enumerate() {
         if c.name.0.trim().is_empty() {
             return Err(GripError::new(
@@ -92,29 +92,17 @@ fn hold(h: WireHold<'_>, max_channels: usize) -> Result<Hold, GripError> {
                 "empty channel name",
             ));
         }
-        if channels.iter().any(|s| *s.name == *c.name.0) {
-            continue;
-        }
-        channels.push(ChannelSub {
-            name: c.name.0.as_ref().into(),
-            prev_id: c.prev_id.map(|p| p.0.as_ref().into()),
-            filters: c.filters.into_iter().map(|f| f.0.as_ref().into()).collect(),
-        });
+        channels
+            .add(ChannelSub {
+                name: c.name.0.as_ref().into(),
+                prev_id: c.prev_id.map(|p| p.0.as_ref().into()),
+                filters: c.filters.into_iter().map(|f| f.0.as_ref().into()).collect(),
+            })
+            .map_err(|reason| GripError::new("instruct hold.channels", "", reason))?;
     }
-    if channels.is_empty() {
-        return Err(GripError::new(
-            "instruct hold.channels",
-            "[]",
-            "a hold needs at least one channel",
-        ));
-    }
-    if channels.len() > max_channels {
-        return Err(GripError::new(
-            "instruct hold.channels",
-            &channels.len().to_string(),
-            format!("too many channels (at most {max_channels})"),
-        ));
-    }
+    let channels = channels.finish().map_err(|reason| {
+        GripError::new("instruct hold.channels", "[]", format!("a hold {reason}"))
+    })?;
     Ok(Hold {
         mode,
         channels,
@@ -141,7 +129,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (b"not json", "instruct"),
             (
                 br#"{"hold": {"channels": [{"name": 5}]}}"#,
@@ -160,11 +148,23 @@ mod tests {
                 br#"{"hold": {"channels": [{"name": "a"}]}, "response": {"code": 42}}"#,
                 "instruct response.code",
             ),
+            (
+                br#"{"hold": {"channels": [{"name": "a"}]}, "response": {"code": 101}}"#,
+                "instruct response.code",
+            ),
         ];
         for (body, field) in cases {
             let err = from_body(body, 20).unwrap_err();
             assert_eq!(err.field, field, "{}", String::from_utf8_lossy(body));
         }
+        // Repeated names count once against the limit.
+        let abac = br#"{"hold": {"channels": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}}"#;
+        assert_eq!(from_body(abac, 2).unwrap().hold.unwrap().channels.len(), 2);
+        let abac = br#"{"hold": {"channels": [{"name": "a"}, {"name": "b"}, {"name": "a"}, {"name": "c"}]}}"#;
+        assert_eq!(
+            from_body(abac, 2).unwrap_err().field,
+            "instruct hold.channels"
+        );
     }
 
     #[test]

@@ -54,6 +54,64 @@ pub struct ChannelSub {
     pub filters: Vec<Box<str>>,
 }
 
+/// Collects a hold's channels: de-duplicated by name (the first mention wins), refused as soon as there are
+/// more distinct names than allowed. Linear in the names given, however many: a list of thousands costs no more
+/// than reading it.
+pub(crate) struct Channels {
+    list: Vec<ChannelSub>,
+    /// Names in `list`, once it is too long to scan (a handful of channels is the common case).
+    seen: Option<std::collections::HashSet<Box<str>>>,
+    max: usize,
+}
+
+/// Channels scanned one by one for duplicates; past this many, a set is built.
+const SCAN_UP_TO: usize = 8;
+
+impl Channels {
+    pub(crate) fn new(max: usize) -> Self {
+        Channels {
+            list: Vec::new(),
+            seen: None,
+            max,
+        }
+    }
+
+    /// Adds one channel unless its name is already there. `Err`: one distinct name too many.
+    pub(crate) fn add(&mut self, sub: ChannelSub) -> Result<(), String> {
+        let known = match &self.seen {
+            Some(set) => set.contains(&sub.name),
+            None => self.list.iter().any(|c| c.name == sub.name),
+        };
+        if known {
+            return Ok(());
+        }
+        if self.list.len() >= self.max {
+            return Err(format!(
+                "too many channels (more than {}, at most hold.max_channels)",
+                self.max
+            ));
+        }
+        if let Some(set) = &mut self.seen {
+            set.insert(sub.name.clone());
+        } else if self.list.len() >= SCAN_UP_TO {
+            let mut set: std::collections::HashSet<Box<str>> =
+                self.list.iter().map(|c| c.name.clone()).collect();
+            set.insert(sub.name.clone());
+            self.seen = Some(set);
+        }
+        self.list.push(sub);
+        Ok(())
+    }
+
+    /// The channels, in the order first given. `Err`: there were none.
+    pub(crate) fn finish(self) -> Result<Vec<ChannelSub>, &'static str> {
+        if self.list.is_empty() {
+            return Err("needs at least one channel");
+        }
+        Ok(self.list)
+    }
+}
+
 /// How a hold treats the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldMode {

@@ -38,28 +38,17 @@ pub fn from_headers(
             ))
         }
     };
-    let mut channels: Vec<ChannelSub> = Vec::new();
+    let mut channels = super::Channels::new(max_channels);
     for value in headers.get_all("grip-channel") {
         for sub in channel_list(text("Grip-Channel", value.as_bytes())?)? {
-            if !channels.iter().any(|c| c.name == sub.name) {
-                channels.push(sub);
-            }
+            channels
+                .add(sub)
+                .map_err(|reason| GripError::new("Grip-Channel", "", reason))?;
         }
     }
-    if channels.is_empty() {
-        return Err(GripError::new(
-            "Grip-Channel",
-            "",
-            "Grip-Hold needs at least one channel",
-        ));
-    }
-    if channels.len() > max_channels {
-        return Err(GripError::new(
-            "Grip-Channel",
-            &channels.len().to_string(),
-            format!("too many channels (at most {max_channels})"),
-        ));
-    }
+    let channels = channels
+        .finish()
+        .map_err(|reason| GripError::new("Grip-Channel", "", format!("Grip-Hold {reason}")))?;
     let timeout = match headers.get("grip-timeout") {
         None => None,
         Some(v) => Some(timeout(text("Grip-Timeout", v.as_bytes())?)?),
@@ -145,9 +134,9 @@ pub fn status(value: &str) -> Result<(StatusCode, Option<Bytes>), GripError> {
     let code = code
         .parse::<u16>()
         .ok()
-        .filter(|c| (100..=599).contains(c))
+        .filter(|c| (200..=599).contains(c))
         .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| GripError::new("Grip-Status", value, "not a status code (100-599)"))?;
+        .ok_or_else(|| GripError::new("Grip-Status", value, "not a final status code (200-599)"))?;
     let reason = if reason.is_empty() {
         None
     } else {
@@ -278,6 +267,46 @@ mod tests {
                 ],
                 Err("Grip-Status"),
             ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "100"),
+                ],
+                Err("Grip-Status"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "101"),
+                ],
+                Err("Grip-Status"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "103"),
+                ],
+                Err("Grip-Status"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "199"),
+                ],
+                Err("Grip-Status"),
+            ),
+            (
+                vec![
+                    ("Grip-Hold", "response"),
+                    ("Grip-Channel", "a"),
+                    ("Grip-Status", "200"),
+                ],
+                Ok(Some(("a:", None, Some(200)))),
+            ),
         ];
         for (list, want) in cases {
             let got = from_headers(&headers(&list), 20);
@@ -309,6 +338,33 @@ mod tests {
         ]);
         assert_eq!(from_headers(&h, 20).unwrap_err().field, "Grip-Channel");
         assert!(from_headers(&h, 21).unwrap().is_some());
+        // Thousands of names (inside the response head limit) are refused at the first one too many.
+        let names: Vec<String> = (0..9000).map(|i| format!("c{i}")).collect();
+        let h = headers(&[
+            ("Grip-Hold", "response"),
+            ("Grip-Channel", &names.join(",")),
+        ]);
+        let e = from_headers(&h, 20).unwrap_err();
+        assert_eq!(e.field, "Grip-Channel");
+        assert!(e.reason.contains("more than 20"), "{e}");
+        // The same name thousands of times is one channel; past the scan threshold, a set de-duplicates.
+        let same = vec!["a"; 9000].join(", ");
+        let h = headers(&[("Grip-Hold", "response"), ("Grip-Channel", &same)]);
+        assert_eq!(
+            from_headers(&h, 20).unwrap().unwrap().hold.channels.len(),
+            1
+        );
+        let mixed: Vec<String> = (0..9000).map(|i| format!("c{}", i % 15)).collect();
+        let h = headers(&[
+            ("Grip-Hold", "response"),
+            ("Grip-Channel", &mixed.join(",")),
+        ]);
+        let got = from_headers(&h, 20).unwrap().unwrap().hold.channels;
+        let want: Vec<String> = (0..15).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            got.iter().map(|c| c.name.to_string()).collect::<Vec<_>>(),
+            want
+        );
     }
 
     #[test]

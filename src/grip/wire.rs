@@ -133,10 +133,12 @@ impl WireResponse<'_> {
             None => StatusCode::OK,
             Some(WireCode(c)) => u16::try_from(c)
                 .ok()
-                .filter(|c| (100..=599).contains(c))
+                .filter(|c| (200..=599).contains(c))
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .ok_or_else(|| {
-                    FieldError::new("code", format!("{c} is not a status code (100-599)"))
+                    // 1xx are interim responses: written as the answer, the client would read the next response on
+                    // its connection as this one's (or wait for a protocol switch that never comes).
+                    FieldError::new("code", format!("{c} is not a final status code (200-599)"))
                 })?,
         };
         let reason = match &self.reason {
@@ -228,6 +230,26 @@ mod tests {
             Case {
                 json: r#"{"code": 1000}"#,
                 want: Err("code"),
+            },
+            Case {
+                json: r#"{"code": 100}"#,
+                want: Err("code"),
+            },
+            Case {
+                json: r#"{"code": 101}"#,
+                want: Err("code"),
+            },
+            Case {
+                json: r#"{"code": 103}"#,
+                want: Err("code"),
+            },
+            Case {
+                json: r#"{"code": 199}"#,
+                want: Err("code"),
+            },
+            Case {
+                json: r#"{"code": 599}"#,
+                want: Ok((599, "")),
             },
             Case {
                 json: r#"{"body-bin": "aGk="}"#,

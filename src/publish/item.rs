@@ -1,6 +1,7 @@
 //! Publish items: the JSON wire form (`{"items": [...]}`, formats nested under `formats` or at the item's top
 //! level) validated into `Item`s, so that releasing a hold has nothing left that can fail.
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::grip::wire::{Str, WireResponse};
@@ -73,13 +74,25 @@ struct WireItem<'a> {
     http_response: Option<WireResponse<'a>>,
     #[serde(rename = "no-seq")]
     no_seq: Option<bool>,
+    /// Formats this proxy does not deliver yet: only whether they are there counts.
+    #[serde(rename = "http-stream")]
+    http_stream: Option<IgnoredAny>,
+    #[serde(rename = "ws-message")]
+    ws_message: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 struct WireFormats<'a> {
     #[serde(borrow, rename = "http-response")]
     http_response: Option<WireResponse<'a>>,
+    #[serde(rename = "http-stream")]
+    http_stream: Option<IgnoredAny>,
+    #[serde(rename = "ws-message")]
+    ws_message: Option<IgnoredAny>,
 }
+
+/// The formats an item may carry (Pushpin's three); an item with none of them is refused.
+const KNOWN_FORMATS: &str = "http-response, http-stream or ws-message";
 
 /// Parses and validates a publish body. Any error rejects the whole batch.
 ///
@@ -172,6 +185,22 @@ fn item(i: usize, w: WireItem<'_>, accepted: tokio::time::Instant) -> Result<Ite
         Some(_) => return Err(err("channel", "must not be empty".into())),
         None => return Err(err("channel", "missing".into())),
     };
+    // Formats under `formats`, or at the item's top level (Pushpin reads either); a publisher that gave none
+    // most likely misspelt one, and nothing could be delivered.
+    let nested = w.formats.as_ref().is_some_and(|f| {
+        f.http_response.is_some() || f.http_stream.is_some() || f.ws_message.is_some()
+    });
+    let top = w.http_response.is_some() || w.http_stream.is_some() || w.ws_message.is_some();
+    if !nested && !top {
+        let field = if w.formats.is_some() { "formats" } else { "" };
+        return Err(PublishError {
+            field: format!(
+                "items[{i}]{}{field}",
+                if field.is_empty() { "" } else { "." }
+            ),
+            reason: format!("no formats: an item needs {KNOWN_FORMATS}"),
+        });
+    }
     let (prefix, response) = match (w.formats, w.http_response) {
         (Some(f), top) => match f.http_response {
             Some(r) => ("formats.http-response", Some(r)),
@@ -299,9 +328,14 @@ mod tests {
                 Some((200, "hi")),
             ),
             (
-                r#"{"items": [{"channel": "a", "http-response": {"body": "1"}}, {"channel": "b"}]}"#,
+                r#"{"items": [{"channel": "a", "http-response": {"body": "1"}}, {"channel": "b", "ws-message": {}}]}"#,
                 2,
                 Some((200, "1")),
+            ),
+            (
+                r#"{"items": [{"channel": "a", "http-stream": {"content": "z"}}]}"#,
+                1,
+                None,
             ),
         ];
         for (json, n, first) in cases {
@@ -324,7 +358,7 @@ mod tests {
             ("{}", "body"),
             (r#"{"items": "x"}"#, "items"),
             (
-                r#"{"items": [{"channel": "a"}, {"id": "1"}]}"#,
+                r#"{"items": [{"channel": "a", "http-response": {}}, {"id": "1"}]}"#,
                 "items[1].channel",
             ),
             (r#"{"items": [{"channel": ""}]}"#, "items[0].channel"),
@@ -358,6 +392,19 @@ mod tests {
                 "items[0].formats.http-response.action",
             ),
             (r#"{"items": [{"channel": "a", "id": 5}]}"#, "items[0].id"),
+            (r#"{"items": [{"channel": "a"}]}"#, "items[0]"),
+            (
+                r#"{"items": [{"channel": "a", "formats": {}}]}"#,
+                "items[0].formats",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "formats": {"http-respons": {}}}]}"#,
+                "items[0].formats",
+            ),
+            (
+                r#"{"items": [{"channel": "a", "http-response": {}}, {"channel": "b", "id": "2"}]}"#,
+                "items[1]",
+            ),
         ];
         for (json, field) in cases {
             let e = parse_body(json.as_bytes()).unwrap_err();
@@ -417,7 +464,7 @@ mod props {
         #[test]
         fn valid_items_parse_back(
             channel in "[a-z0-9]{1,10}",
-            code in 100u16..600,
+            code in 200u16..600,
             headers in proptest::collection::vec(("x-[a-z]{1,8}", "[ -~]{0,20}"), 0..5),
             body in "[ -~]{0,50}",
         ) {
