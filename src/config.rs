@@ -114,6 +114,14 @@ pub struct RawProxy {
     pub max_request_body: u64,
     /// Most clients held at once; beyond it a new hold is answered 503 with `Retry-After`.
     pub max_held: usize,
+    /// Longest wait for the next bytes of a request body, in seconds; then the client gets 408.
+    pub body_read_timeout_secs: f64,
+    /// Longest wait for a client to take more of its response, in seconds; then the connection is closed.
+    pub write_timeout_secs: f64,
+    /// Request bodies up to this many bytes are read whole before the origin is contacted.
+    pub request_buffer_size: usize,
+    /// Seconds a trusted upstream's `Grip-Sig` is still accepted after its `exp` (and before its `nbf`).
+    pub upstream_sig_leeway_secs: u64,
     /// Key (HS256 secret) of a trusted GRIP proxy in front: requests with a valid `Grip-Sig` under it keep their
     /// `Grip-*` headers. Secret forms: literal, `env:NAME`, `file:PATH`, then optionally `base64:...`.
     pub upstream_sig_key: Option<String>,
@@ -130,6 +138,10 @@ impl Default for RawProxy {
             max_request_head: 64 * 1024,
             max_request_body: 10_000_000,
             max_held: 100_000,
+            body_read_timeout_secs: 30.0,
+            write_timeout_secs: 60.0,
+            request_buffer_size: 65_536,
+            upstream_sig_leeway_secs: 5,
             upstream_sig_key: None,
             upstream_sig_public_key: None,
         }
@@ -159,7 +171,7 @@ impl Default for RawControl {
 }
 
 /// `[control.auth]`: any configured method is accepted; with none, the control API is open.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
     /// A static key: `Authorization: Bearer <key>`. Secret spec.
@@ -170,10 +182,26 @@ pub struct RawAuth {
     pub jwt_public_key: Option<String>,
     /// The `iss` a JWT must carry (required with a JWT key).
     pub jwt_iss: Option<String>,
+    /// Seconds a JWT is still accepted after its `exp` (and before its `nbf`): clock skew between hosts.
+    pub jwt_leeway_secs: u64,
     /// `Authorization: Basic` user.
     pub basic_user: Option<String>,
     /// `Authorization: Basic` password. Secret spec.
     pub basic_password: Option<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            bearer_key: None,
+            jwt_key: None,
+            jwt_public_key: None,
+            jwt_iss: None,
+            jwt_leeway_secs: 5,
+            basic_user: None,
+            basic_password: None,
+        }
+    }
 }
 
 /// `[hold]`: response holds.
@@ -373,6 +401,8 @@ pub struct Config {
     pub x_forwarded_for: bool,
     /// Add `X-Forwarded-Proto`.
     pub x_forwarded_proto: bool,
+    /// Request bodies up to this size are read whole before the origin is contacted.
+    pub request_buffer_size: usize,
     /// Largest publish body.
     pub control_max_body: usize,
     /// Publish credentials (none: open).
@@ -410,6 +440,8 @@ pub struct AuthConfig {
     pub jwt_public_key: Option<Vec<u8>>,
     /// Required JWT issuer.
     pub jwt_iss: Option<String>,
+    /// Accepted clock skew on `exp` and `nbf`, in seconds.
+    pub jwt_leeway: u64,
     /// Basic user and password.
     pub basic: Option<(String, Vec<u8>)>,
 }
@@ -436,6 +468,10 @@ pub struct ProxyLimits {
     pub max_request_body: u64,
     /// Most held clients.
     pub max_held: usize,
+    /// Longest wait for the next bytes of a request body.
+    pub body_read_timeout: Duration,
+    /// Longest wait for a client to take more of its response.
+    pub write_timeout: Duration,
 }
 
 /// A trusted GRIP proxy in front.
@@ -445,6 +481,8 @@ pub struct UpstreamConfig {
     pub sig_key: Option<Vec<u8>>,
     /// PEM public key, if given.
     pub sig_public_key: Option<Vec<u8>>,
+    /// Accepted clock skew on `exp` and `nbf`, in seconds.
+    pub leeway: u64,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -673,6 +711,8 @@ impl TryFrom<RawConfig> for Config {
             max_request_head: p.max_request_head,
             max_request_body: p.max_request_body,
             max_held: p.max_held,
+            body_read_timeout: secs("proxy.body_read_timeout_secs", p.body_read_timeout_secs)?,
+            write_timeout: secs("proxy.write_timeout_secs", p.write_timeout_secs)?,
         };
         let upstream = upstream(p)?;
         let publish = PublishConfig {
@@ -715,6 +755,7 @@ impl TryFrom<RawConfig> for Config {
             control_listen,
             x_forwarded_for: raw.proxy.x_forwarded_for,
             x_forwarded_proto: raw.proxy.x_forwarded_proto,
+            request_buffer_size: raw.proxy.request_buffer_size,
             control_max_body: raw.control.max_body,
             control_auth,
             limits,
@@ -769,6 +810,7 @@ fn auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
         jwt_key: opt_secret("control.auth.jwt_key", &a.jwt_key)?,
         jwt_public_key: opt_secret("control.auth.jwt_public_key", &a.jwt_public_key)?,
         jwt_iss: a.jwt_iss.clone(),
+        jwt_leeway: a.jwt_leeway_secs,
         basic: match (&a.basic_user, &a.basic_password) {
             (None, None) => None,
             (Some(user), Some(pass)) => {
@@ -811,6 +853,7 @@ fn upstream(p: &RawProxy) -> Result<Option<UpstreamConfig>, ConfigError> {
     Ok(Some(UpstreamConfig {
         sig_key,
         sig_public_key,
+        leeway: p.upstream_sig_leeway_secs,
     }))
 }
 

@@ -3,6 +3,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
+use crate::front::ClientBodyError;
 use crate::grip::GripError;
 
 /// Who caused a failure: decides how loudly it is logged.
@@ -46,9 +47,9 @@ pub enum ProxyError {
     /// As many clients are held as `proxy.max_held` allows: the origin's answer is discarded.
     #[error("too many held clients (proxy.max_held); the origin's hold was discarded")]
     HoldsExhausted,
-    /// The client's request body is larger than `proxy.max_request_body`.
-    #[error("request body larger than proxy.max_request_body")]
-    BodyTooLarge,
+    /// The client's request body failed: too large, malformed, too slow, or cut short.
+    #[error("{0}")]
+    ClientBody(#[from] crate::front::ClientBodyError),
 }
 
 impl ProxyError {
@@ -65,14 +66,18 @@ impl ProxyError {
             ProxyError::ShuttingDown | ProxyError::HoldsExhausted => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBody(e) => match e {
+                ClientBodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ClientBodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
+                ClientBodyError::Malformed(_) | ClientBodyError::Closed => StatusCode::BAD_REQUEST,
+            },
         }
     }
 
     /// Who is to blame, for logging.
     pub fn source_kind(&self) -> Source {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::BodyTooLarge => Source::Client,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => Source::Client,
             ProxyError::ShuttingDown
             | ProxyError::NotReplayable(_)
             | ProxyError::HoldsExhausted => Source::Internal,
@@ -94,7 +99,12 @@ impl ProxyError {
             ProxyError::HoldsExhausted => {
                 "Service Unavailable: too many held clients, retry later\n"
             }
-            ProxyError::BodyTooLarge => "Payload Too Large\n",
+            ProxyError::ClientBody(e) => match e {
+                ClientBodyError::TooLarge(_) => "Payload Too Large\n",
+                ClientBodyError::Malformed(_) => "Bad Request: malformed request body\n",
+                ClientBodyError::TimedOut => "Request Timeout: request body not received in time\n",
+                ClientBodyError::Closed => "Bad Request: request body incomplete\n",
+            },
         }
     }
 

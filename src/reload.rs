@@ -109,6 +109,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         || a.jwt_key != b.jwt_key
         || a.jwt_public_key != b.jwt_public_key
         || a.jwt_iss != b.jwt_iss
+        || a.jwt_leeway != b.jwt_leeway
         || a.basic != b.basic;
     let checks = [
         ("proxy.listen", old.listen != new.listen),

@@ -56,14 +56,38 @@ pub fn resolve(spec: &str) -> Result<Vec<u8>, SecretError> {
     Ok(bytes)
 }
 
-/// Compares two secrets in time that depends only on their lengths.
+/// Compares a presented credential with a secret without telling, by how long it takes, how much of it was
+/// right or how long the secret is: both are hashed (SHA-256), and the digests, always 32 bytes, are compared
+/// without an early exit. The time depends only on the lengths of the two inputs, and a secret's own length is
+/// the same on every attempt.
 pub fn equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (da, db) = (
+        ring::digest::digest(&ring::digest::SHA256, a),
+        ring::digest::digest(&ring::digest::SHA256, b),
+    );
+    da.as_ref()
+        .iter()
+        .zip(db.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_compares_whole_values_of_any_length() {
+        assert!(equal(b"key", b"key"));
+        assert!(!equal(b"key", b"kez"));
+        assert!(!equal(b"key", b"ke"));
+        assert!(!equal(b"key", b"key2"));
+        assert!(!equal(b"", b"key"));
+        assert!(equal(b"", b""));
+        let long = vec![7u8; 10_000];
+        assert!(equal(&long, &long.clone()));
+        assert!(!equal(&long, &long[..9_999]));
+    }
 
     #[test]
     fn forms() {

@@ -19,7 +19,7 @@ use super::body::RequestBody;
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, OutFraming};
 use super::head::{self, Reject};
-use super::Limits;
+use super::{ClientBodyError, Limits};
 use crate::body::{Body, BoxError};
 
 /// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
@@ -124,9 +124,13 @@ impl Conn {
             };
             let mut body_len: u64 = 0;
             if expect_continue {
-                self.stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await?;
+                // Boxed: a timed write's timer would otherwise be part of this future in every state.
+                Box::pin(write_timed(
+                    &mut self.stream,
+                    b"HTTP/1.1 100 Continue\r\n\r\n",
+                    self.limits.write_timeout,
+                ))
+                .await?;
             }
             let Some(resp) = self.drive(fut, &mut decoder, &mut body_len, tx).await? else {
                 tracing::debug!(client.addr = %peer, "client went away before the response");
@@ -291,10 +295,8 @@ impl Conn {
                 Ok(Decoded::Data(data)) => {
                     *body_len += data.len() as u64;
                     if *body_len > self.limits.max_body {
-                        let _ = Box::pin(
-                            sender.send(Err(Box::new(super::BodyTooLarge(self.limits.max_body)))),
-                        )
-                        .await;
+                        let too_large = ClientBodyError::TooLarge(self.limits.max_body);
+                        let _ = Box::pin(sender.send(Err(Box::new(too_large)))).await;
                         *tx = None;
                         return Ok(Event::Quiet);
                     }
@@ -312,21 +314,39 @@ impl Conn {
                 }
                 Ok(Decoded::NeedMore) => {}
                 Err(e) => {
-                    let _ = Box::pin(sender.send(Err(Box::new(e)))).await;
+                    let malformed = ClientBodyError::Malformed(e.0);
+                    let _ = Box::pin(sender.send(Err(Box::new(malformed)))).await;
                     *tx = None;
+                    return Ok(Event::Quiet);
+                }
+            }
+            // Waiting for body bytes the handler wants: bounded, so a client that stops sending cannot keep the
+            // request (and whatever it holds) forever. Boxed: the timer is only needed while a body is read, and
+            // inline it would size every parked connection's future.
+            let waited = Box::pin(tokio::time::timeout(
+                self.limits.body_read_timeout,
+                read_ready(&self.stream),
+            ))
+            .await;
+            match waited {
+                Ok(ready) => ready?,
+                Err(_) => {
+                    if let Some(sender) = tx.take() {
+                        let _ =
+                            Box::pin(sender.send(Err(Box::new(ClientBodyError::TimedOut)))).await;
+                    }
                     return Ok(Event::Quiet);
                 }
             }
         } else if self.buf.len() >= self.limits.max_head {
             return Ok(Event::Quiet);
+        } else {
+            read_ready(&self.stream).await?;
         }
-        read_ready(&self.stream).await?;
         match self.read_some() {
             Ok(Some(0)) | Err(_) => {
                 if let Some(sender) = tx.take() {
-                    let _ =
-                        Box::pin(sender.send(Err("client closed the connection mid-body".into())))
-                            .await;
+                    let _ = Box::pin(sender.send(Err(Box::new(ClientBodyError::Closed)))).await;
                 }
                 Ok(Event::Gone)
             }
@@ -345,7 +365,7 @@ impl Conn {
         let resp = match resp.extensions().get::<encode::PreEncoded>() {
             // A release shared by many clients: its bytes are ready when the connection is what they were made for.
             Some(pre) if version == Version::HTTP_11 && !is_head && keep_alive => {
-                self.stream.write_all(pre.wire()).await?;
+                write_timed(&mut self.stream, pre.wire(), self.limits.write_timeout).await?;
                 return Ok(true);
             }
             Some(pre) => pre.response(),
@@ -368,8 +388,9 @@ impl Conn {
             keep_alive,
             version,
         );
+        let write_timeout = self.limits.write_timeout;
         if framing == OutFraming::NoBody {
-            self.stream.write_all(&out).await?;
+            write_timed(&mut self.stream, &out, write_timeout).await?;
             return Ok(keep_alive);
         }
         let mut written: u64 = 0;
@@ -380,7 +401,7 @@ impl Conn {
                 Some(Err(e)) => {
                     // The origin failed mid-body: the client sees a truncated response and a closed connection.
                     tracing::warn!(error = %e, "response body failed mid-stream");
-                    self.stream.write_all(&out).await?;
+                    write_timed(&mut self.stream, &out, write_timeout).await?;
                     return Ok(false);
                 }
             };
@@ -393,7 +414,11 @@ impl Conn {
             written += data.len() as u64;
             let chunked = framing == OutFraming::Chunked;
             let more = !body.is_end_stream();
-            crate::sockio::put_body_piece(&mut self.stream, &mut out, &data, chunked, more).await?;
+            let put =
+                crate::sockio::put_body_piece(&mut self.stream, &mut out, &data, chunked, more);
+            tokio::time::timeout(write_timeout, put)
+                .await
+                .map_err(|_| write_timed_out())??;
         }
         match framing {
             OutFraming::Chunked => out.extend_from_slice(encode::LAST_CHUNK),
@@ -403,12 +428,12 @@ impl Conn {
                     written,
                     "response body length differs from its declared length"
                 );
-                self.stream.write_all(&out).await?;
+                write_timed(&mut self.stream, &out, write_timeout).await?;
                 return Ok(false);
             }
             _ => {}
         }
-        self.stream.write_all(&out).await?;
+        write_timed(&mut self.stream, &out, write_timeout).await?;
         Ok(keep_alive)
     }
 
@@ -431,8 +456,27 @@ impl Conn {
             Version::HTTP_11,
         );
         out.extend_from_slice(body.as_bytes());
-        self.stream.write_all(&out).await?;
+        write_timed(&mut self.stream, &out, self.limits.write_timeout).await?;
         let _ = self.stream.shutdown().await;
         Ok(())
     }
+}
+
+/// Writes all of `bytes`, or fails with `TimedOut` when the client takes none of them for `limit`: a client that
+/// stops reading must not keep its connection, and the origin connection streaming to it, forever.
+async fn write_timed(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: std::time::Duration,
+) -> io::Result<()> {
+    tokio::time::timeout(limit, stream.write_all(bytes))
+        .await
+        .map_err(|_| write_timed_out())?
+}
+
+fn write_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "client did not take the response within proxy.write_timeout_secs",
+    )
 }

@@ -15,7 +15,7 @@ pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 /// A broken body: the connection cannot be used further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid chunked body: {0}")]
-pub(crate) struct DecodeError(&'static str);
+pub(crate) struct DecodeError(pub(crate) &'static str);
 
 /// What one decode step produced.
 #[derive(Debug, PartialEq, Eq)]

@@ -36,6 +36,12 @@ pub struct Limits {
     pub max_body: u64,
     /// Time allowed for a request head to arrive, and for an idle keep-alive connection to start the next one.
     pub header_timeout: Duration,
+    /// Longest wait for the next bytes of a request body the handler is reading; then the body fails with
+    /// [`ClientBodyError::TimedOut`] (a 408) and the connection closes.
+    pub body_read_timeout: Duration,
+    /// Longest wait for the client to take more of a response (each write must make progress within it); then
+    /// the connection is closed and the response (and its origin connection) dropped.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +50,8 @@ impl Default for Limits {
             max_head: 64 * 1024,
             max_body: 10_000_000,
             header_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -53,15 +61,30 @@ impl From<&crate::config::ProxyLimits> for Limits {
         Limits {
             max_head: l.max_request_head,
             max_body: l.max_request_body,
+            body_read_timeout: l.body_read_timeout,
+            write_timeout: l.write_timeout,
             ..Limits::default()
         }
     }
 }
 
-/// The error a request body yields when it grows past [`Limits::max_body`]; the proxy answers 413.
+/// How a client's request body failed: the error its body stream yields. The client's doing, never the origin's:
+/// the proxy answers it with a 4xx and does not count it as an origin failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("request body larger than {0} bytes")]
-pub struct BodyTooLarge(pub u64);
+pub enum ClientBodyError {
+    /// The body grew past [`Limits::max_body`] (413).
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The body's framing is broken, e.g. an invalid chunk size (400).
+    #[error("malformed request body: {0}")]
+    Malformed(&'static str),
+    /// No body bytes arrived within [`Limits::body_read_timeout`] (408).
+    #[error("request body not received in time")]
+    TimedOut,
+    /// The client closed the connection before the end of the body.
+    #[error("client closed the connection mid-body")]
+    Closed,
+}
 
 /// Accepts clients until `stop` fires, then lets open connections finish their current request (a parked one is
 /// answered by the registry's close) for at most `grace`.

@@ -90,13 +90,20 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// From an HS256 secret and/or a PEM public key (ES256 or RS256).
-    pub fn new(secret: Option<&[u8]>, public_pem: Option<&[u8]>) -> Result<Self, String> {
+    /// From an HS256 secret and/or a PEM public key (ES256 or RS256). A token is accepted up to `leeway`
+    /// seconds after its `exp` and before its `nbf` (checked when present).
+    pub fn new(
+        secret: Option<&[u8]>,
+        public_pem: Option<&[u8]>,
+        leeway: u64,
+    ) -> Result<Self, String> {
         let keys = crate::publish::auth::decoding_key(secret, public_pem)?
             .into_iter()
             .map(|(key, alg)| {
                 let mut v = Validation::new(alg);
                 v.set_required_spec_claims(&["exp"]);
+                v.leeway = leeway;
+                v.validate_nbf = true;
                 (key, v)
             })
             .collect();
@@ -144,9 +151,9 @@ mod tests {
         );
         assert!(verify(token.to_str().unwrap(), b"other").is_none());
         assert_eq!(s.header(), token, "reused within the same second");
-        let v = Verifier::new(Some(b"changeme"), None).unwrap();
+        let v = Verifier::new(Some(b"changeme"), None, 5).unwrap();
         assert!(v.verify(token.as_bytes()));
-        assert!(!Verifier::new(Some(b"x"), None)
+        assert!(!Verifier::new(Some(b"x"), None, 5)
             .unwrap()
             .verify(token.as_bytes()));
     }

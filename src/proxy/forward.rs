@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use crate::body::{self, Body, BoxError};
 use crate::config::OriginConfig;
 use crate::error::ProxyError;
+use crate::front::ClientBodyError;
 use crate::origin::{self, OriginBody, OriginError};
 
 /// The origin client. Cheap to clone (the pool is shared).
@@ -63,9 +64,7 @@ impl Forwarder {
             Err(_) => Err(ProxyError::OriginTimeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(OriginError::Connect { source, .. })) => Err(ProxyError::OriginConnect(source)),
-            Ok(Err(OriginError::RequestBody(e))) if caused_by_body_limit(&*e) => {
-                Err(ProxyError::BodyTooLarge)
-            }
+            Ok(Err(OriginError::RequestBody(e))) => Err(request_body_error(e)),
             Ok(Err(e)) => Err(ProxyError::OriginProtocol(Box::new(e))),
         }
     }
@@ -76,16 +75,98 @@ impl Forwarder {
     }
 }
 
-/// Whether the client's body failed by growing past its limit (the error travels inside hyper's).
-fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
+/// The failure of a request body while it was sent to the origin: the client's (a 4xx) when the client's body
+/// stream says so, anywhere in its chain of causes; otherwise the origin connection's.
+pub(crate) fn request_body_error(e: BoxError) -> ProxyError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
     while let Some(c) = cause {
-        if c.is::<crate::front::BodyTooLarge>() {
-            return true;
+        if let Some(client) = c.downcast_ref::<ClientBodyError>() {
+            return ProxyError::ClientBody(*client);
         }
         cause = c.source();
     }
-    false
+    ProxyError::OriginProtocol(Box::new(OriginError::RequestBody(e)))
+}
+
+/// Reads a request body of up to `limit` bytes whole, before anything is asked of the origin: a client that
+/// trickles its body in then holds no origin connection and no concurrency permit while it does (the wait for
+/// each piece is bounded by the client connection's body read timeout). A body that declares more, or that grows
+/// past `limit`, is streamed: what was read first, then the rest as it comes.
+pub async fn read_ahead(req: Request<Body>, limit: usize) -> Result<Request<Body>, ProxyError> {
+    let (parts, mut incoming) = req.into_parts();
+    let declared_large = incoming
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > limit as u64);
+    if incoming.is_end_stream() || declared_large {
+        return Ok(Request::from_parts(parts, incoming));
+    }
+    let mut read: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while len <= limit {
+        match incoming.frame().await {
+            None => {
+                let whole = match read.len() {
+                    0 => Bytes::new(),
+                    1 => read.pop().unwrap_or_default(),
+                    _ => {
+                        let mut all = BytesMut::with_capacity(len);
+                        read.iter().for_each(|b| all.extend_from_slice(b));
+                        all.freeze()
+                    }
+                };
+                return Ok(Request::from_parts(parts, body::full(whole)));
+            }
+            Some(Err(e)) => return Err(request_body_error(e)),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    len += data.len();
+                    read.push(data);
+                }
+            }
+        }
+    }
+    let body = Prefixed {
+        read: read.into_iter(),
+        rest: incoming,
+    };
+    Ok(Request::from_parts(parts, BodyExt::boxed(body)))
+}
+
+/// A body whose first pieces were already read: those, then the rest.
+struct Prefixed {
+    read: std::vec::IntoIter<Bytes>,
+    rest: Body,
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.read.next() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.len() == 0 && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let read: u64 = self.read.as_slice().iter().map(|b| b.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + read);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + read);
+        }
+        hint
+    }
 }
 
 /// What is needed to send a request to the origin again: its head and a copy of its body.

@@ -45,6 +45,8 @@ pub struct ProxyState {
     pub x_forwarded_proto: bool,
     /// Request bodies kept for a re-send, at most.
     pub max_replay_body: usize,
+    /// Request bodies up to this size are read whole before the origin is contacted.
+    pub request_buffer_size: usize,
     /// Checks `Grip-Sig` of a trusted GRIP proxy in front, if one is configured.
     pub upstream: Option<crate::grip::sig::Verifier>,
     /// Counters and histograms (shared by every generation of the state).
@@ -87,9 +89,14 @@ impl ProxyState {
             x_forwarded_for: config.x_forwarded_for,
             x_forwarded_proto: config.x_forwarded_proto,
             max_replay_body: config.origin.max_replay_body,
+            request_buffer_size: config.request_buffer_size,
             upstream: config.upstream.as_ref().map(|u| {
-                crate::grip::sig::Verifier::new(u.sig_key.as_deref(), u.sig_public_key.as_deref())
-                    .expect("upstream keys were checked when the config was validated")
+                crate::grip::sig::Verifier::new(
+                    u.sig_key.as_deref(),
+                    u.sig_public_key.as_deref(),
+                    u.leeway,
+                )
+                .expect("upstream keys were checked when the config was validated")
             }),
             metrics,
             route_stats,
@@ -223,8 +230,9 @@ async fn proxy(
     unreachable!("the loop returns on its last attempt")
 }
 
-/// Phases 3 and 4: send to the origin, read its answer.
+/// Phases 3 and 4: send to the origin (a small body read whole first), read its answer.
 async fn exchange(state: &ProxyState, req: Request<Body>) -> Result<Inspected, ProxyError> {
+    let req = forward::read_ahead(req, state.request_buffer_size).await?;
     let sent = Instant::now();
     let resp = state.forwarder.send(req).await?;
     state.metrics.origin_latency(sent.elapsed());

@@ -67,6 +67,9 @@ impl Auth {
             .map(|(key, alg)| {
                 let mut v = Validation::new(alg);
                 v.set_required_spec_claims(&["exp", "iss"]);
+                // jsonwebtoken's default is 60 s after `exp`, and `nbf` unchecked.
+                v.leeway = cfg.jwt_leeway;
+                v.validate_nbf = true;
                 if let Some(iss) = &cfg.jwt_iss {
                     v.set_issuer(&[iss]);
                 }
@@ -167,6 +170,7 @@ fn jwt_reason(e: &jsonwebtoken::errors::Error) -> String {
     use jsonwebtoken::errors::ErrorKind;
     match e.kind() {
         ErrorKind::ExpiredSignature => "expired".into(),
+        ErrorKind::ImmatureSignature => "not valid yet".into(),
         ErrorKind::InvalidIssuer => "wrong issuer".into(),
         ErrorKind::InvalidSignature => "bad signature".into(),
         ErrorKind::MissingRequiredClaim(c) => format!("missing claim {c}"),
@@ -198,6 +202,16 @@ mod tests {
         .unwrap()
     }
 
+    fn jwt_nbf(key: &[u8], nbf: u64) -> String {
+        let claims = serde_json::json!({ "iss": "publisher", "exp": now() + 600, "nbf": nbf });
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    }
+
     fn headers(auth: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
@@ -219,6 +233,7 @@ mod tests {
             jwt_key: Some(b"jwt-secret".to_vec()),
             jwt_public_key: None,
             jwt_iss: Some("publisher".into()),
+            jwt_leeway: 5,
             basic: Some(("user".into(), b"pass".to_vec())),
         };
         let auth = Auth::new(&cfg).unwrap();
@@ -240,6 +255,24 @@ mod tests {
             (
                 format!("Bearer {}", jwt(b"jwt-secret", "publisher", now() - 600)),
                 Err(AuthError::Bearer("expired".into())),
+            ),
+            // The leeway (5 s) after `exp`, and no more.
+            (
+                format!("Bearer {}", jwt(b"jwt-secret", "publisher", now() - 2)),
+                Ok(()),
+            ),
+            (
+                format!("Bearer {}", jwt(b"jwt-secret", "publisher", now() - 30)),
+                Err(AuthError::Bearer("expired".into())),
+            ),
+            // `nbf` is checked when present.
+            (
+                format!("Bearer {}", jwt_nbf(b"jwt-secret", now() + 60)),
+                Err(AuthError::Bearer("not valid yet".into())),
+            ),
+            (
+                format!("Bearer {}", jwt_nbf(b"jwt-secret", now() - 60)),
+                Ok(()),
             ),
             (
                 format!("Bearer {}", jwt(b"jwt-secret", "someone", now() + 600)),
