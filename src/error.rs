@@ -110,7 +110,12 @@ impl ProxyError {
 
     /// Builds the client's answer. Logging is the caller's job (once, at the service boundary).
     pub fn into_response(self) -> Response<Body> {
-        let mut resp = Response::new(body::full(self.public_text()));
+        let text = match &self {
+            // The client's own mistake: say which.
+            ProxyError::BadRequest(reason) => body::full(format!("Bad Request: {reason}\n")),
+            _ => body::full(self.public_text()),
+        };
+        let mut resp = Response::new(text);
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -4,6 +4,7 @@
 pub mod forward;
 pub mod headers;
 mod interned;
+mod path;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -134,7 +135,7 @@ enum Outcome {
 /// in it (an async fn keeps its arguments beside its locals: measured 1,816 bytes, now see the size test).
 pub fn serve<B>(
     state: Arc<ProxyState>,
-    req: Request<B>,
+    mut req: Request<B>,
     client: SocketAddr,
 ) -> impl Future<Output = Response<Body>> + Send
 where
@@ -144,7 +145,17 @@ where
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let routed = route(&state, &req);
+    // Routed, and forwarded, by the normal form of its path: `/public/../private/x` is `/private/x` to the route
+    // table and to the origin alike.
+    let normalized = match path::normalize_uri(req.uri()) {
+        Ok(Some(uri)) => {
+            *req.uri_mut() = uri;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(ProxyError::BadRequest(e.reason())),
+    };
+    let routed = normalized.and_then(|()| route(&state, &req));
     // u32: this lives in the request future for the whole hold (routes are far fewer).
     let route_index = routed
         .as_ref()
