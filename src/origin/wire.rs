@@ -89,6 +89,10 @@ pub(super) fn parse_response_head(
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut fields);
         let len = match resp.parse(buf) {
+            // However it arrived: a whole head in one read is held to the same limit as one still arriving.
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(OriginError::Invalid("response head too large"))
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(OriginError::Invalid("response head too large"))
@@ -307,6 +311,28 @@ mod tests {
             .is_none());
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD + 1));
         assert!(parse(&huge, false).is_err());
+    }
+
+    /// The head limit holds for a head that arrives whole, at the limit and one and two bytes either side.
+    #[test]
+    fn head_limit_applies_to_whole_heads() {
+        for delta in -2i64..=2 {
+            let size = (MAX_HEAD as i64 + delta) as usize;
+            let start = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-pad: ";
+            let pad = size - start.len() - 4;
+            let raw = format!("{start}{}\r\n\r\n", "p".repeat(pad));
+            assert_eq!(raw.len(), size);
+            let mut buf = BytesMut::from(raw.as_bytes());
+            let got = parse_response_head(&mut buf, false);
+            if delta <= 0 {
+                assert!(matches!(got, Ok(Some(_))), "head of {size} bytes");
+            } else {
+                assert!(
+                    matches!(got, Err(OriginError::Invalid("response head too large"))),
+                    "head of {size} bytes"
+                );
+            }
+        }
     }
 
     #[test]
