@@ -264,6 +264,8 @@ pub struct RawOrigin {
     pub response_timeout_secs: f64,
     /// How long an idle pooled origin connection is kept.
     pub pool_idle_timeout_secs: f64,
+    /// Longest wait for the next bytes of a response body, in seconds.
+    pub body_read_timeout_secs: f64,
     /// Idle pooled connections kept per origin.
     pub pool_max_idle_per_host: usize,
     /// A request body up to this size is kept so the request can be re-sent on a prev-id mismatch.
@@ -279,6 +281,7 @@ impl Default for RawOrigin {
             connect_timeout_secs: 5.0,
             response_timeout_secs: 30.0,
             pool_idle_timeout_secs: 90.0,
+            body_read_timeout_secs: 60.0,
             pool_max_idle_per_host: 256,
             max_replay_body: 65_536,
             max_concurrent_requests: 512,
@@ -535,6 +538,8 @@ pub struct OriginConfig {
     pub response_timeout: Duration,
     /// Pool idle timeout.
     pub pool_idle_timeout: Duration,
+    /// Longest wait for the next bytes of a response body.
+    pub body_read_timeout: Duration,
     /// Pool size per origin.
     pub pool_max_idle_per_host: usize,
     /// Largest request body kept for a re-send.
@@ -684,6 +689,7 @@ impl TryFrom<RawConfig> for Config {
             connect_timeout: secs("origin.connect_timeout_secs", o.connect_timeout_secs)?,
             response_timeout: secs("origin.response_timeout_secs", o.response_timeout_secs)?,
             pool_idle_timeout: secs("origin.pool_idle_timeout_secs", o.pool_idle_timeout_secs)?,
+            body_read_timeout: secs("origin.body_read_timeout_secs", o.body_read_timeout_secs)?,
             pool_max_idle_per_host: o.pool_max_idle_per_host,
             max_replay_body: o.max_replay_body,
             max_concurrent_requests: o.max_concurrent_requests,

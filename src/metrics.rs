@@ -661,6 +661,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             max_idle_per_host: 1,
+            body_read_timeout: Duration::from_secs(1),
         });
         let text = m.exposition(holds, &bus, origins).encode();
         for want in [

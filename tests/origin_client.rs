@@ -332,3 +332,32 @@ async fn an_origin_answering_before_the_whole_body_is_relayed_at_once() {
     // The body was not read to its end: the connection cannot carry another request.
     assert!(within(LIMIT, client.closed()).await);
 }
+
+#[tokio::test]
+async fn an_origin_that_stalls_mid_body_is_given_up_after_the_body_read_timeout() {
+    // Half the body, then nothing, with the connection left open.
+    fn stall(_: &str, _: usize) -> (Vec<u8>, After) {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.".to_vec(),
+            After::KeepOpen,
+        )
+    }
+    let origin = ScriptOrigin::start(stall).await;
+    let proxy = Proxy::to(origin.addr)
+        .toml("[origin]\nbody_read_timeout_secs = 0.3")
+        .start()
+        .await;
+    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Without the timeout the proxy would wait on the origin for ever, and the client with it.
+    let mut got = Vec::new();
+    within(LIMIT, client.read_to_end(&mut got)).await.unwrap();
+
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhalf."), "{text}");
+}

@@ -59,8 +59,15 @@ pub(crate) async fn run<H, F>(
         buf: BytesMut::new(),
         limits,
     };
-    if let Err(e) = conn.serve(peer, &handler, &stop).await {
-        tracing::debug!(client.addr = %peer, error = %e, "connection closed with an error");
+    match conn.serve(peer, &handler, &stop).await {
+        Ok(()) => {}
+        // A client that stopped reading: worth a line, as it may be a slow-read attack or a stuck client.
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            tracing::info!(client.addr = %peer, error = %e, "connection closed: write timed out");
+        }
+        Err(e) => {
+            tracing::debug!(client.addr = %peer, error = %e, "connection closed with an error")
+        }
     }
 }
 

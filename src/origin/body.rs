@@ -1,12 +1,15 @@
 //! The body of an origin's response, read from the origin connection as the caller polls it. Read to its end,
 //! the connection goes back to the pool; dropped before, the connection is closed.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use tokio::time::Sleep;
 
 use super::pool::{Conn, Pool, READ_CHUNK};
 use super::wire::ResponseFraming;
@@ -18,6 +21,11 @@ pub(super) struct Reading {
     conn: Conn,
     decode: Decode,
     reusable: bool,
+    /// Longest wait for the origin's next bytes.
+    read_timeout: Duration,
+    /// The timer of that wait, made the first time the body has to wait at all (a body already buffered whole,
+    /// the common case, never needs one) and pushed back after each read.
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
 enum Decode {
@@ -26,7 +34,12 @@ enum Decode {
 }
 
 impl Reading {
-    pub(super) fn new(conn: Conn, framing: ResponseFraming, reusable: bool) -> Self {
+    pub(super) fn new(
+        conn: Conn,
+        framing: ResponseFraming,
+        reusable: bool,
+        read_timeout: Duration,
+    ) -> Self {
         let decode = match framing {
             ResponseFraming::Framed(f) => Decode::Framed(Decoder::new(f)),
             ResponseFraming::Close => Decode::Close,
@@ -35,6 +48,8 @@ impl Reading {
             conn,
             decode,
             reusable,
+            read_timeout,
+            idle: None,
         }
     }
 
@@ -117,8 +132,21 @@ impl http_body::Body for OriginBody {
             }
             reading.conn.buf.reserve(READ_CHUNK);
             let read = loop {
-                if let Err(e) = ready!(reading.conn.stream.poll_read_ready(cx)) {
-                    break Err(e);
+                match reading.conn.stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => break Err(e),
+                    Poll::Pending => {
+                        let timeout = reading.read_timeout;
+                        let idle = reading
+                            .idle
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        ready!(idle.as_mut().poll(cx));
+                        this.reading = None;
+                        return Poll::Ready(Some(Err(format!(
+                            "origin sent no body bytes for {timeout:?} (origin.body_read_timeout_secs)"
+                        )
+                        .into())));
+                    }
                 }
                 match crate::sockio::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -137,7 +165,12 @@ impl http_body::Body for OriginBody {
                         ))
                     });
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(idle) = reading.idle.as_mut() {
+                        idle.as_mut()
+                            .reset(tokio::time::Instant::now() + reading.read_timeout);
+                    }
+                }
                 Err(e) => {
                     this.reading = None;
                     return Poll::Ready(Some(Err(Box::new(e))));

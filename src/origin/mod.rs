@@ -57,6 +57,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Idle connections kept per origin (host and port).
     pub max_idle_per_host: usize,
+    /// Longest wait for the next bytes of a response body; then the body fails and its connection is closed.
+    pub body_read_timeout: Duration,
 }
 
 /// The origin client. Cheap to clone (the pool is shared).
@@ -64,6 +66,7 @@ pub struct Settings {
 pub struct Client {
     pool: Arc<Pool>,
     connect_timeout: Duration,
+    body_read_timeout: Duration,
 }
 
 /// A failed attempt, and whether the request may be sent again on a new connection.
@@ -79,6 +82,7 @@ impl Client {
         Client {
             pool: Arc::new(Pool::new(settings.max_idle_per_host, settings.idle_timeout)),
             connect_timeout: settings.connect_timeout,
+            body_read_timeout: settings.body_read_timeout,
         }
     }
 
@@ -129,7 +133,15 @@ impl Client {
                 Some(conn) => (conn, true),
                 None => (self.connect(&authority).await?, false),
             };
-            match exchange(conn, &head, body.as_mut(), framing, is_head).await {
+            let sending = exchange(
+                conn,
+                &head,
+                body.as_mut(),
+                framing,
+                is_head,
+                self.body_read_timeout,
+            );
+            match sending.await {
                 Ok((parts, reading)) => {
                     let body = OriginBody::new(reading, self.pool.clone(), key);
                     return Ok(Response::from_parts(parts, body));
@@ -172,6 +184,7 @@ async fn exchange(
     body: Option<&mut Body>,
     framing: BodyFraming,
     is_head: bool,
+    read_timeout: Duration,
 ) -> Result<(http::response::Parts, body::Reading), Failed> {
     let mut body_touched = false;
     // A write that fails once the body has begun may be the origin closing after an early answer (a 413 or 401
@@ -181,7 +194,7 @@ async fn exchange(
         Ok(Sent::Whole) => {}
         Ok(Sent::AnsweredEarly(parsed)) => {
             // The rest of the request was never sent: the connection cannot carry another one.
-            let reading = body::Reading::new(conn, parsed.framing, false);
+            let reading = body::Reading::new(conn, parsed.framing, false, read_timeout);
             return Ok((parsed.parts, reading));
         }
         Err(error @ OriginError::Io(_)) if body_touched => write_failed = Some(error),
@@ -198,7 +211,7 @@ async fn exchange(
             })?
         {
             let reusable = parsed.reusable && write_failed.is_none();
-            let reading = body::Reading::new(conn, parsed.framing, reusable);
+            let reading = body::Reading::new(conn, parsed.framing, reusable, read_timeout);
             return Ok((parsed.parts, reading));
         }
         let received_before = !conn.buf.is_empty();

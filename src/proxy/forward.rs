@@ -37,6 +37,7 @@ impl Forwarder {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.pool_idle_timeout,
             max_idle_per_host: cfg.pool_max_idle_per_host,
+            body_read_timeout: cfg.body_read_timeout,
         });
         Forwarder {
             client,

@@ -15,6 +15,10 @@ use hyper::body::Incoming;
 use crate::body::{self, Body};
 use crate::hold::Registry;
 
+/// Time allowed to receive a whole publish body: a publisher that stops mid-body does not keep its connection
+/// and task for ever (the head has its own limit, the control server's header read timeout).
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the control service needs. Built once at start-up.
 pub struct Control {
     /// Where items go.
@@ -92,10 +96,18 @@ async fn publish(control: &Control, req: Request<Incoming>) -> Response<Body> {
         tracing::warn!(limit = control.max_body, "publish body too large");
         return too_large(control.max_body);
     }
-    let body: Bytes = match Limited::new(req.into_body(), control.max_body)
-        .collect()
-        .await
-    {
+    let reading = Limited::new(req.into_body(), control.max_body).collect();
+    let Ok(read) = tokio::time::timeout(BODY_READ_TIMEOUT, reading).await else {
+        tracing::warn!(
+            timeout_secs = BODY_READ_TIMEOUT.as_secs(),
+            "publish body not received in time"
+        );
+        return text(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request Timeout: publish body not received in time\n",
+        );
+    };
+    let body: Bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             tracing::warn!(limit = control.max_body, "publish body too large");
