@@ -997,6 +997,18 @@ path_prefix = "api""#,
                 "[hold]\nmin_timeout_secs = 10\nmax_timeout_secs = 5",
                 "hold.min_timeout_secs: 10 is above hold.max_timeout_secs (5)",
             ),
+            (
+                "[proxy]\nwrite_timeout_secs = 0",
+                "proxy.write_timeout_secs: 0 is not a positive number of seconds",
+            ),
+            (
+                "[proxy]\nbody_read_timeout_secs = -1",
+                "proxy.body_read_timeout_secs: -1 is not a positive number of seconds",
+            ),
+            (
+                "[origin]\nbody_read_timeout_secs = 0",
+                "origin.body_read_timeout_secs: 0 is not a positive number of seconds",
+            ),
             ("[hold]\nmax_body = 0", "hold.max_body: must be at least 1"),
             (
                 "[origin]\nresponse_timeout_secs = -1",
