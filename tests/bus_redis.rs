@@ -3,7 +3,7 @@
 //! down at start-up, lost and back. Without `redis-server` on PATH these tests say so on stderr and pass (except
 //! under CI, where they fail: CI must run them).
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

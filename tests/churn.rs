@@ -4,7 +4,7 @@
 //!
 //! One test in this file on purpose: the resident set size is the whole test process's.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

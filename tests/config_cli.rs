@@ -1,7 +1,7 @@
 //! The binary: config errors exit 64 before binding anything, `--check-config`, and a run with flags that
 //! proxies a request and exits 0 on SIGTERM.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

@@ -1,7 +1,7 @@
 //! Forwarding without holds: what reaches the origin, what comes back, header rewriting, `Grip-Sig`, origin
 //! failures, routing and streaming.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

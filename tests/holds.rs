@@ -1,7 +1,7 @@
 //! Response holds: parking on `Grip-Hold: response`, release by a publish, the timeout response, instruction
 //! parsing over the wire, invalid instructions, instruct bodies, disconnects and fan-out.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

@@ -3,7 +3,7 @@
 //! listener; live reload in-process (a route swapped while a client stays held) and through SIGHUP to the binary
 //! (an invalid file rejected, the old route still serving).
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

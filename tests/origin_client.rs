@@ -1,7 +1,7 @@
 //! The proxy's own origin client over real sockets: connection reuse, origins that close idle connections, every
 //! response framing (length, chunks, close-delimited, none for HEAD), interim responses, and broken origins.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

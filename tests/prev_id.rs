@@ -1,7 +1,7 @@
 //! Reliability through `id` / `prev-id`: stale holds are re-requested with `Grip-Last`, items that do not follow
 //! a client re-fetch it, hints re-fetch, and a publish racing with a park is never lost.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

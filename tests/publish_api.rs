@@ -1,7 +1,7 @@
 //! The control API: paths, answers, the item forms client libraries send, validation errors (and that a rejected
 //! batch delivers nothing), methods and the body limit.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

@@ -2,7 +2,7 @@
 //! content, headers and code, reads the content from standard input, signs a JWT from `GRIP_URL`, sends a hint,
 //! and fails with clear messages and exit codes (1 refused or unreachable, 2 usage).
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

@@ -7,7 +7,7 @@
 //! `target/pyenv/bin/python` (`scripts/test` and `.ci/run` create it). Without one the tests say loudly that
 //! they were skipped, except under CI (`CI` set), where they fail: CI must run them.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

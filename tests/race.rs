@@ -2,7 +2,7 @@
 //! sends 200 items with ids as fast as it can. Every client must see every version it asks after, in order, and
 //! never wait for an item it missed (no 304): it either gets the item or is re-fetched with the right `Grip-Last`.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

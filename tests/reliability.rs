@@ -2,7 +2,7 @@
 //! bounded in time and count; `no-seq` and a channel's first item go at once), a duplicate publish still answers
 //! 200 and delivers nothing, and `POST /recover` re-fetches held clients and forgets last ids.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

@@ -2,7 +2,7 @@
 //! from the config, the environment, a file, base64), `Grip-Sig` signed with ES256, trusted upstream proxies, and
 //! the limits on held clients, request bodies and request heads.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 

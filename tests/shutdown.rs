@@ -1,7 +1,7 @@
 //! Graceful shutdown of the binary: SIGTERM answers held clients at once with their timeout response, lets
 //! in-flight requests finish within the grace period and exits 0; a second signal exits at once with 130.
 
-#![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md 3.5)
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
 
 mod support;
 
