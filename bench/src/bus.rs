@@ -33,7 +33,7 @@ const MAX_FAILED_ROUNDS: usize = 10;
 impl Ctx {
     /// Run figure 6 if the environment allows it; never fails the run for a missing or broken
     /// redis-server (the figure is then marked skipped, loudly under CI).
-    pub async fn bus_figures(&mut self, opts: &Options) -> BusFigures {
+    pub(crate) async fn bus_figures(&mut self, opts: &Options) -> BusFigures {
         let mut f = BusFigures::default();
         if opts.target != Kind::GripProxy {
             f.skipped = Some("the target (Pushpin) has no Redis publish bus".into());

@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-pub type Result<T> = std::result::Result<T, String>;
+pub(crate) type Result<T> = std::result::Result<T, String>;
 
 /// A re-executed copy of this binary speaking the line protocol.
-pub struct LineChild {
+pub(crate) struct LineChild {
     pub name: String,
     child: Child,
     stdin: ChildStdin,
@@ -19,7 +19,11 @@ pub struct LineChild {
 
 impl LineChild {
     /// Start `grip-bench ARGS...` (stderr goes to `stderr_path`).
-    pub fn spawn(name: &str, args: &[String], stderr_path: &std::path::Path) -> Result<Self> {
+    pub(crate) fn spawn(
+        name: &str,
+        args: &[String],
+        stderr_path: &std::path::Path,
+    ) -> Result<Self> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let err = std::fs::File::create(stderr_path)
             .map_err(|e| format!("create {}: {e}", stderr_path.display()))?;
@@ -41,11 +45,11 @@ impl LineChild {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
-    pub async fn send(&mut self, line: &str) -> Result<()> {
+    pub(crate) async fn send(&mut self, line: &str) -> Result<()> {
         let msg = format!("{line}\n");
         self.stdin
             .write_all(msg.as_bytes())
@@ -58,7 +62,7 @@ impl LineChild {
     }
 
     /// Next reply line, within `limit`.
-    pub async fn recv(&mut self, limit: Duration) -> Result<String> {
+    pub(crate) async fn recv(&mut self, limit: Duration) -> Result<String> {
         match tokio::time::timeout(limit, self.stdout.next_line()).await {
             Ok(Ok(Some(l))) if l.starts_with("error ") => Err(format!("{}: {l}", self.name)),
             Ok(Ok(Some(l))) => Ok(l),
@@ -69,7 +73,7 @@ impl LineChild {
     }
 
     /// Stop the child: close stdin (it exits by itself), then SIGTERM/SIGKILL by pid.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let pid = self.pid();
         let _ = self.stdin.shutdown().await;
         drop(self.stdin);
@@ -90,7 +94,7 @@ impl LineChild {
 }
 
 /// Send a command to every worker, then gather one reply from each (they work in parallel).
-pub async fn broadcast(
+pub(crate) async fn broadcast(
     workers: &mut [LineChild],
     cmds: &[String],
     limit: Duration,

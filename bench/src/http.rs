@@ -6,13 +6,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Body the benchmark publishes (and the one workers count as a delivery).
-pub const PUBLISHED_BODY: &[u8] = b"hello\n";
+pub(crate) const PUBLISHED_BODY: &[u8] = b"hello\n";
 /// Body of the origin's hold response, delivered if a hold times out.
-pub const TIMEOUT_BODY: &[u8] = b"timeout\n";
+pub(crate) const TIMEOUT_BODY: &[u8] = b"timeout\n";
 
 /// What a client learned from one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub kind: BodyKind,
     /// The server will close the connection after this response.
@@ -21,7 +21,7 @@ pub struct Resp {
 
 /// Classification of a response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
+pub(crate) enum BodyKind {
     Published,
     Timeout,
     Other,
@@ -38,12 +38,12 @@ fn classify(body: &[u8]) -> BodyKind {
 }
 
 /// `GET path` with keep-alive.
-pub fn get_request(host: &str, path: &str) -> Vec<u8> {
+pub(crate) fn get_request(host: &str, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
 }
 
 /// `POST path` with a JSON body, keep-alive.
-pub fn post_request(host: &str, path: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn post_request(host: &str, path: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -55,7 +55,7 @@ pub fn post_request(host: &str, path: &str, body: &[u8]) -> Vec<u8> {
 
 /// A GRIP publish body with one `http-response` item per channel (no item ids: Pushpin
 /// answers an id-carrying item on a hold without prev-id by re-requesting the origin).
-pub fn publish_body<S: AsRef<str>>(channels: &[S]) -> Vec<u8> {
+pub(crate) fn publish_body<S: AsRef<str>>(channels: &[S]) -> Vec<u8> {
     let body = std::str::from_utf8(PUBLISHED_BODY).unwrap_or("hello\n");
     let items: Vec<serde_json::Value> = channels
         .iter()
@@ -70,7 +70,7 @@ pub fn publish_body<S: AsRef<str>>(channels: &[S]) -> Vec<u8> {
 }
 
 /// Reads responses from one connection with a small reusable buffer.
-pub struct RespReader {
+pub(crate) struct RespReader {
     buf: Vec<u8>,
     len: usize,
     /// Status line and body start of the last response that was neither published nor timeout.
@@ -84,7 +84,7 @@ impl Default for RespReader {
 }
 
 impl RespReader {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             buf: vec![0; 512],
             len: 0,
@@ -113,7 +113,10 @@ impl RespReader {
     }
 
     /// Read one full response (headers and body). Errors on EOF before it is complete.
-    pub async fn read_response<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<Resp> {
+    pub(crate) async fn read_response<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> io::Result<Resp> {
         let (resp, body) = self.read_inner(r, false).await?;
         if resp.kind == BodyKind::Other {
             self.last_other = Some(format!(
@@ -126,7 +129,7 @@ impl RespReader {
     }
 
     /// Like `read_response`, also returning the body.
-    pub async fn read_with_body<R: AsyncRead + Unpin>(
+    pub(crate) async fn read_with_body<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
     ) -> io::Result<(Resp, Vec<u8>)> {
@@ -280,14 +283,14 @@ fn contains_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// One request/response exchange on a fresh connection; returns status and body text.
-pub async fn simple_request(addr: &str, req: &[u8]) -> io::Result<(u16, String)> {
+pub(crate) async fn simple_request(addr: &str, req: &[u8]) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(req).await?;
     read_full_text(&mut s).await
 }
 
 /// Read one response and return its status and body as text (for small control answers).
-pub async fn read_full_text(s: &mut TcpStream) -> io::Result<(u16, String)> {
+pub(crate) async fn read_full_text(s: &mut TcpStream) -> io::Result<(u16, String)> {
     let (resp, body) = RespReader::new().read_with_body(s).await?;
     Ok((resp.status, String::from_utf8_lossy(&body).into_owned()))
 }

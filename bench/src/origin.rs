@@ -15,7 +15,7 @@ struct Counters {
 }
 
 /// Run the origin on `127.0.0.1:port` until stdin closes (the orchestrator went away).
-pub fn run(port: u16) -> io::Result<()> {
+pub(crate) fn run(port: u16) -> io::Result<()> {
     crate::sys::raise_nofile_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// What to measure and for how long.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub short: bool,
     /// Held clients per fan-out/memory round (ascending).
     pub fanout_n: Vec<usize>,
@@ -31,7 +31,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(short: bool) -> Self {
+    pub(crate) fn new(short: bool) -> Self {
         if short {
             Self {
                 short,
@@ -72,7 +72,7 @@ impl Plan {
 
 /// One round of N clients held on one channel, then released by one publish.
 #[derive(Debug, Clone, Serialize)]
-pub struct FanoutRound {
+pub(crate) struct FanoutRound {
     pub n: usize,
     pub connect_failed: usize,
     /// Error answers (e.g. 502) that clients got and retried before they were parked.
@@ -98,7 +98,7 @@ pub struct FanoutRound {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Sustained {
+pub(crate) struct Sustained {
     pub clients: usize,
     pub channels: usize,
     pub window_s: f64,
@@ -114,7 +114,7 @@ pub struct Sustained {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Passthrough {
+pub(crate) struct Passthrough {
     pub conns: usize,
     pub window_s: f64,
     pub direct_rps: f64,
@@ -127,7 +127,7 @@ pub struct Passthrough {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PublishRun {
+pub(crate) struct PublishRun {
     pub items_per_request: usize,
     pub conns: usize,
     pub window_s: f64,
@@ -141,7 +141,7 @@ pub struct PublishRun {
 /// Single-client delivery latency over one path: a client is held, one item is published,
 /// the time from just before the publish is written until the client has read its response.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct DeliveryLatency {
+pub(crate) struct DeliveryLatency {
     /// Which instance held the client, which one got the publish, and the bus.
     pub path: String,
     pub rounds: usize,
@@ -157,7 +157,7 @@ pub struct DeliveryLatency {
 /// Figure 6: delivery through the Redis publish bus, across instances and on one instance,
 /// against the memory bus.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct BusFigures {
+pub(crate) struct BusFigures {
     /// Why the scenario did not run (the rest is then empty).
     pub skipped: Option<String>,
     /// Why it failed once started (the run then exits non-zero after writing the report).
@@ -186,7 +186,7 @@ pub struct BusFigures {
 
 /// Per-percentile ratio of two latency distributions.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Ratios {
+pub(crate) struct Ratios {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -194,7 +194,7 @@ pub struct Ratios {
 }
 
 impl Ratios {
-    pub fn of(a: &Percentiles, b: &Percentiles) -> Self {
+    pub(crate) fn of(a: &Percentiles, b: &Percentiles) -> Self {
         let r = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
         Self {
             p50: r(a.p50_ms, b.p50_ms),
@@ -207,7 +207,7 @@ impl Ratios {
 
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     pub target: Kind,
     pub proxy_bin: String,
     pub plan: Plan,

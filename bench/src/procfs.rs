@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The pid and every descendant of it (children found through the ppid field of /proc/*/stat).
-pub fn process_tree(root: u32) -> Vec<u32> {
+pub(crate) fn process_tree(root: u32) -> Vec<u32> {
     let mut parent_of: HashMap<u32, u32> = HashMap::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -55,7 +55,7 @@ fn read_stat(pid: u32) -> Option<Stat> {
 }
 
 /// VmRSS of one process in KiB (0 if it is gone).
-pub fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let Ok(s) = fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
@@ -67,12 +67,12 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Sum of VmRSS (KiB) over the whole process tree of `root`.
-pub fn tree_rss_kib(root: u32) -> u64 {
+pub(crate) fn tree_rss_kib(root: u32) -> u64 {
     process_tree(root).into_iter().map(rss_kib).sum()
 }
 
 /// Sum of utime+stime (clock ticks) over the whole process tree of `root`.
-pub fn tree_cpu_ticks(root: u32) -> u64 {
+pub(crate) fn tree_cpu_ticks(root: u32) -> u64 {
     process_tree(root)
         .into_iter()
         .filter_map(read_stat)
@@ -82,7 +82,7 @@ pub fn tree_cpu_ticks(root: u32) -> u64 {
 
 /// CPU time (ns) the threads of the whole process tree of `root` have run, from each thread's
 /// `/proc/PID/task/TID/schedstat` (nanosecond resolution, unlike the clock ticks of `stat`).
-pub fn tree_cpu_ns(root: u32) -> u64 {
+pub(crate) fn tree_cpu_ns(root: u32) -> u64 {
     let mut total = 0;
     for pid in process_tree(root) {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -104,7 +104,7 @@ pub fn tree_cpu_ns(root: u32) -> u64 {
 
 /// Wait until the process tree stops using CPU: two consecutive 100 ms samples with at most
 /// one clock tick of CPU time each. Returns false if that did not happen within `max`.
-pub async fn wait_cpu_idle(root: u32, max: Duration) -> bool {
+pub(crate) async fn wait_cpu_idle(root: u32, max: Duration) -> bool {
     let deadline = Instant::now() + max;
     let mut last = tree_cpu_ticks(root);
     let mut quiet = 0;
@@ -126,7 +126,7 @@ pub async fn wait_cpu_idle(root: u32, max: Duration) -> bool {
 
 /// Machine-wide (busy, total) CPU clock ticks from the first line of /proc/stat
 /// (busy: user, nice, system and steal time).
-pub fn machine_cpu_ticks() -> (u64, u64) {
+pub(crate) fn machine_cpu_ticks() -> (u64, u64) {
     let s = fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<u64> = s
         .lines()

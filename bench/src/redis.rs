@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// A running redis-server.
-pub struct Redis {
+pub(crate) struct Redis {
     pub port: u16,
     pub version: String,
     pub log: PathBuf,
@@ -20,7 +20,7 @@ pub struct Redis {
 }
 
 /// `redis-server` on PATH, if any.
-pub fn find_on_path() -> Option<PathBuf> {
+pub(crate) fn find_on_path() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join("redis-server"))
@@ -58,7 +58,7 @@ impl Redis {
     /// Start `bin` on a free port of 127.0.0.1 (no RDB, no AOF, files in a temp dir) and wait
     /// until it answers PING (at most 10 s). Errors are environment problems: the caller
     /// skips the scenario.
-    pub async fn start(bin: &Path, log: PathBuf) -> Result<Self, String> {
+    pub(crate) async fn start(bin: &Path, log: PathBuf) -> Result<Self, String> {
         Self::start_within(bin, log, Duration::from_secs(10)).await
     }
 
@@ -96,11 +96,11 @@ impl Redis {
         Ok(r)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
@@ -131,7 +131,7 @@ impl Redis {
     }
 
     /// SIGTERM, wait up to 5 s, then SIGKILL; remove the temp dir.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Options of a benchmark run.
-pub struct Options {
+pub(crate) struct Options {
     pub short: bool,
     pub target: Kind,
     pub proxy_bin: PathBuf,
@@ -23,7 +23,7 @@ pub struct Options {
 
 /// A figure that `--only` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Figure {
+pub(crate) enum Figure {
     Fanout,
     Sustained,
     Passthrough,
@@ -31,7 +31,7 @@ pub enum Figure {
 }
 
 /// Run the whole benchmark; every child is stopped before this returns (also on error).
-pub fn run(opts: Options) -> Result<()> {
+pub(crate) fn run(opts: Options) -> Result<()> {
     let nofile = crate::sys::raise_nofile_limit();
     if nofile < 20_000 {
         eprintln!("warning: open-file limit is {nofile}; large rounds may fail");
@@ -222,7 +222,7 @@ fn process_names(pids: &[u32]) -> Vec<String> {
 }
 
 /// The workspace root (parent of this crate's directory).
-pub fn workspace_root() -> &'static Path {
+pub(crate) fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."))

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Shared state of a run.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub target: Target,
     pub origin: SocketAddr,
     pub workers: Vec<LineChild>,
@@ -61,7 +61,12 @@ fn num(f: &[String], i: usize) -> u64 {
 }
 
 impl Ctx {
-    pub fn new(target: Target, origin: SocketAddr, workers: Vec<LineChild>, plan: Plan) -> Self {
+    pub(crate) fn new(
+        target: Target,
+        origin: SocketAddr,
+        workers: Vec<LineChild>,
+        plan: Plan,
+    ) -> Self {
         Self {
             target,
             origin,
@@ -72,17 +77,17 @@ impl Ctx {
         }
     }
 
-    pub fn note(&mut self, s: String) {
+    pub(crate) fn note(&mut self, s: String) {
         eprintln!("note: {s}");
         self.notes.push(s);
     }
 
     /// CPU time used so far by the proxy's processes (every thread), in ns.
-    pub fn proxy_cpu_ns(&self) -> u64 {
+    pub(crate) fn proxy_cpu_ns(&self) -> u64 {
         crate::procfs::tree_cpu_ns(self.target.pid())
     }
 
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         tree_rss_kib(self.target.pid())
     }
 
@@ -104,7 +109,7 @@ impl Ctx {
         Ok(v["hold"].as_u64().unwrap_or(0))
     }
 
-    pub async fn wait_idle(&mut self, what: &str) {
+    pub(crate) async fn wait_idle(&mut self, what: &str) {
         if !wait_cpu_idle(self.target.pid(), Duration::from_secs(15)).await {
             self.note(format!(
                 "proxy still busy 15 s after {what}; measured anyway"
@@ -292,7 +297,7 @@ impl Ctx {
     }
 
     /// Warm the proxy up (pass-through requests and one small held round).
-    pub async fn warm_up(&mut self) -> Result<()> {
+    pub(crate) async fn warm_up(&mut self) -> Result<()> {
         let cmd = format!("load {} 10 500 /plain", self.target.listen);
         broadcast(&mut self.workers[..1], &[cmd], Duration::from_secs(30)).await?;
         self.fanout_round(200, "warm", 0).await?;
@@ -300,7 +305,7 @@ impl Ctx {
     }
 
     /// Figures 1 and 2: hold N clients on one channel, measure RSS, publish once, time delivery.
-    pub async fn fanout_round(
+    pub(crate) async fn fanout_round(
         &mut self,
         n: usize,
         tag: &str,
@@ -312,7 +317,7 @@ impl Ctx {
 
     /// A fan-out round whose clients are held on `self.target` and whose publish is sent to the
     /// control port `publish_to` (another instance's for the cross-instance round).
-    pub async fn fanout_round_via(
+    pub(crate) async fn fanout_round_via(
         &mut self,
         n: usize,
         tag: &str,
@@ -443,7 +448,7 @@ impl Ctx {
     /// measures how fast the proxy delivers and re-parks. After a warm-up, responses carrying
     /// the published body whose read time falls in the fixed window are counted and divided by
     /// the window length.
-    pub async fn sustained(&mut self) -> Result<Sustained> {
+    pub(crate) async fn sustained(&mut self) -> Result<Sustained> {
         let n = self.plan.sustained_clients;
         let nchan = self.plan.sustained_channels;
         let warm = Duration::from_millis(self.plan.warmup_window_ms);
@@ -519,7 +524,7 @@ impl Ctx {
     }
 
     /// Figure 4: requests/s through the proxy ÷ requests/s straight to the origin.
-    pub async fn passthrough(&mut self) -> Result<Passthrough> {
+    pub(crate) async fn passthrough(&mut self) -> Result<Passthrough> {
         let conns = self.plan.passthrough_conns;
         let window_s = self.plan.window_ms as f64 / 1e3;
         let direct = self.load_plain(self.origin, conns).await?;
@@ -546,20 +551,34 @@ impl Ctx {
         Ok(p)
     }
 
-    async fn load_plain(&mut self, addr: SocketAddr, conns: usize) -> Result<[u64; 4]> {
-        // `load ADDR CONNS DURATION PATH` -> ok non200 errors reconnects
+    /// Runs one timed window on up to two workers, `conns` connections split between them; `command` makes a
+    /// worker's command from its share of the connections and the window in ms.
+    async fn on_workers(
+        &mut self,
+        conns: usize,
+        command: impl Fn(usize, u64) -> String,
+    ) -> Result<Vec<String>> {
         let w = self.workers.len().min(2);
         let window = self.plan.window_ms;
         let cmds: Vec<String> = split(conns, w)
             .iter()
-            .map(|(c, _)| format!("load {addr} {c} {window} /plain"))
+            .map(|(c, _)| command(*c, window))
             .collect();
-        let replies = broadcast(
+        broadcast(
             &mut self.workers[..w],
             &cmds,
             Duration::from_millis(window + 30_000),
         )
-        .await?;
+        .await
+    }
+
+    async fn load_plain(&mut self, addr: SocketAddr, conns: usize) -> Result<[u64; 4]> {
+        // `load ADDR CONNS DURATION PATH` -> ok non200 errors reconnects
+        let replies = self
+            .on_workers(conns, |c, window| {
+                format!("load {addr} {c} {window} /plain")
+            })
+            .await?;
         let mut tot = [0u64; 4];
         for r in &replies {
             let f = fields(r, "loaded")?;
@@ -571,21 +590,15 @@ impl Ctx {
     }
 
     /// Figure 5: publish API items/s with no subscribers.
-    pub async fn publish_api(&mut self, items: usize) -> Result<PublishRun> {
+    pub(crate) async fn publish_api(&mut self, items: usize) -> Result<PublishRun> {
         let conns = self.plan.publish_conns;
-        let w = self.workers.len().min(2);
         let window = self.plan.window_ms;
         let addr = self.target.control;
-        let cmds: Vec<String> = split(conns, w)
-            .iter()
-            .map(|(c, _)| format!("publish {addr} {c} {window} {items}"))
-            .collect();
-        let replies = broadcast(
-            &mut self.workers[..w],
-            &cmds,
-            Duration::from_millis(window + 30_000),
-        )
-        .await?;
+        let replies = self
+            .on_workers(conns, |c, window| {
+                format!("publish {addr} {c} {window} {items}")
+            })
+            .await?;
         let window_s = window as f64 / 1e3;
         let mut r = PublishRun {
             items_per_request: items,

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// p50/p90/p99/max of a sample set, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -13,7 +13,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// From samples in nanoseconds (sorted in place).
-    pub fn from_ns(samples: &mut [u64]) -> Self {
+    pub(crate) fn from_ns(samples: &mut [u64]) -> Self {
         if samples.is_empty() {
             return Self::default();
         }

@@ -5,13 +5,13 @@ use rustix::time::{clock_gettime, ClockId};
 
 /// CLOCK_MONOTONIC in nanoseconds. The same clock in every process on the machine,
 /// so times taken by workers and by the orchestrator can be subtracted.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     let ts = clock_gettime(ClockId::Monotonic);
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Raise the soft open-file limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> u64 {
+pub(crate) fn raise_nofile_limit() -> u64 {
     let lim = rustix::process::getrlimit(Resource::Nofile);
     let new = Rlimit {
         current: lim.maximum,
@@ -25,7 +25,7 @@ pub fn raise_nofile_limit() -> u64 {
 }
 
 /// Send SIGTERM (or SIGKILL when `hard`) to one process by pid; errors (already gone) are ignored.
-pub fn signal_pid(pid: u32, hard: bool) {
+pub(crate) fn signal_pid(pid: u32, hard: bool) {
     let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return;
     };

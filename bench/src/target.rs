@@ -15,13 +15,13 @@ use tokio::time::Instant;
 /// Which proxy is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Kind {
+pub(crate) enum Kind {
     GripProxy,
     Pushpin,
 }
 
 /// A running proxy.
-pub struct Target {
+pub(crate) struct Target {
     pub listen: SocketAddr,
     pub control: SocketAddr,
     pub log: PathBuf,
@@ -30,14 +30,19 @@ pub struct Target {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 impl Target {
     /// Start the proxy in front of the origin on `origin_port` and wait until it proxies.
-    pub async fn start(kind: Kind, bin: &Path, origin_port: u16, out_dir: &Path) -> Result<Self> {
+    pub(crate) async fn start(
+        kind: Kind,
+        bin: &Path,
+        origin_port: u16,
+        out_dir: &Path,
+    ) -> Result<Self> {
         let log = out_dir.join(match kind {
             Kind::GripProxy => "grip-proxy.log",
             Kind::Pushpin => "pushpin.log",
@@ -48,7 +53,7 @@ impl Target {
     /// Start a grip-proxy on the publish bus at `bus_url` (`redis://...`; None: the memory
     /// bus), logging to `log`, and wait until it proxies and its publishes are accepted (on the
     /// Redis bus: once it has subscribed).
-    pub async fn start_instance(
+    pub(crate) async fn start_instance(
         bin: &Path,
         origin_port: u16,
         log: PathBuf,
@@ -121,7 +126,7 @@ impl Target {
         Ok(t)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
@@ -188,12 +193,12 @@ impl Target {
     }
 
     /// Processes making up the proxy (Pushpin runs several).
-    pub fn processes(&self) -> Vec<u32> {
+    pub(crate) fn processes(&self) -> Vec<u32> {
         process_tree(self.pid())
     }
 
     /// Stop the whole process tree: SIGTERM, wait up to 5 s, then SIGKILL what is left.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };

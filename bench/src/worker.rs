@@ -77,7 +77,7 @@ struct Group {
 }
 
 /// Run the worker until `quit` or stdin closes.
-pub fn run(id: usize) -> io::Result<()> {
+pub(crate) fn run(id: usize) -> io::Result<()> {
     crate::sys::raise_nofile_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -296,16 +296,13 @@ async fn repoll_client(
     let mut sampled = false;
     let mut permit = Some(permit);
     while Instant::now() < deadline {
-        let mut s = match connect(addr).await {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tx.send(if first { Ev::Failed } else { Ev::Error });
-                if first {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
+        let Ok(mut s) = connect(addr).await else {
+            let _ = tx.send(if first { Ev::Failed } else { Ev::Error });
+            if first {
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         };
         let mut rd = RespReader::new();
         loop {
@@ -477,13 +474,10 @@ async fn request_loop(addr: SocketAddr, reqs: Vec<Vec<u8>>, deadline: Instant) -
     let mut c = LoopCounts::default();
     let mut i = 0usize;
     'conn: while Instant::now() < deadline {
-        let mut s = match connect(addr).await {
-            Ok(s) => s,
-            Err(_) => {
-                c.errors += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
+        let Ok(mut s) = connect(addr).await else {
+            c.errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
         };
         let mut rd = RespReader::new();
         while Instant::now() < deadline {

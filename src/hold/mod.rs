@@ -24,15 +24,17 @@ fn deliver(deliveries: Vec<(Arc<Item>, channel::Waiters)>) -> usize {
     for (item, waiters) in deliveries {
         let release = Arc::new(Release::new(item));
         for slot in waiters.into_values() {
-            let sender = slot.lock().take();
-            if let Some(tx) = sender {
-                if tx.send(Delivery::Item(release.clone())).is_ok() {
-                    delivered += 1;
-                }
-            }
+            delivered += usize::from(tell(&slot, Delivery::Item(release.clone())));
         }
     }
     delivered
+}
+
+/// Takes a parked client's sender out of its slot and sends it `delivery`. `false`: the slot was taken already
+/// (another delivery got there first) or the client has gone.
+fn tell(slot: &Slot, delivery: Delivery) -> bool {
+    let sender = slot.lock().take();
+    sender.is_some_and(|tx| tx.send(delivery).is_ok())
 }
 
 /// What a parked client is told.
@@ -273,16 +275,10 @@ impl Registry {
         if forget_ids {
             self.inner.channels.retain(|_, c| !c.is_idle());
         }
-        let mut told = 0;
-        for slot in slots {
-            let sender = slot.lock().take();
-            if let Some(tx) = sender {
-                if tx.send(delivery.clone()).is_ok() {
-                    told += 1;
-                }
-            }
-        }
-        told
+        slots
+            .iter()
+            .filter(|slot| tell(slot, delivery.clone()))
+            .count()
     }
 
     /// Whether `close()` was called.
