@@ -41,9 +41,6 @@ pub enum ProxyError {
     /// The client's request is malformed in a way we detect (e.g. an unusable URI).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The proxy is shutting down and takes no new holds.
-    #[error("proxy is shutting down")]
-    ShuttingDown,
     /// As many clients are held as `proxy.max_held` allows: the origin's answer is discarded.
     #[error("too many held clients (proxy.max_held); the origin's hold was discarded")]
     HoldsExhausted,
@@ -63,9 +60,7 @@ impl ProxyError {
             | ProxyError::NotReplayable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ShuttingDown | ProxyError::HoldsExhausted => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::HoldsExhausted => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ClientBody(e) => match e {
                 ClientBodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ClientBodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
@@ -78,9 +73,7 @@ impl ProxyError {
     pub fn source_kind(&self) -> Source {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => Source::Client,
-            ProxyError::ShuttingDown
-            | ProxyError::NotReplayable(_)
-            | ProxyError::HoldsExhausted => Source::Internal,
+            ProxyError::NotReplayable(_) | ProxyError::HoldsExhausted => Source::Internal,
             _ => Source::Origin,
         }
     }
@@ -95,7 +88,6 @@ impl ProxyError {
             ProxyError::InvalidGrip(_) => "Bad Gateway: invalid GRIP instructions from origin\n",
             ProxyError::NotReplayable(_) => "Bad Gateway: request could not be re-sent to origin\n",
             ProxyError::BadRequest(_) => "Bad Request\n",
-            ProxyError::ShuttingDown => "Service Unavailable: shutting down\n",
             ProxyError::HoldsExhausted => {
                 "Service Unavailable: too many held clients, retry later\n"
             }
@@ -121,7 +113,7 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, ProxyError::ShuttingDown | ProxyError::HoldsExhausted) {
+        if matches!(self, ProxyError::HoldsExhausted) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -141,10 +133,10 @@ mod tests {
             StatusCode::GATEWAY_TIMEOUT
         );
         assert_eq!(
-            ProxyError::ShuttingDown.status(),
+            ProxyError::HoldsExhausted.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let resp = ProxyError::ShuttingDown.into_response();
+        let resp = ProxyError::HoldsExhausted.into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 }
