@@ -290,7 +290,7 @@ async fn origin_refusing_connections_is_a_502() {
 
 #[tokio::test]
 async fn origin_closing_without_an_answer_is_a_502() {
-    let origin = RawOrigin::start(b"").await;
+    let origin = ScriptOrigin::answering(b"".as_slice()).await;
     let proxy = Proxy::start(origin.addr()).await;
 
     proxy.get("/").await.assert_proxy_error(502);
@@ -298,7 +298,8 @@ async fn origin_closing_without_an_answer_is_a_502() {
 
 #[tokio::test]
 async fn origin_sending_garbage_is_a_502() {
-    let origin = RawOrigin::start(b"SECRET garbage, not HTTP at all\r\n\r\n").await;
+    let origin =
+        ScriptOrigin::answering(b"SECRET garbage, not HTTP at all\r\n\r\n".as_slice()).await;
     let proxy = Proxy::start(origin.addr()).await;
 
     let resp = proxy.get("/").await;

@@ -616,11 +616,6 @@ async fn a_chunked_body_breaking_while_streamed_to_the_origin_is_a_400_not_an_or
 
 // === 7. Origin response head limit ===
 
-/// A leaked copy of `bytes`, for `RawOrigin::start`.
-fn leak(bytes: Vec<u8>) -> &'static [u8] {
-    Box::leak(bytes.into_boxed_slice())
-}
-
 /// A response head of `len` bytes (its blank line included): one long header.
 fn response_head_of(len: usize) -> Vec<u8> {
     let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-big: ".to_vec();
@@ -641,7 +636,7 @@ async fn an_origin_response_head_of_130_kb_is_a_502() {
         ("one long header", response_head_of(130_000)),
         ("many headers", many.into_bytes()),
     ] {
-        let origin = RawOrigin::start(leak(answer)).await;
+        let origin = ScriptOrigin::answering(answer).await;
         let proxy = Proxy::start(origin.addr()).await;
 
         let resp = raw_exchange(proxy.addr(), raw_get("/")).await;
@@ -654,7 +649,7 @@ async fn an_origin_response_head_of_130_kb_is_a_502() {
 /// An origin response head just under 64 KiB passes whole.
 #[tokio::test]
 async fn an_origin_response_head_just_under_64_kib_passes() {
-    let origin = RawOrigin::start(leak(response_head_of(65_000))).await;
+    let origin = ScriptOrigin::answering(response_head_of(65_000)).await;
     let proxy = Proxy::start(origin.addr()).await;
 
     let resp = raw_exchange(proxy.addr(), raw_get("/")).await;

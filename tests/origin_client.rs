@@ -5,98 +5,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 use support::*;
-
-/// What a scripted origin does after writing its answer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum After {
-    /// Wait for the next request on the same connection.
-    KeepOpen,
-    /// Close the connection.
-    Close,
-}
-
-/// An origin that answers each request head with bytes from a script, counting connections and requests.
-struct ScriptOrigin {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-    requests: Arc<parking_lot::Mutex<Vec<(usize, String)>>>,
-    task: JoinHandle<()>,
-}
-
-impl ScriptOrigin {
-    /// `script(request head, its index on its connection) -> (answer, after)`.
-    async fn start(script: fn(&str, usize) -> (Vec<u8>, After)) -> ScriptOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let (conns, reqs) = (connections.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let index = conns.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, index, script, reqs.clone()));
-            }
-        });
-        ScriptOrigin {
-            addr,
-            connections,
-            requests,
-            task,
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    /// The connection index each request arrived on, in order.
-    fn request_connections(&self) -> Vec<usize> {
-        self.requests.lock().iter().map(|(c, _)| *c).collect()
-    }
-}
-
-impl Drop for ScriptOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn serve(
-    mut stream: TcpStream,
-    index: usize,
-    script: fn(&str, usize) -> (Vec<u8>, After),
-    requests: Arc<parking_lot::Mutex<Vec<(usize, String)>>>,
-) {
-    let mut buf = Vec::new();
-    for on_conn in 0.. {
-        let end = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        requests.lock().push((index, head.clone()));
-        let (answer, after) = script(&head, on_conn);
-        if stream.write_all(&answer).await.is_err() || after == After::Close {
-            return;
-        }
-    }
-}
 
 fn ok(_: &str, _: usize) -> (Vec<u8>, After) {
     (
@@ -108,7 +20,7 @@ fn ok(_: &str, _: usize) -> (Vec<u8>, After) {
 #[tokio::test]
 async fn sequential_requests_share_one_origin_connection() {
     let origin = ScriptOrigin::start(ok).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
 
     for _ in 0..5 {
         let resp = within(LIMIT, proxy.get("/")).await;
@@ -130,7 +42,7 @@ async fn an_idle_connection_the_origin_closed_is_replaced_without_an_error() {
         )
     }
     let origin = ScriptOrigin::start(once).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
 
     for _ in 0..5 {
         let resp = within(LIMIT, proxy.get("/")).await;
@@ -155,7 +67,7 @@ async fn a_request_on_a_pooled_connection_the_origin_closes_under_it_is_sent_aga
         }
     }
     let origin = ScriptOrigin::start(first_only).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
 
     for _ in 0..3 {
         let resp = within(LIMIT, proxy.get("/")).await;
@@ -175,7 +87,7 @@ async fn a_connection_the_origin_marks_close_is_not_reused() {
         )
     }
     let origin = ScriptOrigin::start(close).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
 
     for _ in 0..3 {
         let resp = within(LIMIT, proxy.get("/")).await;
@@ -213,7 +125,7 @@ async fn chunked_close_delimited_and_bodyless_responses_are_relayed_whole() {
         }
     }
     let origin = ScriptOrigin::start(framings).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
 
     let chunked = within(LIMIT, proxy.get("/chunked")).await;
     assert_eq!(chunked.text(), "hello, world");
@@ -249,7 +161,7 @@ async fn interim_responses_from_the_origin_are_skipped() {
         )
     }
     let origin = ScriptOrigin::start(early_hints).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
 
     let resp = within(LIMIT, proxy.get("/")).await;
 
@@ -267,7 +179,7 @@ async fn an_origin_closing_mid_body_truncates_the_response_and_closes_the_client
         )
     }
     let origin = ScriptOrigin::start(short).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
     let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
@@ -300,7 +212,7 @@ async fn ambiguous_or_oversized_origin_heads_are_a_502() {
         (answer, After::Close)
     }
     let origin = ScriptOrigin::start(broken).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
 
     for path in ["/lengths", "/upgrade", "/huge"] {
         let resp = within(LIMIT, proxy.get(path)).await;
@@ -318,7 +230,7 @@ async fn an_origin_answering_before_the_whole_body_is_relayed_at_once() {
         )
     }
     let origin = ScriptOrigin::start(refuse).await;
-    let proxy = Proxy::start(origin.addr).await;
+    let proxy = Proxy::start(origin.addr()).await;
     let mut client = RawConn::open(proxy.addr()).await;
     // A head announcing 1 MB and the first bytes of it; the rest never comes while the client waits.
     client
@@ -343,7 +255,7 @@ async fn an_origin_that_stalls_mid_body_is_given_up_after_the_body_read_timeout(
         )
     }
     let origin = ScriptOrigin::start(stall).await;
-    let proxy = Proxy::to(origin.addr)
+    let proxy = Proxy::to(origin.addr())
         .toml("[origin]\nbody_read_timeout_secs = 0.3")
         .start()
         .await;

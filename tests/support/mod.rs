@@ -570,40 +570,104 @@ where
     }
 }
 
-/// An origin that reads a request head, writes `answer` (maybe nothing), and closes the connection.
-pub(crate) struct RawOrigin {
+/// What a scripted origin does after writing its answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Wait for the next request on the same connection.
+    KeepOpen,
+    /// Close the connection.
+    Close,
+}
+
+/// The answer a script gives: the bytes for a request head and its index on its connection, and what then.
+type Script = dyn Fn(&str, usize) -> (Vec<u8>, After) + Send + Sync;
+
+/// A raw TCP origin for what a well-behaved server will not do: answers each request head with bytes from a
+/// script (broken, ambiguous or stalling responses), counting connections and recording requests.
+pub(crate) struct ScriptOrigin {
     addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    requests: Arc<Mutex<Vec<(usize, String)>>>,
     task: JoinHandle<()>,
 }
 
-impl RawOrigin {
-    pub(crate) async fn start(answer: &'static [u8]) -> RawOrigin {
+impl ScriptOrigin {
+    /// `script(request head, its index on its connection) -> (answer, after)`.
+    pub(crate) async fn start(
+        script: impl Fn(&str, usize) -> (Vec<u8>, After) + Send + Sync + 'static,
+    ) -> ScriptOrigin {
+        let script: Arc<Script> = Arc::new(script);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (conns, reqs) = (connections.clone(), requests.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream.write_all(answer).await;
+            while let Ok((stream, _)) = listener.accept().await {
+                let index = conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(serve_script(stream, index, script.clone(), reqs.clone()));
             }
         });
-        RawOrigin { addr, task }
+        ScriptOrigin {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    /// An origin that answers every request with `answer` (maybe nothing) and closes the connection.
+    pub(crate) async fn answering(answer: impl Into<Vec<u8>>) -> ScriptOrigin {
+        let answer = answer.into();
+        ScriptOrigin::start(move |_, _| (answer.clone(), After::Close)).await
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Connections accepted so far.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The connection index each request arrived on, in order.
+    pub(crate) fn request_connections(&self) -> Vec<usize> {
+        self.requests.lock().iter().map(|(c, _)| *c).collect()
+    }
 }
 
-impl Drop for RawOrigin {
+impl Drop for ScriptOrigin {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+async fn serve_script(
+    mut stream: TcpStream,
+    index: usize,
+    script: Arc<Script>,
+    requests: Arc<Mutex<Vec<(usize, String)>>>,
+) {
+    let mut buf = Vec::new();
+    for on_conn in 0.. {
+        let end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        requests.lock().push((index, head.clone()));
+        let (answer, after) = script(&head, on_conn);
+        if stream.write_all(&answer).await.is_err() || after == After::Close {
+            return;
+        }
     }
 }
 
