@@ -56,6 +56,15 @@ fn sample(reply: &str) -> Option<String> {
     reply.split_once(" | ").map(|(_, s)| s.to_string())
 }
 
+/// ` (e.g. <the first sample any reply carries>)`, or nothing.
+fn example(replies: &[String]) -> String {
+    replies
+        .iter()
+        .find_map(|r| sample(r))
+        .map(|s| format!(" (e.g. {s})"))
+        .unwrap_or_default()
+}
+
 fn num(f: &[String], i: usize) -> u64 {
     f.get(i).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
@@ -387,11 +396,7 @@ impl Ctx {
             ));
         }
         if released + failed < n {
-            let example = replies
-                .iter()
-                .find_map(|r| sample(r))
-                .map(|s| format!(" (e.g. {s})"))
-                .unwrap_or_default();
+            let example = example(&replies);
             self.note(format!(
                 "N={n}: {released} released with the published body, {timeouts} timeout bodies, {other} other responses{example}, {errors} errors"
             ));
@@ -505,11 +510,7 @@ impl Ctx {
             self.note(format!("sustained: {pub_failures} publish batches failed"));
         }
         if s.errors > 0 || s.other_responses > 0 {
-            let example = replies
-                .iter()
-                .find_map(|r| sample(r))
-                .map(|s| format!(" (e.g. {s})"))
-                .unwrap_or_default();
+            let example = example(&replies);
             self.note(format!(
                 "sustained: {} client errors, {} non-published responses{example}, {} reconnects",
                 s.errors, s.other_responses, s.reconnects
