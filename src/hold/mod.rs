@@ -1,5 +1,5 @@
 //! The hold registry: which clients are parked on which channels, and the last published id per channel.
-//! `Registry` is a cheap handle (an `Arc` inside); a parked request owns a `Hold` guard that unparks on drop.
+//! `Registry` is a cheap handle (an `Arc` inside); a parked request owns a `Parked` guard that unparks on drop.
 
 mod channel;
 mod release;
@@ -100,7 +100,7 @@ struct Inner {
     channels: DashMap<Box<str>, Channel>,
     /// Source of waiter ids; unique for the process lifetime.
     next_waiter: AtomicU64,
-    /// Parked clients (live `Hold` guards).
+    /// Parked clients (live `Parked` guards).
     held: AtomicUsize,
     /// Woken whenever `held` changes, for tests and tools that wait for parks.
     held_changed: Notify,
@@ -157,7 +157,7 @@ impl Registry {
     /// `check_prev_id: false` parks whatever the prev-ids say: for a request that was already re-fetched once, so
     /// that an origin still behind cannot make it loop. (Pushpin instead forgets the channel's last id, which lets
     /// other clients that are behind park too, waiting for an item that has gone.)
-    pub fn park(&self, subs: &[ChannelSub], check_prev_id: bool) -> Result<Hold, ParkError> {
+    pub fn park(&self, subs: &[ChannelSub], check_prev_id: bool) -> Result<Parked, ParkError> {
         if self.is_closed() {
             return Err(ParkError::Closed);
         }
@@ -190,7 +190,7 @@ impl Registry {
         }
         self.inner.held.fetch_add(1, Ordering::SeqCst);
         self.notify_held();
-        Ok(Hold {
+        Ok(Parked {
             registry: self.clone(),
             id,
             subs: subs.into(),
@@ -427,7 +427,7 @@ impl Registry {
 
 /// A parked client: receives one delivery; unparks from every channel when dropped (client gone, answered, timed
 /// out), so nothing is left behind.
-pub struct Hold {
+pub struct Parked {
     registry: Registry,
     id: u64,
     subs: Box<[ChannelSub]>,
@@ -436,7 +436,7 @@ pub struct Hold {
     rx: oneshot::Receiver<Delivery>,
 }
 
-impl Hold {
+impl Parked {
     /// Waits for the delivery.
     ///
     /// # Cancel safety
@@ -454,7 +454,7 @@ impl Hold {
     }
 }
 
-impl Drop for Hold {
+impl Drop for Parked {
     fn drop(&mut self) {
         // Whatever took the sender removed this waiter from the channel it came from: a released single-channel
         // hold has nothing left to remove, and skips the map (a fan-out to 10,000 clients would otherwise take

@@ -408,7 +408,7 @@ enum Waited {
 /// Phases 4 and 5: park in the registry and wait for a publish, the timeout or shutdown.
 ///
 /// # Cancel safety
-/// Dropping the future (the client went away) drops the `Hold` guard, which unparks it from every channel.
+/// Dropping the future (the client went away) drops the `Parked` guard, which unparks it from every channel.
 async fn wait(
     state: &ProxyState,
     hold: &grip::Hold,
@@ -450,7 +450,7 @@ async fn wait(
 /// What a parked client does with its delivery (`None`: the timeout).
 fn answer(
     state: &ProxyState,
-    parked: &crate::hold::Hold,
+    parked: &crate::hold::Parked,
     held: &Arc<ResponseParts>,
     delivery: Option<Delivery>,
 ) -> Waited {
