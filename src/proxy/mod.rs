@@ -129,10 +129,10 @@ enum Outcome {
 }
 
 /// Serves one client request. Never fails: errors become short responses, logged here once.
-/// Serves one client request. Never fails: errors become short responses, logged here once.
 ///
 /// Routing and preparing are done before the returned future is built, so the request itself is never stored
-/// in it (an async fn keeps its arguments beside its locals: measured 1,816 bytes, now see the size test).
+/// in it (an async fn keeps its arguments beside its locals, for the whole hold: see the size test and
+/// docs/performance.md).
 pub fn serve<B>(
     state: Arc<ProxyState>,
     mut req: Request<B>,
@@ -161,8 +161,7 @@ where
         .as_ref()
         .ok()
         .and_then(|r| u32::try_from(r.index).ok());
-    // The error boxed too: this value is captured by the future below and keeps its size for the whole hold
-    // (measured: 824 -> 768 bytes).
+    // The error boxed too: this value is captured by the future below and keeps its size for the whole hold.
     let prepared = routed
         .and_then(|route| prepare(&state, route, req, client))
         .map(|(replay, first)| (Box::new(replay), Box::new(first)))
@@ -241,7 +240,7 @@ async fn proxy(
     unreachable!("the loop returns on its last attempt")
 }
 
-/// Phases 3 and 4: send to the origin (a small body read whole first), read its answer.
+/// Phases *forward* and *inspect*: send to the origin (a small body read whole first), read its answer.
 async fn exchange(state: &ProxyState, req: Request<Body>) -> Result<Inspected, ProxyError> {
     let req = forward::read_ahead(req, state.request_buffer_size).await?;
     let sent = Instant::now();
@@ -250,7 +249,7 @@ async fn exchange(state: &ProxyState, req: Request<Body>) -> Result<Inspected, P
     inspect(state, resp).await
 }
 
-/// Phase 1: find the route.
+/// Phase *route*: find the route.
 fn route<'s, B>(state: &'s ProxyState, req: &Request<B>) -> Result<&'s Route, ProxyError> {
     let host = req
         .headers()
@@ -263,7 +262,7 @@ fn route<'s, B>(state: &'s ProxyState, req: &Request<B>) -> Result<&'s Route, Pr
         .ok_or(ProxyError::NoRoute)
 }
 
-/// Phase 2: the request for the origin (headers rewritten and signed), and what a re-send needs.
+/// Phase *prepare*: the request for the origin (headers rewritten and signed), and what a re-send needs.
 fn prepare<B>(
     state: &ProxyState,
     route: &Route,
@@ -314,7 +313,7 @@ enum Inspected {
     Hold(grip::Hold, Arc<ResponseParts>),
 }
 
-/// Phase 3: read the origin's answer. No instructions: stream it back untouched (no buffering). Instructions:
+/// Phase *inspect*: read the origin's answer. No instructions: stream it back untouched (no buffering). Instructions:
 /// read the body (bounded), and build the held (timeout) response.
 async fn inspect(state: &ProxyState, resp: Response<OriginBody>) -> Result<Inspected, ProxyError> {
     let (mut parts, body) = resp.into_parts();
@@ -405,7 +404,7 @@ enum Waited {
     Refetch(Option<(HeaderName, HeaderValue)>),
 }
 
-/// Phases 4 and 5: park in the registry and wait for a publish, the timeout or shutdown.
+/// Phases *park* and *respond*: park in the registry and wait for a publish, the timeout or shutdown.
 ///
 /// # Cancel safety
 /// Dropping the future (the client went away) drops the `Parked` guard, which unparks it from every channel.
