@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
+use crate::control::{self, Control};
+use crate::front;
 use crate::hold::Registry;
 use crate::metrics::Metrics;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::{self, ProxyState};
-use crate::publish::{self, Control};
 use crate::reload::Reloader;
-use crate::{front, ops, server};
 
 /// How often expired last ids are swept (and early, when the map is over capacity).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -111,34 +111,32 @@ impl App {
         let control = Arc::new(Control {
             registry: registry.clone(),
             max_body: config.control_max_body,
-            auth: crate::publish::auth::Auth::new(&config.control_auth)
+            auth: control::auth::Auth::new(&config.control_auth)
                 .expect("auth keys were checked when the config was validated"),
             bus: bus.clone(),
-            ops: ops::Ops {
-                exposition: metrics.exposition(registry.clone(), &bus, origins),
-                metrics,
-            },
+            exposition: metrics.exposition(registry.clone(), &bus, origins),
+            metrics,
         });
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
         if let Some((listener, _)) = metrics_listener {
             let control = control.clone();
-            tasks.spawn(server::serve(
+            tasks.spawn(control::server::serve(
                 "metrics",
                 listener,
                 stop.clone(),
                 config.shutdown_grace,
                 move |req, _peer| {
-                    let resp = ops::serve_metrics_listener(&control, &req);
+                    let resp = control::serve_metrics_listener(&control, &req);
                     async move { resp }
                 },
             ));
         }
-        tasks.spawn(server::serve(
+        tasks.spawn(control::server::serve(
             "control",
             control_listener,
             stop.clone(),
             config.shutdown_grace,
-            move |req, _peer| publish::serve(control.clone(), req),
+            move |req, _peer| control::serve(control.clone(), req),
         ));
 
         tasks.spawn(registry.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));

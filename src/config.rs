@@ -844,7 +844,7 @@ fn auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
             "needed with a JWT key: tokens must name their issuer",
         ));
     }
-    crate::publish::auth::Auth::new(&cfg).map_err(|e| invalid("control.auth.jwt_public_key", e))?;
+    crate::control::auth::Auth::new(&cfg).map_err(|e| invalid("control.auth.jwt_public_key", e))?;
     Ok(cfg)
 }
 
@@ -854,7 +854,7 @@ fn upstream(p: &RawProxy) -> Result<Option<UpstreamConfig>, ConfigError> {
     if sig_key.is_none() && sig_public_key.is_none() {
         return Ok(None);
     }
-    crate::publish::auth::decoding_key(sig_key.as_deref(), sig_public_key.as_deref())
+    crate::control::auth::decoding_key(sig_key.as_deref(), sig_public_key.as_deref())
         .map_err(|e| invalid("proxy.upstream_sig_public_key", e))?;
     Ok(Some(UpstreamConfig {
         sig_key,

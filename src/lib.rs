@@ -27,24 +27,24 @@
 
 #![warn(missing_docs)]
 
+mod accept;
 pub mod app;
 pub mod body;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod front;
 pub mod grip;
 pub mod hold;
+pub mod item;
 pub mod metrics;
-pub mod ops;
 pub mod origin;
 pub mod proxy;
-pub mod publish;
 pub mod reload;
 pub mod routes;
 pub mod secret;
-pub mod server;
 mod sockio;
 
 pub use app::App;

@@ -65,7 +65,9 @@ impl Redis {
     async fn start_within(bin: &Path, log: PathBuf, limit: Duration) -> Result<Self, String> {
         let version = version_of(bin).await;
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("grip-bench-redis-{}", std::process::id()));
+        // One folder per server: servers started at once in one process (the tests do) must not share one.
+        let dir =
+            std::env::temp_dir().join(format!("grip-bench-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let log_file = std::fs::File::create(&log).map_err(|e| format!("create log: {e}"))?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::hold::Registry;
-use crate::publish::item::Item;
+use crate::item::Item;
 use config::BusConfig;
 
 /// Why the bus cannot take a publish now (the control API answers 503), or could not start.
@@ -198,7 +198,7 @@ mod tests {
             {"channel": "c", "id": "1", "http-response": {"body": "first"}},
             {"channel": "c", "id": "2", "http-response": {"body": "second"}}
         ]}"#;
-        let items = crate::publish::item::parse_body(body).unwrap();
+        let items = crate::item::parse_body(body).unwrap();
         bus.publish(Bytes::from_static(body), items).await.unwrap();
         let Delivery::Item(release) = hold.recv().await else {
             panic!("expected an item");

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{RedisConfig, Startup};
 use super::{BusError, Status};
 use crate::hold::Registry;
-use crate::publish::item;
+use crate::item;
 
 /// Shared by the control API (publish) and the subscriber task.
 pub struct RedisBus {

@@ -572,7 +572,7 @@ mod tests {
         ));
         // The items parse as the control API parses them.
         let body = json!({"items": [item_of(&["--no-seq", "news"])]}).to_string();
-        let parsed = crate::publish::item::parse_body(body.as_bytes()).unwrap();
+        let parsed = crate::item::parse_body(body.as_bytes()).unwrap();
         assert!(parsed[0].no_seq);
     }
 

@@ -100,7 +100,7 @@ pub async fn serve<H, F>(
 {
     let tracker = TaskTracker::new();
     loop {
-        let Some((stream, peer)) = crate::server::accept("proxy", &listener, &stop).await else {
+        let Some((stream, peer)) = crate::accept::accept("proxy", &listener, &stop).await else {
             break;
         };
         tracker.spawn(conn::run(

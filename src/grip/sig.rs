@@ -97,7 +97,7 @@ impl Verifier {
         public_pem: Option<&[u8]>,
         leeway: u64,
     ) -> Result<Self, String> {
-        let keys = crate::publish::auth::decoding_key(secret, public_pem)?
+        let keys = crate::control::auth::decoding_key(secret, public_pem)?
             .into_iter()
             .map(|(key, alg)| {
                 let mut v = Validation::new(alg);

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Delivery;
-use crate::publish::item::Item;
+use crate::item::Item;
 
 /// Where a parked client is told what happened. A hold on several channels puts the same slot in each; the first
 /// delivery takes the sender and the others find `None`.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
-use crate::publish::item::Item;
+use crate::item::Item;
 use channel::{Channel, ParkOutcome, Slot};
 pub use release::Release;
 

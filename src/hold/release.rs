@@ -9,7 +9,7 @@ use http::Response;
 use crate::body::{self, Body};
 use crate::front::PreEncoded;
 use crate::grip::ResponseParts;
-use crate::publish::item::Item;
+use crate::item::Item;
 
 /// One item on its way to the clients of one channel.
 #[derive(Debug)]

@@ -20,9 +20,9 @@ use crate::config::{Config, HoldConfig};
 use crate::error::{ProxyError, Source};
 use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
 use crate::hold::{Delivery, ParkError, Registry};
+use crate::item::Action;
 use crate::metrics::{route_label, HoldEnd, Metrics, RouteStats};
 use crate::origin::OriginBody;
-use crate::publish::item::Action;
 use crate::routes::{Route, RouteTable};
 use forward::{Forwarder, Replayable};
 

@@ -1,5 +1,6 @@
-//! The accept loop shared by both listeners: one hyper HTTP/1 connection task per client, stopped by a
-//! cancellation token, then drained gracefully within a bound.
+//! The control and metrics listeners' server: hyper's HTTP/1 connections, one task each, with a header read
+//! timeout; stopped by a cancellation token, then drained gracefully within a bound. (Clients of the proxy are
+//! served by [`crate::front`].)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,42 +22,9 @@ use crate::body::Body;
 /// Time a client gets to send a request head once it starts one: bounds slow-header (slowloris) clients.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// After an accept error (e.g. out of file descriptors), wait this long before accepting again, so the loop does
-/// not spin while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-
-/// The next connection, with `TCP_NODELAY` set, or `None` once `stop` fires. An accept error (e.g. out of file
-/// descriptors) is logged and retried after a pause, so the loop does not spin while the condition lasts.
-///
-/// # Cancel safety
-/// Cancel safe: `TcpListener::accept` is.
-pub(crate) async fn accept(
-    name: &'static str,
-    listener: &TcpListener,
-    stop: &CancellationToken,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "set_nodelay failed");
-                    }
-                    return Some((stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            },
-        }
-    }
-}
-
 /// Accepts connections on `listener` and serves each with `handler` until `stop` fires; then stops accepting,
 /// lets open connections finish their current request, and returns once they have or `grace` has passed.
-pub async fn serve<H, F>(
+pub(crate) async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     stop: CancellationToken,
@@ -68,7 +36,7 @@ pub async fn serve<H, F>(
 {
     let graceful = GracefulShutdown::new();
     loop {
-        let Some((stream, peer)) = accept(name, &listener, &stop).await else {
+        let Some((stream, peer)) = crate::accept::accept(name, &listener, &stop).await else {
             break;
         };
         let handler = handler.clone();

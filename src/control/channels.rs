@@ -9,20 +9,20 @@ use std::collections::BinaryHeap;
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use super::json;
+use super::respond::json;
 use crate::body::Body;
 use crate::hold::Registry;
 
 /// Page size when `limit` is not given.
-pub const DEFAULT_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIMIT: usize = 100;
 /// Largest page.
-pub const MAX_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 1000;
 /// `offset + limit` at most: bounds the heap kept while the map is scanned. Deeper pages of a list ordered by
 /// held clients are of no use (their order changes as clients come and go).
-pub const MAX_WINDOW: usize = 10_000;
+pub(crate) const MAX_WINDOW: usize = 10_000;
 
 /// Answers `path` (`/channels`, `/channels/` or `/channels/<percent-encoded name>`) with `query`.
-pub fn serve(registry: &Registry, path: &str, query: Option<&str>) -> Response<Body> {
+pub(crate) fn serve(registry: &Registry, path: &str, query: Option<&str>) -> Response<Body> {
     let name = path
         .strip_prefix("/channels")
         .unwrap_or_default()
@@ -51,7 +51,7 @@ pub fn serve(registry: &Registry, path: &str, query: Option<&str>) -> Response<B
 
 /// Which part of the list to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
+pub(crate) struct Page {
     /// Entries to answer, at most.
     pub limit: usize,
     /// Entries to skip first.
@@ -60,7 +60,7 @@ pub struct Page {
 
 impl Page {
     /// Parses `limit=N&offset=M` (both optional; other parameters are ignored).
-    pub fn from_query(query: Option<&str>) -> Result<Page, String> {
+    pub(crate) fn from_query(query: Option<&str>) -> Result<Page, String> {
         let mut page = Page {
             limit: DEFAULT_LIMIT,
             offset: 0,
@@ -117,7 +117,7 @@ impl PartialOrd for Entry {
 }
 
 /// The page of the busiest channels, as JSON: `{"total", "offset", "limit", "channels": [...]}`.
-pub fn list(registry: &Registry, page: Page) -> serde_json::Value {
+pub(crate) fn list(registry: &Registry, page: Page) -> serde_json::Value {
     let keep = page.offset + page.limit;
     // A min-heap of the `keep` busiest seen so far: its top is the least busy of them, the one a busier channel
     // replaces. Names are copied only for channels that enter it.
@@ -161,7 +161,7 @@ pub fn list(registry: &Registry, page: Page) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::grip::ChannelSub;
-    use crate::publish::item::Item;
+    use crate::item::Item;
     use std::sync::Arc;
 
     fn sub(name: &str) -> ChannelSub {
