@@ -179,9 +179,9 @@ impl App {
         &self.registry
     }
 
-    /// The publish bus (to observe its status).
-    pub fn bus(&self) -> &Bus {
-        &self.bus
+    /// The publish bus's status, to observe it (memory: always connected).
+    pub fn bus_status(&self) -> tokio::sync::watch::Receiver<crate::bus::Status> {
+        self.bus.status()
     }
 
     /// Whether the bus can take a publish now (memory: always; Redis: subscribed).

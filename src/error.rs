@@ -8,7 +8,7 @@ use crate::grip::GripError;
 
 /// Who caused a failure: decides how loudly it is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// The client sent something we cannot serve.
     Client,
     /// The origin failed or sent something we cannot use.
@@ -19,7 +19,7 @@ pub enum Source {
 
 /// A failure on the proxy path. Each becomes one short plain-text response in [`ProxyError::into_response`].
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No route matches the request's host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -51,7 +51,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The status the client receives.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute
             | ProxyError::OriginConnect(_)
@@ -70,7 +70,7 @@ impl ProxyError {
     }
 
     /// Who is to blame, for logging.
-    pub fn source_kind(&self) -> Source {
+    pub(crate) fn source_kind(&self) -> Source {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => Source::Client,
             ProxyError::NotReplayable(_) | ProxyError::HoldsExhausted => Source::Internal,
@@ -101,7 +101,7 @@ impl ProxyError {
     }
 
     /// Builds the client's answer. Logging is the caller's job (once, at the service boundary).
-    pub fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let text = match &self {
             // The client's own mistake: say which.
             ProxyError::BadRequest(reason) => body::full(format!("Bad Request: {reason}\n")),

@@ -10,7 +10,7 @@ use crate::grip::ResponseParts;
 /// A malformed publish body: the path of the offending field (`items[2].formats.http-response.code`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
-pub struct PublishError {
+pub(crate) struct PublishError {
     /// Path of the field.
     pub field: String,
     /// What is wrong.
@@ -20,7 +20,7 @@ pub struct PublishError {
 /// A validated item. Formats other than `http-response` (`http-stream`, `ws-message`) are accepted and ignored:
 /// they concern stream and WebSocket holds, which this proxy does not make.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
+pub(crate) struct Item {
     /// The channel published to.
     pub channel: Box<str>,
     /// This item's id, if given.
@@ -38,7 +38,7 @@ pub struct Item {
 
 /// What a released response hold does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Answer with the published response merged into the held one.
     Send,
     /// Re-fetch from the origin instead (the item carries no body worth sending).
@@ -47,7 +47,7 @@ pub enum Action {
 
 /// A validated `http-response` format.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpResponse {
+pub(crate) struct HttpResponse {
     /// Send or hint.
     pub action: Action,
     /// Status, reason, headers and body.
@@ -101,7 +101,7 @@ const KNOWN_FORMATS: &str = "http-response, http-stream or ws-message";
 /// into a `String` to keep the path (measured: about 1.9x the parse time of a valid item). Any failure, of the JSON or
 /// of an item, parses the body again with [`parse_body_slow`], which finds the same failure and names its field: the
 /// first pass's error is dropped, so every error message is exactly the slow path's.
-pub fn parse_body(body: &[u8]) -> Result<Vec<Item>, PublishError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Vec<Item>, PublishError> {
     // One UTF-8 check of the whole body, then a `str` parse that checks no string again: cheaper than serde_json
     // checking each string of a byte slice on its own (measured: 14% fewer instructions per valid item).
     let Ok(text) = std::str::from_utf8(body) else {

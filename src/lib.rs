@@ -28,24 +28,27 @@
 #![warn(missing_docs)]
 
 mod accept;
-pub mod app;
-pub mod body;
-pub mod bus;
+mod app;
+mod body;
+mod bus;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod error;
+mod control;
+mod error;
 pub mod front;
-pub mod grip;
-pub mod hold;
-pub mod item;
-pub mod metrics;
-pub mod origin;
-pub mod proxy;
-pub mod reload;
-pub mod routes;
-pub mod secret;
+mod grip;
+mod hold;
+mod item;
+mod metrics;
+mod origin;
+mod proxy;
+mod reload;
+mod routes;
+mod secret;
 mod sockio;
 
 pub use app::App;
-pub use config::Config;
+pub use bus::Status as BusStatus;
+pub use config::{Config, Overrides};
+pub use grip::sig::verify as verify_grip_sig;
+pub use hold::Registry;

@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::hold::Registry;
 
 /// The route label of requests no route matched (not a valid host, so it cannot name a route).
-pub const UNROUTED: &str = "(none)";
+pub(crate) const UNROUTED: &str = "(none)";
 
 /// Upper bounds (seconds) of the publish-to-delivery histogram: sub-millisecond fan-out up to the 5 s an item
 /// may wait for a missing predecessor (`publish.ordering_wait_secs`).
@@ -72,7 +72,7 @@ fn class_index(status: StatusCode) -> usize {
 
 /// How a hold ended, for `grip_proxy_holds_ended_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldEnd {
+pub(crate) enum HoldEnd {
     /// Answered with a published item.
     Released,
     /// Answered with the timeout response.
@@ -115,7 +115,7 @@ const ORIGIN_KINDS: [&str; 5] = [
 ];
 
 /// The `kind` label of an origin failure, or `None` when the error is not the origin's.
-pub fn origin_error_kind(e: &ProxyError) -> Option<&'static str> {
+pub(crate) fn origin_error_kind(e: &ProxyError) -> Option<&'static str> {
     match e {
         ProxyError::OriginConnect(_) => Some("connect"),
         ProxyError::OriginTimeout(_) => Some("timeout"),
@@ -131,7 +131,7 @@ pub fn origin_error_kind(e: &ProxyError) -> Option<&'static str> {
 /// Every counter and histogram the proxy and the control API update. One per [`crate::App`]; cheap handles
 /// (each counter is an `Arc<AtomicU64>`) are resolved in advance for the hot path.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     unrouted: RouteStats,
     origin_errors_family: Family<KindLabel, Counter>,
@@ -158,7 +158,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// All counters at zero.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let requests = Family::default();
         let unrouted = RouteStats::new(&requests, UNROUTED);
         let origin_errors_family = Family::<KindLabel, Counter>::default();
@@ -198,17 +198,17 @@ impl Metrics {
 
     /// The request counters of one route, labelled `label`. Called when a route table is built (start, reload),
     /// never per request.
-    pub fn route(&self, label: &str) -> RouteStats {
+    pub(crate) fn route(&self, label: &str) -> RouteStats {
         RouteStats::new(&self.requests, label)
     }
 
     /// The request counters of requests no route matched.
-    pub fn unrouted(&self) -> &RouteStats {
+    pub(crate) fn unrouted(&self) -> &RouteStats {
         &self.unrouted
     }
 
     /// Counts a failed request against the origin, if the failure was the origin's.
-    pub fn origin_error(&self, e: &ProxyError) {
+    pub(crate) fn origin_error(&self, e: &ProxyError) {
         if let Some(kind) = origin_error_kind(e) {
             if let Some(i) = ORIGIN_KINDS.iter().position(|k| *k == kind) {
                 self.origin_errors[i].inc();
@@ -217,50 +217,50 @@ impl Metrics {
     }
 
     /// How long the origin took to send its response head.
-    pub fn origin_latency(&self, took: Duration) {
+    pub(crate) fn origin_latency(&self, took: Duration) {
         self.origin_latency.observe(took);
     }
 
     /// A client was parked. The returned guard counts how its hold ends; dropped without [`HoldTrack::end`] (the
     /// request future was dropped: the client went away), it counts a disconnect.
-    pub fn hold_started(&self) -> HoldTrack<'_> {
+    pub(crate) fn hold_started(&self) -> HoldTrack<'_> {
         self.holds_started.inc();
         HoldTrack(Some(self))
     }
 
     /// A hold was refused: `proxy.max_held` clients are held already.
-    pub fn hold_refused(&self) {
+    pub(crate) fn hold_refused(&self) {
         self.holds_refused.inc();
     }
 
     /// A held client received a published item (whatever it then does with it).
-    pub fn delivery(&self) {
+    pub(crate) fn delivery(&self) {
         self.deliveries.inc();
     }
 
     /// A held client's response was built from an item the control API accepted at `accepted`.
-    pub fn released(&self, accepted: Instant) {
+    pub(crate) fn released(&self, accepted: Instant) {
         self.delivery_latency.observe(accepted.elapsed());
     }
 
     /// The control API answered a publish request with `status`.
-    pub fn publish_answered(&self, status: StatusCode) {
+    pub(crate) fn publish_answered(&self, status: StatusCode) {
         self.publish_requests[class_index(status)].inc();
     }
 
     /// The control API accepted a publish of `items` items.
-    pub fn items_published(&self, items: usize) {
+    pub(crate) fn items_published(&self, items: usize) {
         self.published_items.inc_by(items as u64);
     }
 
     /// A configuration reload was applied (`ok`) or rejected.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].inc();
     }
 
     /// The OpenMetrics exposition of these metrics, plus gauges read at scrape time from the registry and, when
     /// the bus is Redis, from its status.
-    pub fn exposition(
+    pub(crate) fn exposition(
         self: &Arc<Self>,
         holds: Registry,
         bus: &Bus,
@@ -411,7 +411,7 @@ fn register_bus(r: &mut prometheus_client::registry::Registry, bus: &Bus) {
 
 /// The request counters of one route, one per status class.
 #[derive(Debug, Clone)]
-pub struct RouteStats {
+pub(crate) struct RouteStats {
     label: Box<str>,
     by_class: [Counter; STATUS_CLASSES.len()],
 }
@@ -430,18 +430,18 @@ impl RouteStats {
     }
 
     /// The route's label: `host` (or `*`) followed by the path prefix.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
     /// Counts one answered request.
-    pub fn record(&self, status: StatusCode) {
+    pub(crate) fn record(&self, status: StatusCode) {
         self.by_class[class_index(status)].inc();
     }
 }
 
 /// A route's label, as in metrics and logs: its host (`*` for any) followed by its path prefix.
-pub fn route_label(host: Option<&str>, path_prefix: &str) -> String {
+pub(crate) fn route_label(host: Option<&str>, path_prefix: &str) -> String {
     format!("{}{path_prefix}", host.unwrap_or("*"))
 }
 
@@ -449,14 +449,14 @@ pub fn route_label(host: Option<&str>, path_prefix: &str) -> String {
 
 /// Counts how one hold ends. See [`Metrics::hold_started`].
 #[must_use = "dropping the guard counts a disconnect"]
-pub struct HoldTrack<'a>(
+pub(crate) struct HoldTrack<'a>(
     /// `None` once ended. One pointer: this lives in every parked request's future.
     Option<&'a Metrics>,
 );
 
 impl HoldTrack<'_> {
     /// The hold ended this way.
-    pub fn end(mut self, how: HoldEnd) {
+    pub(crate) fn end(mut self, how: HoldEnd) {
         if let Some(metrics) = self.0.take() {
             metrics.count_end(how);
         }
@@ -484,7 +484,7 @@ impl Metrics {
 /// A histogram of durations with fixed buckets: one atomic add per bucket hit and one for the sum, no lock
 /// (prometheus-client's own histogram takes a lock per observation).
 #[derive(Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     inner: Arc<HistogramInner>,
 }
 
@@ -512,7 +512,7 @@ impl Histogram {
     }
 
     /// Records one duration.
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = self
             .inner
@@ -608,16 +608,16 @@ impl<F: Fn() -> u64> EncodeMetric for Scraped<F> {
 
 /// The metrics as served on `GET /metrics`. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Exposition {
+pub(crate) struct Exposition {
     registry: Arc<prometheus_client::registry::Registry>,
 }
 
 /// The content type of [`Exposition::encode`]'s text (Prometheus scrapes it as OpenMetrics).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 impl Exposition {
     /// The OpenMetrics text, ending in `# EOF`.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail; an encoder error would only cut the text short.
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

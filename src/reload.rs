@@ -35,7 +35,7 @@ pub struct Reloaded {
 
 impl Reloader {
     /// A reloader over the state new requests read.
-    pub fn new(live: Arc<ArcSwap<ProxyState>>, running: Config) -> Self {
+    pub(crate) fn new(live: Arc<ArcSwap<ProxyState>>, running: Config) -> Self {
         Reloader {
             live,
             running: Mutex::new(running),

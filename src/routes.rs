@@ -9,7 +9,7 @@ use crate::grip::sig::Signer;
 
 /// Where matching requests go.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// Index in the config, for logs.
     pub index: usize,
     /// Host this route matches (`None`: any).
@@ -26,13 +26,13 @@ pub struct Route {
 
 /// Routes sorted most specific first: exact hosts before `*`, then longer path prefixes first.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Arc<[Route]>,
 }
 
 impl RouteTable {
     /// Builds the table from validated routes.
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    pub(crate) fn new(routes: &[RouteConfig]) -> Self {
         let mut list: Vec<Route> = routes
             .iter()
             .enumerate()
@@ -54,7 +54,7 @@ impl RouteTable {
     }
 
     /// The route for a request's `Host` (port ignored, any case) and path.
-    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+    pub(crate) fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let host = host.map(strip_port);
         self.routes.iter().find(|r| {
             let host_ok = match (&r.host, host) {

@@ -5,7 +5,7 @@ use base64::Engine as _;
 
 /// Why a secret could not be resolved (the caller adds the config key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SecretError {
+pub(crate) enum SecretError {
     /// `env:NAME` names a variable that is not set.
     #[error("environment variable {0} is not set")]
     MissingEnv(String),
@@ -26,7 +26,7 @@ pub enum SecretError {
 }
 
 /// Resolves a secret spec to its bytes.
-pub fn resolve(spec: &str) -> Result<Vec<u8>, SecretError> {
+pub(crate) fn resolve(spec: &str) -> Result<Vec<u8>, SecretError> {
     let text = if let Some(name) = spec.strip_prefix("env:") {
         std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_owned()))?
     } else if let Some(path) = spec.strip_prefix("file:") {
@@ -60,7 +60,7 @@ pub fn resolve(spec: &str) -> Result<Vec<u8>, SecretError> {
 /// right or how long the secret is: both are hashed (SHA-256), and the digests, always 32 bytes, are compared
 /// without an early exit. The time depends only on the lengths of the two inputs, and a secret's own length is
 /// the same on every attempt.
-pub fn equal(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn equal(a: &[u8], b: &[u8]) -> bool {
     let (da, db) = (
         ring::digest::digest(&ring::digest::SHA256, a),
         ring::digest::digest(&ring::digest::SHA256, b),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 
 /// The value of `--bus` (or `bus.url`) that selects the in-memory bus.
-pub const MEMORY: &str = "memory";
+pub(crate) const MEMORY: &str = "memory";
 
 /// URL schemes the Redis client accepts. `rediss`/`valkeys` are TLS.
 const SCHEMES: &[&str] = &[
@@ -173,7 +173,7 @@ fn secs(key: &str, value: f64) -> Result<Duration, ConfigError> {
 }
 
 /// Validates `[bus]`. The URL is parsed by the Redis client here, so a bad one fails before anything binds.
-pub fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
+pub(crate) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
     let url = match raw.url.as_deref().map(str::trim) {
         None | Some(MEMORY) => return Ok(BusConfig { redis: None }),
         Some("") => return Err(invalid("url", "empty (leave it out for the in-memory bus)")),
@@ -248,7 +248,7 @@ pub fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
 }
 
 /// Replaces the password of a URL's user info (and a query, which for `unix:` URLs may carry one) with `***`.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

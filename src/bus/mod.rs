@@ -3,8 +3,8 @@
 //! every instance subscribed to that channel, this one included, applies the body when it comes back, so all
 //! instances apply the same items in the same order and keep the same last id per channel (docs/scaling.md).
 
-pub mod config;
-pub mod redis;
+pub(crate) mod config;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +66,7 @@ pub struct Status {
 
 /// The bus handle: cheap to clone.
 #[derive(Clone)]
-pub enum Bus {
+pub(crate) enum Bus {
     /// One process: items go straight to the registry.
     Memory(Registry),
     /// Shared through Redis pub/sub.
@@ -76,7 +76,7 @@ pub enum Bus {
 impl Bus {
     /// Builds the bus from config. With Redis, the subscriber task is spawned on `tasks` and stops on `stop`; with
     /// `bus.startup = "fail"` the first subscription is made here and its failure is returned.
-    pub async fn start(
+    pub(crate) async fn start(
         config: &BusConfig,
         registry: Registry,
         max_message: usize,
@@ -98,7 +98,7 @@ impl Bus {
     ///
     /// # Cancel safety
     /// Dropping the future may leave a PUBLISH sent or not, as with any request whose answer is not awaited.
-    pub async fn publish(&self, raw: Bytes, items: Vec<Item>) -> Result<(), BusError> {
+    pub(crate) async fn publish(&self, raw: Bytes, items: Vec<Item>) -> Result<(), BusError> {
         match self {
             Bus::Memory(registry) => {
                 apply(registry, items);
@@ -109,7 +109,7 @@ impl Bus {
     }
 
     /// `"memory"` or `"redis"`, for logs.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Bus::Memory(_) => "memory",
             Bus::Redis(_) => "redis",
@@ -117,12 +117,12 @@ impl Bus {
     }
 
     /// Whether a publish can be accepted now (memory: always).
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.status().borrow().connected
     }
 
     /// The bus status, to read or to wait on (readiness, metrics, tests).
-    pub fn status(&self) -> watch::Receiver<Status> {
+    pub(crate) fn status(&self) -> watch::Receiver<Status> {
         match self {
             Bus::Memory(_) => {
                 // The sender is dropped: the value stays readable and never changes.
@@ -137,7 +137,7 @@ impl Bus {
     }
 
     /// How long a publisher refused with a 503 should wait before retrying.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         match self {
             Bus::Memory(_) => Duration::from_secs(1),
             Bus::Redis(bus) => bus.retry_after(),

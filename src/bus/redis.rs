@@ -21,7 +21,7 @@ use crate::hold::Registry;
 use crate::item;
 
 /// Shared by the control API (publish) and the subscriber task.
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     config: RedisConfig,
     client: redis::Client,
     /// Where received items are applied.
@@ -77,12 +77,12 @@ impl RedisBus {
     }
 
     /// The status, to read or to wait on.
-    pub fn status(&self) -> watch::Receiver<Status> {
+    pub(crate) fn status(&self) -> watch::Receiver<Status> {
         self.status.subscribe()
     }
 
     /// `Retry-After` for a refused publish.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         self.config.retry_after
     }
 

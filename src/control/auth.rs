@@ -13,7 +13,7 @@ use crate::secret;
 
 /// Why a request was refused. Never carries the secret or the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// No `Authorization` header, or an empty one.
     #[error("no credentials")]
     Missing,
@@ -29,7 +29,7 @@ pub enum AuthError {
 }
 
 /// Checks publish requests against the configured credentials.
-pub struct Auth {
+pub(crate) struct Auth {
     bearer_key: Option<Vec<u8>>,
     jwt: Vec<(DecodingKey, Validation)>,
     basic: Option<(String, Vec<u8>)>,
@@ -61,7 +61,7 @@ pub(crate) fn decoding_key(
 
 impl Auth {
     /// Builds the checker. The config was validated, so keys parse.
-    pub fn new(cfg: &AuthConfig) -> Result<Auth, String> {
+    pub(crate) fn new(cfg: &AuthConfig) -> Result<Auth, String> {
         let jwt = decoding_key(cfg.jwt_key.as_deref(), cfg.jwt_public_key.as_deref())?
             .into_iter()
             .map(|(key, alg)| {
@@ -84,12 +84,12 @@ impl Auth {
     }
 
     /// Whether any credentials are configured.
-    pub fn is_required(&self) -> bool {
+    pub(crate) fn is_required(&self) -> bool {
         self.bearer_key.is_some() || !self.jwt.is_empty() || self.basic.is_some()
     }
 
     /// Accepts or refuses a request by its headers.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
         if !self.is_required() {
             return Ok(());
         }
@@ -157,7 +157,7 @@ impl Auth {
     }
 
     /// The `WWW-Authenticate` challenge of a 401.
-    pub fn challenge(&self) -> HeaderValue {
+    pub(crate) fn challenge(&self) -> HeaderValue {
         if self.basic.is_some() && self.bearer_key.is_none() && self.jwt.is_empty() {
             HeaderValue::from_static("Basic realm=\"grip-proxy\"")
         } else {

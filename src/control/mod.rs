@@ -23,7 +23,7 @@ use crate::metrics::{Exposition, Metrics};
 use respond::text;
 
 /// What the control API needs. Built once at start-up.
-pub struct Control {
+pub(crate) struct Control {
     /// Held clients: recovered, introspected, and asked whether the proxy is shutting down.
     pub registry: Registry,
     /// Largest publish body accepted.
@@ -39,7 +39,7 @@ pub struct Control {
 }
 
 /// Serves one control API request. Never fails: every error is a response.
-pub async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
     let path = normalize(req.uri().path());
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {
@@ -71,7 +71,7 @@ pub async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Bo
 }
 
 /// The endpoints of the optional metrics listener (`[metrics] listen`): `/metrics`, `/health` and `/ready`.
-pub fn serve_metrics_listener<B>(control: &Control, req: &Request<B>) -> Response<Body> {
+pub(crate) fn serve_metrics_listener<B>(control: &Control, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {

@@ -9,11 +9,11 @@ use super::wire::{Str, WireResponse};
 use super::{ChannelSub, GripError, Hold, HoldMode, ResponseParts};
 
 /// The media type that marks an instruct body.
-pub const CONTENT_TYPE: &str = "application/grip-instruct";
+pub(crate) const CONTENT_TYPE: &str = "application/grip-instruct";
 
 /// A parsed instruct body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Instruct {
+pub(crate) struct Instruct {
     /// The hold, if the body asks for one.
     pub hold: Option<Hold>,
     /// The response to give: the timeout response for a hold, else the answer itself.
@@ -48,7 +48,7 @@ struct WireChannel<'a> {
 }
 
 /// Parses an instruct body.
-pub fn from_body(body: &[u8], max_channels: usize) -> Result<Instruct, GripError> {
+pub(crate) fn from_body(body: &[u8], max_channels: usize) -> Result<Instruct, GripError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let wire: WireInstruct<'_> = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -1,10 +1,10 @@
 //! GRIP instructions: what an origin asks of the proxy (hold, channels, timeout, status), parsed from response
 //! headers or an `application/grip-instruct` body, and the response parts a hold answers with.
 
-pub mod instruct;
-pub mod parse;
+pub(crate) mod instruct;
+pub(crate) mod parse;
 mod pem;
-pub mod sig;
+pub(crate) mod sig;
 pub(crate) mod wire;
 
 use std::time::Duration;
@@ -15,12 +15,12 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use crate::body::{self, Body};
 
 /// Pushpin's cap on channels per hold; a hold naming more is an origin error.
-pub const DEFAULT_MAX_CHANNELS: usize = 20;
+pub(crate) const DEFAULT_MAX_CHANNELS: usize = 20;
 
 /// An invalid GRIP instruction. Names the header (or instruct field) and the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason} (value {value:?})")]
-pub struct GripError {
+pub(crate) struct GripError {
     /// The header or instruct field, e.g. `Grip-Timeout` or `hold.channels[0].name`.
     pub field: String,
     /// The value as received (truncated to 100 bytes).
@@ -45,7 +45,7 @@ impl GripError {
 
 /// One channel a hold subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelSub {
+pub(crate) struct ChannelSub {
     /// Channel name, as published to.
     pub name: Box<str>,
     /// The id of the last item the origin knows on this channel, if it said.
@@ -114,7 +114,7 @@ impl Channels {
 
 /// How a hold treats the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldMode {
+pub(crate) enum HoldMode {
     /// One published item, or the timeout, ends the request.
     Response,
     /// The response stays open and published content is appended.
@@ -123,7 +123,7 @@ pub enum HoldMode {
 
 /// A hold instruction: which channels, for how long. The held response travels beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hold {
+pub(crate) struct Hold {
     /// Response or stream.
     pub mode: HoldMode,
     /// The channels, deduplicated by name, in the order given.
@@ -201,12 +201,12 @@ impl ResponseParts {
 }
 
 /// Whether a header is a GRIP instruction or signature (`Grip-*`), which never crosses the proxy.
-pub fn is_grip_header(name: &HeaderName) -> bool {
+pub(crate) fn is_grip_header(name: &HeaderName) -> bool {
     name.as_str().starts_with("grip-")
 }
 
 /// Removes every `Grip-*` header.
-pub fn strip_grip_headers(headers: &mut HeaderMap) {
+pub(crate) fn strip_grip_headers(headers: &mut HeaderMap) {
     let grip: Vec<HeaderName> = headers
         .keys()
         .filter(|n| is_grip_header(n))

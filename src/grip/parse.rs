@@ -10,7 +10,7 @@ use super::{ChannelSub, GripError, Hold, HoldMode};
 
 /// What the headers of one origin response instruct.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderInstruction {
+pub(crate) struct HeaderInstruction {
     /// The hold.
     pub hold: Hold,
     /// `Grip-Status`: the status (and reason) to give the client instead of the response's own.
@@ -19,7 +19,7 @@ pub struct HeaderInstruction {
 
 /// Parses the hold instructions of a response. `Ok(None)` when there is no `Grip-Hold` header (any other `Grip-*`
 /// header is then only stripped).
-pub fn from_headers(
+pub(crate) fn from_headers(
     headers: &HeaderMap,
     max_channels: usize,
 ) -> Result<Option<HeaderInstruction>, GripError> {
@@ -73,7 +73,7 @@ fn text<'a>(header: &str, bytes: &'a [u8]) -> Result<&'a str, GripError> {
 }
 
 /// Parses `name[; prev-id=ID][; filter=F], name2...`.
-pub fn channel_list(value: &str) -> Result<Vec<ChannelSub>, GripError> {
+pub(crate) fn channel_list(value: &str) -> Result<Vec<ChannelSub>, GripError> {
     let mut out = Vec::new();
     for entry in value.split(',') {
         if entry.trim().is_empty() {
@@ -116,7 +116,7 @@ fn unquote(v: &str) -> &str {
 }
 
 /// Parses `Grip-Timeout`: whole seconds, not negative.
-pub fn timeout(value: &str) -> Result<Duration, GripError> {
+pub(crate) fn timeout(value: &str) -> Result<Duration, GripError> {
     value
         .trim()
         .parse::<u64>()
@@ -125,7 +125,7 @@ pub fn timeout(value: &str) -> Result<Duration, GripError> {
 }
 
 /// Parses `Grip-Status: CODE [reason]`.
-pub fn status(value: &str) -> Result<(StatusCode, Option<Bytes>), GripError> {
+pub(crate) fn status(value: &str) -> Result<(StatusCode, Option<Bytes>), GripError> {
     let value_t = value.trim();
     let (code, reason) = match value_t.split_once(' ') {
         Some((c, r)) => (c, r.trim()),

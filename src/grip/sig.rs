@@ -18,7 +18,7 @@ struct Claims {
 }
 
 /// Signs requests for one route. Cheap to share behind an `Arc`.
-pub struct Signer {
+pub(crate) struct Signer {
     iss: String,
     alg: Algorithm,
     key: EncodingKey,
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// A signer for issuer `iss`: `key` is the HS256 secret, or the PEM private key for RS256/ES256.
-    pub fn new(iss: &str, alg: Algorithm, key: &[u8]) -> Result<Self, String> {
+    pub(crate) fn new(iss: &str, alg: Algorithm, key: &[u8]) -> Result<Self, String> {
         let key = match alg {
             Algorithm::HS256 => EncodingKey::from_secret(key),
             Algorithm::RS256 => EncodingKey::from_rsa_pem(key)
@@ -58,7 +58,7 @@ impl Signer {
     }
 
     /// The `Grip-Sig` header value for a request sent now.
-    pub fn header(&self) -> HeaderValue {
+    pub(crate) fn header(&self) -> HeaderValue {
         self.try_header()
             .expect("the key signed at start-up (Signer::new), and signing cannot fail later")
     }
@@ -85,14 +85,14 @@ impl Signer {
 }
 
 /// Checks `Grip-Sig` tokens from a trusted GRIP proxy in front: valid signature under one of its keys, not expired.
-pub struct Verifier {
+pub(crate) struct Verifier {
     keys: Vec<(DecodingKey, Validation)>,
 }
 
 impl Verifier {
     /// From an HS256 secret and/or a PEM public key (ES256 or RS256). A token is accepted up to `leeway`
     /// seconds after its `exp` and before its `nbf` (checked when present).
-    pub fn new(
+    pub(crate) fn new(
         secret: Option<&[u8]>,
         public_pem: Option<&[u8]>,
         leeway: u64,
@@ -111,7 +111,7 @@ impl Verifier {
     }
 
     /// Whether `token` is valid under one of the keys.
-    pub fn verify(&self, token: &[u8]) -> bool {
+    pub(crate) fn verify(&self, token: &[u8]) -> bool {
         let Ok(token) = std::str::from_utf8(token) else {
             return false;
         };

@@ -16,7 +16,7 @@ use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
 use crate::item::Item;
 use channel::{Channel, ParkOutcome, Slot};
-pub use release::Release;
+pub(crate) use release::Release;
 
 /// Hands each item to the waiters it took, in order. Runs with no map guard held.
 fn deliver(deliveries: Vec<(Arc<Item>, channel::Waiters)>) -> usize {
@@ -39,7 +39,7 @@ fn tell(slot: &Slot, delivery: Delivery) -> bool {
 
 /// What a parked client is told.
 #[derive(Debug, Clone)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// An item was published on one of its channels.
     Item(Arc<Release>),
     /// The proxy is shutting down: answer with the timeout response now.
@@ -50,7 +50,7 @@ pub enum Delivery {
 
 /// Why a client could not be parked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParkError {
+pub(crate) enum ParkError {
     /// The channel's last id is not the hold's prev-id: the client missed an item.
     #[error("channel {channel:?} is past prev-id {prev_id:?}")]
     Stale {
@@ -69,7 +69,7 @@ pub enum ParkError {
 
 /// The registry's bounds and rules.
 #[derive(Debug, Clone)]
-pub struct RegistryConfig {
+pub(crate) struct RegistryConfig {
     /// Last-id memory.
     pub last_ids: LastIdsConfig,
     /// Ordering and duplicates.
@@ -124,7 +124,7 @@ struct Inner {
 
 impl Registry {
     /// An empty registry.
-    pub fn new(config: RegistryConfig) -> Self {
+    pub(crate) fn new(config: RegistryConfig) -> Self {
         let RegistryConfig {
             last_ids: limits,
             publish,
@@ -157,7 +157,11 @@ impl Registry {
     /// `check_prev_id: false` parks whatever the prev-ids say: for a request that was already re-fetched once, so
     /// that an origin still behind cannot make it loop. (Pushpin instead forgets the channel's last id, which lets
     /// other clients that are behind park too, waiting for an item that has gone.)
-    pub fn park(&self, subs: &[ChannelSub], check_prev_id: bool) -> Result<Parked, ParkError> {
+    pub(crate) fn park(
+        &self,
+        subs: &[ChannelSub],
+        check_prev_id: bool,
+    ) -> Result<Parked, ParkError> {
         if self.is_closed() {
             return Err(ParkError::Closed);
         }
@@ -202,7 +206,7 @@ impl Registry {
     /// Publishes an item: drops a duplicate id, queues an item whose predecessor is missing (see
     /// `Channel::publish`), otherwise records its id as the channel's last id and, if it carries an
     /// `http-response`, releases every client parked on the channel. Returns how many clients items were handed to.
-    pub fn publish(&self, item: &Arc<Item>) -> usize {
+    pub(crate) fn publish(&self, item: &Arc<Item>) -> usize {
         // An item without an id on a channel with no entry (nobody held, no last id, nothing waiting) has nothing
         // to record and no one to release: no entry is made for it. A publish to channels without subscribers
         // would otherwise insert and remove one per item. A park racing with this is ordered after it, as if the
@@ -253,14 +257,14 @@ impl Registry {
     }
 
     /// Refuses new parks and answers every parked client with `Delivery::Shutdown`.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.release_all(Delivery::Shutdown, false);
     }
 
     /// Recovery (`POST /recover`, or a bus back from an outage): forgets every last id, and makes every parked
     /// client re-fetch from its origin. Returns how many clients were told.
-    pub fn recover(&self) -> usize {
+    pub(crate) fn recover(&self) -> usize {
         self.release_all(Delivery::Refetch, true)
     }
 
@@ -282,7 +286,7 @@ impl Registry {
     }
 
     /// Whether `close()` was called.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
@@ -316,7 +320,7 @@ impl Registry {
     /// Calls `f` with each channel entry's name, held clients and last id, for introspection (`GET /channels`).
     /// `f` runs while a shard of the map is read-locked (parks and publishes on that shard wait): it must be quick,
     /// and must not touch the registry.
-    pub fn for_each_channel(&self, mut f: impl FnMut(&str, usize, Option<&str>)) {
+    pub(crate) fn for_each_channel(&self, mut f: impl FnMut(&str, usize, Option<&str>)) {
         for entry in self.inner.channels.iter() {
             f(entry.key(), entry.waiters.len(), entry.last_id.as_deref());
         }
@@ -353,7 +357,7 @@ impl Registry {
 
     /// Forgets expired last ids, then the least recently published ones beyond the capacity. Entries with
     /// waiters stay.
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         let ttl = self.inner.limits.ttl;
         self.inner.channels.retain(|_, c| {
             if c.last_id.is_some() && now.saturating_duration_since(c.published_at) >= ttl {
@@ -382,7 +386,7 @@ impl Registry {
     }
 
     /// Runs `sweep` every `interval`, and early when a publish finds the map over capacity, until `stop` fires.
-    pub async fn run_sweeper(
+    pub(crate) async fn run_sweeper(
         self,
         interval: std::time::Duration,
         stop: tokio_util::sync::CancellationToken,
@@ -427,7 +431,7 @@ impl Registry {
 
 /// A parked client: receives one delivery; unparks from every channel when dropped (client gone, answered, timed
 /// out), so nothing is left behind.
-pub struct Parked {
+pub(crate) struct Parked {
     registry: Registry,
     id: u64,
     subs: Box<[ChannelSub]>,
@@ -441,12 +445,12 @@ impl Parked {
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future loses nothing; the delivery stays in the receiver.
-    pub async fn recv(&mut self) -> Delivery {
+    pub(crate) async fn recv(&mut self) -> Delivery {
         (&mut self.rx).await.unwrap_or(Delivery::Shutdown)
     }
 
     /// The prev-id this hold waits after on `channel`.
-    pub fn prev_id(&self, channel: &str) -> Option<&str> {
+    pub(crate) fn prev_id(&self, channel: &str) -> Option<&str> {
         self.subs
             .iter()
             .find(|s| &*s.name == channel)

@@ -13,7 +13,7 @@ use crate::item::Item;
 
 /// One item on its way to the clients of one channel.
 #[derive(Debug)]
-pub struct Release {
+pub(crate) struct Release {
     /// The item published.
     pub item: Arc<Item>,
     /// The held response of the first client that asked, and the release built from it.
@@ -22,7 +22,7 @@ pub struct Release {
 
 impl Release {
     /// A release of `item`, nothing built yet.
-    pub fn new(item: Arc<Item>) -> Self {
+    pub(crate) fn new(item: Arc<Item>) -> Self {
         Release {
             item,
             first: OnceLock::new(),
@@ -32,7 +32,7 @@ impl Release {
     /// The response for a client held with `held`, released by `published` (the item's `http-response`): the
     /// published one merged into the held one. Built and encoded once for every client whose held response equals
     /// the first client's; any other client gets its own.
-    pub fn response_for(
+    pub(crate) fn response_for(
         &self,
         held: &Arc<ResponseParts>,
         published: &ResponseParts,

@@ -59,7 +59,7 @@ impl Reading {
 }
 
 /// A response body streamed from an origin connection.
-pub struct OriginBody {
+pub(crate) struct OriginBody {
     reading: Option<Box<Reading>>,
     pool: Arc<Pool>,
     key: Box<str>,

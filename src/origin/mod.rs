@@ -18,13 +18,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
-pub use body::OriginBody;
+pub(crate) use body::OriginBody;
 use pool::{Conn, Pool};
 use wire::BodyFraming;
 
 /// Why an exchange with an origin failed.
 #[derive(Debug, thiserror::Error)]
-pub enum OriginError {
+pub(crate) enum OriginError {
     /// The origin could not be connected to (refused, unresolvable, or not within the connect timeout).
     #[error("connect to {addr}: {source}")]
     Connect {
@@ -50,7 +50,7 @@ pub enum OriginError {
 
 /// Settings of the client.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Time allowed to connect.
     pub connect_timeout: Duration,
     /// Idle connections are closed after this long.
@@ -63,7 +63,7 @@ pub struct Settings {
 
 /// The origin client. Cheap to clone (the pool is shared).
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     pool: Arc<Pool>,
     connect_timeout: Duration,
     body_read_timeout: Duration,
@@ -78,7 +78,7 @@ struct Failed {
 
 impl Client {
     /// A client with an empty pool.
-    pub fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings) -> Self {
         Client {
             pool: Arc::new(Pool::new(settings.max_idle_per_host, settings.idle_timeout)),
             connect_timeout: settings.connect_timeout,
@@ -87,12 +87,12 @@ impl Client {
     }
 
     /// Closes idle connections that have been idle longer than the idle timeout.
-    pub fn sweep_idle(&self) {
+    pub(crate) fn sweep_idle(&self) {
         self.pool.sweep(tokio::time::Instant::now());
     }
 
     /// Idle pooled connections, over all origins.
-    pub fn idle_connections(&self) -> usize {
+    pub(crate) fn idle_connections(&self) -> usize {
         self.pool.len()
     }
 
@@ -103,7 +103,10 @@ impl Client {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the request; its connection is closed, not pooled.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<OriginBody>, OriginError> {
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<OriginBody>, OriginError> {
         let (parts, body) = req.into_parts();
         let authority = parts
             .uri

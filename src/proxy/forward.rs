@@ -21,7 +21,7 @@ use crate::origin::{self, OriginBody, OriginError};
 
 /// The origin client. Cheap to clone (the pool is shared).
 #[derive(Clone)]
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     client: origin::Client,
     response_timeout: Duration,
     /// Requests waiting for an origin's response head at once. Bounds the origin connections a burst opens
@@ -32,7 +32,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A client with the configured pool and timeouts.
-    pub fn new(cfg: &OriginConfig) -> Self {
+    pub(crate) fn new(cfg: &OriginConfig) -> Self {
         let client = origin::Client::new(origin::Settings {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.pool_idle_timeout,
@@ -47,7 +47,7 @@ impl Forwarder {
     }
 
     /// The response-head timeout, also applied to reading a held body.
-    pub fn response_timeout(&self) -> Duration {
+    pub(crate) fn response_timeout(&self) -> Duration {
         self.response_timeout
     }
 
@@ -55,7 +55,10 @@ impl Forwarder {
     ///
     /// # Cancel safety
     /// Dropping the future abandons the request (the connection is not returned to the pool).
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<OriginBody>, ProxyError> {
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<OriginBody>, ProxyError> {
         let exchange = async {
             // The semaphore is never closed, so acquiring only waits.
             let _permit = self.permits.acquire().await;
@@ -71,7 +74,7 @@ impl Forwarder {
     }
 
     /// The origin client (its pool is shared by every clone).
-    pub fn client(&self) -> &origin::Client {
+    pub(crate) fn client(&self) -> &origin::Client {
         &self.client
     }
 }
@@ -93,7 +96,10 @@ pub(crate) fn request_body_error(e: BoxError) -> ProxyError {
 /// trickles its body in then holds no origin connection and no concurrency permit while it does (the wait for
 /// each piece is bounded by the client connection's body read timeout). A body that declares more, or that grows
 /// past `limit`, is streamed: what was read first, then the rest as it comes.
-pub async fn read_ahead(req: Request<Body>, limit: usize) -> Result<Request<Body>, ProxyError> {
+pub(crate) async fn read_ahead(
+    req: Request<Body>,
+    limit: usize,
+) -> Result<Request<Body>, ProxyError> {
     let (parts, mut incoming) = req.into_parts();
     let declared_large = incoming
         .size_hint()
@@ -171,7 +177,7 @@ impl HttpBody for Prefixed {
 }
 
 /// What is needed to send a request to the origin again: its head and a copy of its body.
-pub struct Replayable {
+pub(crate) struct Replayable {
     method: Method,
     uri: Uri,
     /// The headers packed into one allocation: a parked request keeps this for its whole hold, and a `HeaderMap`
@@ -241,7 +247,7 @@ struct Capture {
 impl Replayable {
     /// Builds the first request to the origin, keeping what a re-send needs. A body up to `limit` bytes is copied
     /// as it streams through (chunks are refcounted `Bytes`: the copy is a list of handles).
-    pub fn first<B>(
+    pub(crate) fn first<B>(
         method: Method,
         uri: Uri,
         headers: HeaderMap,
@@ -280,7 +286,7 @@ impl Replayable {
     }
 
     /// The same request again, with an `extra` header (e.g. `Grip-Last`) in place of any of the same name.
-    pub fn again(
+    pub(crate) fn again(
         &self,
         extra: Option<(HeaderName, HeaderValue)>,
     ) -> Result<Request<Body>, ProxyError> {

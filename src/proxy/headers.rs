@@ -21,12 +21,12 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Whether `name` is a hop-by-hop header.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
 /// Removes hop-by-hop headers and the headers the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -40,7 +40,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// What the proxy adds to a request toward the origin.
-pub struct Upstream<'a> {
+pub(crate) struct Upstream<'a> {
     /// `Grip-Sig` for the route.
     pub grip_sig: HeaderValue,
     /// The client's address, for `X-Forwarded-For` (when configured).
@@ -54,7 +54,7 @@ pub struct Upstream<'a> {
 
 /// Rewrites a client's request headers for the origin: no hop-by-hop, no client `Grip-*` (a client can neither
 /// give instructions nor forge a signature), our `Grip-Sig`, and `X-Forwarded-*` as configured. `Host` stays.
-pub fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
+pub(crate) fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
     strip_hop_by_hop(headers);
     if !add.trusted {
         strip_grip_headers(headers);
@@ -93,7 +93,7 @@ pub fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
 }
 
 /// Rewrites an origin's response headers for the client: no hop-by-hop, no `Grip-*`.
-pub fn to_client(headers: &mut HeaderMap) {
+pub(crate) fn to_client(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     strip_grip_headers(headers);
 }

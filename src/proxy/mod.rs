@@ -1,8 +1,8 @@
 //! The proxy service: each client request goes through named phases: route, prepare, forward, inspect, park,
 //! respond. A hold parks the request in the registry until a publish, the timeout, or shutdown.
 
-pub mod forward;
-pub mod headers;
+pub(crate) mod forward;
+pub(crate) mod headers;
 mod interned;
 mod path;
 
@@ -31,7 +31,7 @@ use forward::{Forwarder, Replayable};
 const MAX_REFETCHES: usize = 5;
 
 /// Everything the proxy path reads. Built once; shared behind an `Arc`.
-pub struct ProxyState {
+pub(crate) struct ProxyState {
     /// Route lookup.
     pub routes: RouteTable,
     /// Origin client.
@@ -59,8 +59,10 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// Builds the proxy state from config and a registry, with its own origin client and metrics.
-    pub fn new(config: &Config, registry: Registry) -> Self {
+    /// Builds the proxy state from config and a registry, with its own origin client and metrics (for tests of
+    /// the request and connection futures; the app builds it with [`ProxyState::build`]).
+    #[cfg(test)]
+    pub(crate) fn new(config: &Config, registry: Registry) -> Self {
         Self::build(
             config,
             registry,
@@ -71,7 +73,7 @@ impl ProxyState {
 
     /// Builds the proxy state around an existing origin client and metrics: at start, and for each reload (which
     /// keeps the origin pool and the counters).
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         registry: Registry,
         forwarder: Forwarder,
@@ -133,7 +135,7 @@ enum Outcome {
 /// Routing and preparing are done before the returned future is built, so the request itself is never stored
 /// in it (an async fn keeps its arguments beside its locals, for the whole hold: see the size test and
 /// docs/performance.md).
-pub fn serve<B>(
+pub(crate) fn serve<B>(
     state: Arc<ProxyState>,
     mut req: Request<B>,
     client: SocketAddr,

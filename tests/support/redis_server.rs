@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use grip_proxy::bus::Status;
+use grip_proxy::BusStatus as Status;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -223,7 +223,7 @@ async fn ping(port: u16) -> bool {
 impl Proxy {
     /// The bus status now.
     pub(crate) fn bus_status(&self) -> Status {
-        *self.app().bus().status().borrow()
+        *self.app().bus_status().borrow()
     }
 
     /// Waits (within `LIMIT`) until the bus is connected (or not).
@@ -244,7 +244,7 @@ impl Proxy {
         &self,
         pred: impl Fn(&Status) -> bool + Send + Sync + 'static,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let mut status = self.app().bus().status();
+        let mut status = self.app().bus_status();
         within(LIMIT, async move {
             status
                 .wait_for(|s| pred(s))
