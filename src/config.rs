@@ -463,7 +463,7 @@ impl std::fmt::Debug for AuthConfig {
 }
 
 /// Validated client-listener bounds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyLimits {
     /// Largest request head.
     pub max_request_head: usize,
@@ -495,7 +495,7 @@ impl std::fmt::Debug for UpstreamConfig {
 }
 
 /// Validated `[publish]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PublishConfig {
     /// Wait for a missing predecessor this long.
     pub ordering_wait: Duration,
@@ -530,7 +530,7 @@ impl HoldConfig {
 }
 
 /// Validated `[origin]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OriginConfig {
     /// Connect timeout.
     pub connect_timeout: Duration,
@@ -549,7 +549,7 @@ pub struct OriginConfig {
 }
 
 /// Validated `[last_ids]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LastIdsConfig {
     /// Most channels remembered.
     pub capacity: usize,

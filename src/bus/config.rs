@@ -88,14 +88,15 @@ impl fmt::Debug for RawBus {
 }
 
 /// The validated `[bus]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BusConfig {
     /// `None`: the in-memory bus.
     pub redis: Option<RedisConfig>,
 }
 
-/// A validated Redis bus. Its URL and password never appear in `Debug` or logs.
-#[derive(Clone)]
+/// A validated Redis bus. Its URL and password never appear in `Debug` or logs; they do count when two are
+/// compared (a changed password needs a restart like any other change).
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     /// As given (may hold a password): only `client()` reads it.
     url: String,
