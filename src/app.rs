@@ -111,8 +111,7 @@ impl App {
         let control = Arc::new(Control {
             registry: registry.clone(),
             max_body: config.control_max_body,
-            auth: control::auth::Auth::new(&config.control_auth)
-                .expect("auth keys were checked when the config was validated"),
+            auth: control::auth::Auth::new(&config.control_auth),
             bus: bus.clone(),
             exposition: metrics.exposition(registry.clone(), &bus, origins),
             metrics,

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
+use std::sync::Arc;
+
+use crate::grip::sig::{Signer, Verifier};
+use crate::jwt::{JwtVerifier, Rules};
 
 /// A config that cannot be used: the key path and the reason, printed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -445,6 +449,8 @@ pub struct AuthConfig {
     pub jwt_iss: Option<String>,
     /// Accepted clock skew on `exp` and `nbf`, in seconds.
     pub jwt_leeway: u64,
+    /// The JWT keys built from `jwt_key` / `jwt_public_key` with their rules, if either is set.
+    pub(crate) jwt: Option<JwtVerifier>,
     /// Basic user and password.
     pub basic: Option<(String, Vec<u8>)>,
 }
@@ -486,6 +492,8 @@ pub struct UpstreamConfig {
     pub sig_public_key: Option<Vec<u8>>,
     /// Accepted clock skew on `exp` and `nbf`, in seconds.
     pub leeway: u64,
+    /// The checker built from the keys above.
+    pub(crate) verifier: Verifier,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -574,6 +582,8 @@ pub struct RouteConfig {
     pub sig_key: Vec<u8>,
     /// `Grip-Sig` algorithm.
     pub sig_alg: jsonwebtoken::Algorithm,
+    /// The signer built from the three above.
+    pub(crate) signer: Arc<Signer>,
 }
 
 impl Default for Config {
@@ -811,12 +821,13 @@ fn opt_secret(key: &str, spec: &Option<String>) -> Result<Option<Vec<u8>>, Confi
 }
 
 fn auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
-    let cfg = AuthConfig {
+    let mut cfg = AuthConfig {
         bearer_key: opt_secret("control.auth.bearer_key", &a.bearer_key)?,
         jwt_key: opt_secret("control.auth.jwt_key", &a.jwt_key)?,
         jwt_public_key: opt_secret("control.auth.jwt_public_key", &a.jwt_public_key)?,
         jwt_iss: a.jwt_iss.clone(),
         jwt_leeway: a.jwt_leeway_secs,
+        jwt: None,
         basic: match (&a.basic_user, &a.basic_password) {
             (None, None) => None,
             (Some(user), Some(pass)) => {
@@ -844,7 +855,16 @@ fn auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
             "needed with a JWT key: tokens must name their issuer",
         ));
     }
-    crate::control::auth::Auth::new(&cfg).map_err(|e| invalid("control.auth.jwt_public_key", e))?;
+    if cfg.jwt_key.is_some() || cfg.jwt_public_key.is_some() {
+        let rules = Rules {
+            required: &["exp", "iss"],
+            issuer: cfg.jwt_iss.as_deref(),
+            leeway: cfg.jwt_leeway,
+        };
+        let built = JwtVerifier::new(cfg.jwt_key.as_deref(), cfg.jwt_public_key.as_deref(), rules)
+            .map_err(|e| invalid("control.auth.jwt_public_key", e.to_string()))?;
+        cfg.jwt = Some(built);
+    }
     Ok(cfg)
 }
 
@@ -854,9 +874,14 @@ fn upstream(p: &RawProxy) -> Result<Option<UpstreamConfig>, ConfigError> {
     if sig_key.is_none() && sig_public_key.is_none() {
         return Ok(None);
     }
-    crate::control::auth::decoding_key(sig_key.as_deref(), sig_public_key.as_deref())
-        .map_err(|e| invalid("proxy.upstream_sig_public_key", e))?;
+    let verifier = Verifier::new(
+        sig_key.as_deref(),
+        sig_public_key.as_deref(),
+        p.upstream_sig_leeway_secs,
+    )
+    .map_err(|e| invalid("proxy.upstream_sig_public_key", e.to_string()))?;
     Ok(Some(UpstreamConfig {
+        verifier,
         sig_key,
         sig_public_key,
         leeway: p.upstream_sig_leeway_secs,
@@ -927,9 +952,10 @@ fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
             ))
         }
     };
-    crate::grip::sig::Signer::new(&r.sig_iss, sig_alg, &sig_key)
-        .map_err(|e| invalid(key("sig_key"), e))?;
+    let signer = Signer::new(&r.sig_iss, sig_alg, &sig_key)
+        .map_err(|e| invalid(key("sig_key"), e.to_string()))?;
     Ok(RouteConfig {
+        signer: Arc::new(signer),
         host,
         path_prefix: r.path_prefix.clone(),
         scheme,

@@ -39,6 +39,7 @@ pub mod front;
 mod grip;
 mod hold;
 mod item;
+mod jwt;
 mod metrics;
 mod origin;
 mod proxy;

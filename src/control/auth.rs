@@ -3,13 +3,11 @@
 //! configured every request is accepted, whatever its `Authorization` header (some client libraries always send
 //! one, possibly empty).
 
+use crate::config::AuthConfig;
+use crate::jwt::JwtVerifier;
+use crate::secret;
 use base64::Engine as _;
 use http::{header, HeaderMap, HeaderValue};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
-
-use crate::config::AuthConfig;
-use crate::secret;
 
 /// Why a request was refused. Never carries the secret or the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,61 +29,23 @@ pub(crate) enum AuthError {
 /// Checks publish requests against the configured credentials.
 pub(crate) struct Auth {
     bearer_key: Option<Vec<u8>>,
-    jwt: Vec<(DecodingKey, Validation)>,
+    jwt: Option<JwtVerifier>,
     basic: Option<(String, Vec<u8>)>,
 }
 
-#[derive(Deserialize)]
-struct Claims {}
-
-/// A JWT's key: a shared HS256 secret or a PEM public key (EC for ES256, RSA for RS256).
-pub(crate) fn decoding_key(
-    secret: Option<&[u8]>,
-    public_pem: Option<&[u8]>,
-) -> Result<Vec<(DecodingKey, Algorithm)>, String> {
-    let mut keys = Vec::new();
-    if let Some(s) = secret {
-        keys.push((DecodingKey::from_secret(s), Algorithm::HS256));
-    }
-    if let Some(pem) = public_pem {
-        if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-            keys.push((k, Algorithm::ES256));
-        } else if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-            keys.push((k, Algorithm::RS256));
-        } else {
-            return Err("not a PEM EC (ES256) or RSA (RS256) public key".into());
-        }
-    }
-    Ok(keys)
-}
-
 impl Auth {
-    /// Builds the checker. The config was validated, so keys parse.
-    pub(crate) fn new(cfg: &AuthConfig) -> Result<Auth, String> {
-        let jwt = decoding_key(cfg.jwt_key.as_deref(), cfg.jwt_public_key.as_deref())?
-            .into_iter()
-            .map(|(key, alg)| {
-                let mut v = Validation::new(alg);
-                v.set_required_spec_claims(&["exp", "iss"]);
-                // jsonwebtoken's default is 60 s after `exp`, and `nbf` unchecked.
-                v.leeway = cfg.jwt_leeway;
-                v.validate_nbf = true;
-                if let Some(iss) = &cfg.jwt_iss {
-                    v.set_issuer(&[iss]);
-                }
-                (key, v)
-            })
-            .collect();
-        Ok(Auth {
+    /// The checker of the validated credentials (the config built the JWT keys).
+    pub(crate) fn new(cfg: &AuthConfig) -> Auth {
+        Auth {
             bearer_key: cfg.bearer_key.clone(),
-            jwt,
+            jwt: cfg.jwt.clone(),
             basic: cfg.basic.clone(),
-        })
+        }
     }
 
     /// Whether any credentials are configured.
     pub(crate) fn is_required(&self) -> bool {
-        self.bearer_key.is_some() || !self.jwt.is_empty() || self.basic.is_some()
+        self.bearer_key.is_some() || self.jwt.is_some() || self.basic.is_some()
     }
 
     /// Accepts or refuses a request by its headers.
@@ -118,17 +78,11 @@ impl Auth {
                 return Ok(());
             }
         }
-        if self.jwt.is_empty() {
+        let Some(jwt) = &self.jwt else {
             return Err(AuthError::Bearer("not the configured key".into()));
-        }
-        let mut last = String::new();
-        for (key, validation) in &self.jwt {
-            match jsonwebtoken::decode::<Claims>(token, key, validation) {
-                Ok(_) => return Ok(()),
-                Err(e) => last = jwt_reason(&e),
-            }
-        }
-        Err(AuthError::Bearer(last))
+        };
+        jwt.check(token)
+            .map_err(|e| AuthError::Bearer(jwt_reason(&e)))
     }
 
     fn check_basic(&self, encoded: &str) -> Result<(), AuthError> {
@@ -158,7 +112,7 @@ impl Auth {
 
     /// The `WWW-Authenticate` challenge of a 401.
     pub(crate) fn challenge(&self) -> HeaderValue {
-        if self.basic.is_some() && self.bearer_key.is_none() && self.jwt.is_empty() {
+        if self.basic.is_some() && self.bearer_key.is_none() && self.jwt.is_none() {
             HeaderValue::from_static("Basic realm=\"grip-proxy\"")
         } else {
             HeaderValue::from_static("Bearer realm=\"grip-proxy\"")
@@ -182,7 +136,7 @@ fn jwt_reason(e: &jsonwebtoken::errors::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     fn now() -> u64 {
@@ -220,7 +174,7 @@ mod tests {
 
     #[test]
     fn none_configured_accepts_anything() {
-        let auth = Auth::new(&AuthConfig::default()).unwrap();
+        let auth = Auth::new(&AuthConfig::default());
         assert!(auth.check(&HeaderMap::new()).is_ok());
         assert!(auth.check(&headers("")).is_ok());
         assert!(auth.check(&headers("Bearer whatever")).is_ok());
@@ -228,15 +182,12 @@ mod tests {
 
     #[test]
     fn table() {
-        let cfg = AuthConfig {
-            bearer_key: Some(b"static-key".to_vec()),
-            jwt_key: Some(b"jwt-secret".to_vec()),
-            jwt_public_key: None,
-            jwt_iss: Some("publisher".into()),
-            jwt_leeway: 5,
-            basic: Some(("user".into(), b"pass".to_vec())),
-        };
-        let auth = Auth::new(&cfg).unwrap();
+        let cfg = crate::config::Config::from_toml_str(
+            "[control.auth]\nbearer_key = \"static-key\"\njwt_key = \"jwt-secret\"\njwt_iss = \"publisher\"\n\
+             basic_user = \"user\"\nbasic_password = \"pass\"\n[[routes]]\norigin = \"http://127.0.0.1:1\"",
+        )
+        .unwrap();
+        let auth = Auth::new(&cfg.control_auth);
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let cases: Vec<(String, Result<(), AuthError>)> = vec![
             ("Bearer static-key".into(), Ok(())),

@@ -30,7 +30,7 @@ pub(crate) fn serve(registry: &Registry, path: &str, query: Option<&str>) -> Res
     if name.is_empty() {
         return match Page::from_query(query) {
             Ok(page) => json(StatusCode::OK, &list(registry, page)),
-            Err(e) => json(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+            Err(e) => json(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
         };
     }
     match percent_encoding::percent_decode_str(name).decode_utf8() {
@@ -58,29 +58,49 @@ pub(crate) struct Page {
     pub offset: usize,
 }
 
+/// A query that asks for a page this endpoint does not serve: answered `400` with this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PageError {
+    /// `limit` or `offset` is not a number.
+    #[error("{key}: {value:?} is not a non-negative integer")]
+    NotANumber {
+        /// `limit` or `offset`.
+        key: &'static str,
+        /// As given.
+        value: String,
+    },
+    /// `limit` over [`MAX_LIMIT`].
+    #[error("limit: at most {MAX_LIMIT}")]
+    LimitTooLarge,
+    /// `offset + limit` over [`MAX_WINDOW`].
+    #[error("offset + limit: at most {MAX_WINDOW}")]
+    TooDeep,
+}
+
 impl Page {
     /// Parses `limit=N&offset=M` (both optional; other parameters are ignored).
-    pub(crate) fn from_query(query: Option<&str>) -> Result<Page, String> {
+    pub(crate) fn from_query(query: Option<&str>) -> Result<Page, PageError> {
         let mut page = Page {
             limit: DEFAULT_LIMIT,
             offset: 0,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let slot = match key {
-                "limit" => &mut page.limit,
-                "offset" => &mut page.offset,
+            let (key, slot) = match key {
+                "limit" => ("limit", &mut page.limit),
+                "offset" => ("offset", &mut page.offset),
                 _ => continue,
             };
-            *slot = value
-                .parse()
-                .map_err(|_| format!("{key}: {value:?} is not a non-negative integer"))?;
+            *slot = value.parse().map_err(|_| PageError::NotANumber {
+                key,
+                value: value.to_owned(),
+            })?;
         }
         if page.limit > MAX_LIMIT {
-            return Err(format!("limit: at most {MAX_LIMIT}"));
+            return Err(PageError::LimitTooLarge);
         }
-        if page.offset + page.limit > MAX_WINDOW {
-            return Err(format!("offset + limit: at most {MAX_WINDOW}"));
+        if page.offset.saturating_add(page.limit) > MAX_WINDOW {
+            return Err(PageError::TooDeep);
         }
         Ok(page)
     }
@@ -174,31 +194,34 @@ mod tests {
 
     #[test]
     fn page_rules() {
+        let page = |q| Page::from_query(q).map_err(|e| e.to_string());
         assert_eq!(
-            Page::from_query(None),
+            page(None),
             Ok(Page {
                 limit: 100,
                 offset: 0
             })
         );
         assert_eq!(
-            Page::from_query(Some("offset=5&x=y&limit=7")),
+            page(Some("offset=5&x=y&limit=7")),
             Ok(Page {
                 limit: 7,
                 offset: 5
             })
         );
+        assert_eq!(page(Some("limit=1001")), Err("limit: at most 1000".into()));
         assert_eq!(
-            Page::from_query(Some("limit=1001")),
-            Err("limit: at most 1000".into())
-        );
-        assert_eq!(
-            Page::from_query(Some("limit=1000&offset=9001")),
+            page(Some("limit=1000&offset=9001")),
             Err("offset + limit: at most 10000".into())
         );
         assert_eq!(
-            Page::from_query(Some("limit=-1")),
+            page(Some("limit=-1")),
             Err(r#"limit: "-1" is not a non-negative integer"#.into())
+        );
+        // An offset near the top of usize must not wrap past the window check.
+        assert_eq!(
+            page(Some(&format!("offset={}&limit=10", usize::MAX - 5))),
+            Err("offset + limit: at most 10000".into())
         );
     }
 

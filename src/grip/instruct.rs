@@ -98,7 +98,7 @@ fn hold(h: WireHold<'_>, max_channels: usize) -> Result<Hold, GripError> {
                 prev_id: c.prev_id.map(|p| p.0.as_ref().into()),
                 filters: c.filters.into_iter().map(|f| f.0.as_ref().into()).collect(),
             })
-            .map_err(|reason| GripError::new("instruct hold.channels", "", reason))?;
+            .map_err(|e| GripError::new("instruct hold.channels", "", e.to_string()))?;
     }
     let channels = channels.finish().map_err(|reason| {
         GripError::new("instruct hold.channels", "[]", format!("a hold {reason}"))

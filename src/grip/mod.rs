@@ -64,6 +64,11 @@ pub(crate) struct Channels {
     max: usize,
 }
 
+/// A hold naming more distinct channels than allowed (the limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many channels (more than {0}, at most hold.max_channels)")]
+pub(crate) struct TooManyChannels(pub(crate) usize);
+
 /// Channels scanned one by one for duplicates; past this many, a set is built.
 const SCAN_UP_TO: usize = 8;
 
@@ -77,7 +82,7 @@ impl Channels {
     }
 
     /// Adds one channel unless its name is already there. `Err`: one distinct name too many.
-    pub(crate) fn add(&mut self, sub: ChannelSub) -> Result<(), String> {
+    pub(crate) fn add(&mut self, sub: ChannelSub) -> Result<(), TooManyChannels> {
         let known = match &self.seen {
             Some(set) => set.contains(&sub.name),
             None => self.list.iter().any(|c| c.name == sub.name),
@@ -86,10 +91,7 @@ impl Channels {
             return Ok(());
         }
         if self.list.len() >= self.max {
-            return Err(format!(
-                "too many channels (more than {}, at most hold.max_channels)",
-                self.max
-            ));
+            return Err(TooManyChannels(self.max));
         }
         if let Some(set) = &mut self.seen {
             set.insert(sub.name.clone());

@@ -43,7 +43,7 @@ pub(crate) fn from_headers(
         for sub in channel_list(text("Grip-Channel", value.as_bytes())?)? {
             channels
                 .add(sub)
-                .map_err(|reason| GripError::new("Grip-Channel", "", reason))?;
+                .map_err(|e| GripError::new("Grip-Channel", "", e.to_string()))?;
         }
     }
     let channels = channels

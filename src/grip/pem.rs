@@ -3,6 +3,8 @@
 
 use base64::Engine as _;
 
+use crate::jwt::KeyError;
+
 /// `AlgorithmIdentifier { id-ecPublicKey, prime256v1 }`, DER.
 const P256_ALGORITHM: &[u8] = &[
     0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
@@ -12,7 +14,7 @@ const P256_ALGORITHM: &[u8] = &[
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// Returns a PKCS#8 PEM for a SEC1 P-256 PEM key; any other input is returned unchanged.
-pub(crate) fn normalize_ec_key(pem: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn normalize_ec_key(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
     let Ok(text) = std::str::from_utf8(pem) else {
         return Ok(pem.to_vec());
     };
@@ -26,13 +28,13 @@ pub(crate) fn normalize_ec_key(pem: &[u8]) -> Result<Vec<u8>, String> {
     let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
     let der = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|_| "invalid base64 in EC PRIVATE KEY".to_owned())?;
-    let pkcs8 =
-        sec1_to_pkcs8(&der).ok_or("EC PRIVATE KEY is not a P-256 (prime256v1) key in SEC1 form")?;
+        .map_err(|_| KeyError::EcBase64)?;
+    let pkcs8 = sec1_to_pkcs8(&der).ok_or(KeyError::NotP256)?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(pkcs8);
     let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
     for line in encoded.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        // Base64 is ASCII.
+        out.push_str(&String::from_utf8_lossy(line));
         out.push('\n');
     }
     out.push_str("-----END PRIVATE KEY-----\n");

@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+
+use crate::jwt::{JwtVerifier, KeyError, Rules};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -37,14 +39,14 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// A signer for issuer `iss`: `key` is the HS256 secret, or the PEM private key for RS256/ES256.
-    pub(crate) fn new(iss: &str, alg: Algorithm, key: &[u8]) -> Result<Self, String> {
+    pub(crate) fn new(iss: &str, alg: Algorithm, key: &[u8]) -> Result<Self, KeyError> {
         let key = match alg {
             Algorithm::HS256 => EncodingKey::from_secret(key),
             Algorithm::RS256 => EncodingKey::from_rsa_pem(key)
-                .map_err(|e| format!("not a PEM RSA private key: {e}"))?,
+                .map_err(|e| KeyError::NotRsaPrivateKey(e.to_string()))?,
             Algorithm::ES256 => EncodingKey::from_ec_pem(&super::pem::normalize_ec_key(key)?)
-                .map_err(|e| format!("not a PEM EC private key: {e}"))?,
-            other => return Err(format!("unsupported algorithm {other:?}")),
+                .map_err(|e| KeyError::NotEcPrivateKey(e.to_string()))?,
+            other => return Err(KeyError::Algorithm(format!("{other:?}"))),
         };
         let signer = Signer {
             iss: iss.to_owned(),
@@ -57,13 +59,13 @@ impl Signer {
         Ok(signer)
     }
 
-    /// The `Grip-Sig` header value for a request sent now.
-    pub(crate) fn header(&self) -> HeaderValue {
+    /// The `Grip-Sig` header value for a request sent now. The key signed at start-up ([`Signer::new`]); an
+    /// error here would be the JWT library's.
+    pub(crate) fn header(&self) -> Result<HeaderValue, KeyError> {
         self.try_header()
-            .expect("the key signed at start-up (Signer::new), and signing cannot fail later")
     }
 
-    fn try_header(&self) -> Result<HeaderValue, String> {
+    fn try_header(&self) -> Result<HeaderValue, KeyError> {
         let now = now_secs();
         let mut cached = self.cached.lock();
         if let Some((at, value)) = &*cached {
@@ -76,18 +78,17 @@ impl Signer {
             exp: now + SIG_LIFETIME_SECS,
         };
         let token = jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key)
-            .map_err(|e| format!("cannot sign: {e}"))?;
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
         let value = HeaderValue::from_str(&token)
-            .map_err(|_| "a JWT is not a valid header value".to_owned())?;
+            .map_err(|_| KeyError::Sign("a JWT is not a valid header value".into()))?;
         *cached = Some((now, value.clone()));
         Ok(value)
     }
 }
 
 /// Checks `Grip-Sig` tokens from a trusted GRIP proxy in front: valid signature under one of its keys, not expired.
-pub(crate) struct Verifier {
-    keys: Vec<(DecodingKey, Validation)>,
-}
+#[derive(Debug, Clone)]
+pub(crate) struct Verifier(JwtVerifier);
 
 impl Verifier {
     /// From an HS256 secret and/or a PEM public key (ES256 or RS256). A token is accepted up to `leeway`
@@ -96,28 +97,18 @@ impl Verifier {
         secret: Option<&[u8]>,
         public_pem: Option<&[u8]>,
         leeway: u64,
-    ) -> Result<Self, String> {
-        let keys = crate::control::auth::decoding_key(secret, public_pem)?
-            .into_iter()
-            .map(|(key, alg)| {
-                let mut v = Validation::new(alg);
-                v.set_required_spec_claims(&["exp"]);
-                v.leeway = leeway;
-                v.validate_nbf = true;
-                (key, v)
-            })
-            .collect();
-        Ok(Verifier { keys })
+    ) -> Result<Self, KeyError> {
+        let rules = Rules {
+            required: &["exp"],
+            issuer: None,
+            leeway,
+        };
+        JwtVerifier::new(secret, public_pem, rules).map(Verifier)
     }
 
     /// Whether `token` is valid under one of the keys.
     pub(crate) fn verify(&self, token: &[u8]) -> bool {
-        let Ok(token) = std::str::from_utf8(token) else {
-            return false;
-        };
-        self.keys
-            .iter()
-            .any(|(key, v)| jsonwebtoken::decode::<serde_json::Value>(token, key, v).is_ok())
+        std::str::from_utf8(token).is_ok_and(|t| self.0.check(t).is_ok())
     }
 }
 
@@ -144,13 +135,13 @@ mod tests {
     #[test]
     fn signs_and_verifies() {
         let s = Signer::new("pushpin", Algorithm::HS256, b"changeme").unwrap();
-        let token = s.header();
+        let token = s.header().unwrap();
         assert_eq!(
             verify(token.to_str().unwrap(), b"changeme").as_deref(),
             Some("pushpin")
         );
         assert!(verify(token.to_str().unwrap(), b"other").is_none());
-        assert_eq!(s.header(), token, "reused within the same second");
+        assert_eq!(s.header().unwrap(), token, "reused within the same second");
         let v = Verifier::new(Some(b"changeme"), None, 5).unwrap();
         assert!(v.verify(token.as_bytes()));
         assert!(!Verifier::new(Some(b"x"), None, 5)

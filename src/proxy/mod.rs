@@ -93,14 +93,7 @@ impl ProxyState {
             x_forwarded_proto: config.x_forwarded_proto,
             max_replay_body: config.origin.max_replay_body,
             request_buffer_size: config.request_buffer_size,
-            upstream: config.upstream.as_ref().map(|u| {
-                crate::grip::sig::Verifier::new(
-                    u.sig_key.as_deref(),
-                    u.sig_public_key.as_deref(),
-                    u.leeway,
-                )
-                .expect("upstream keys were checked when the config was validated")
-            }),
+            upstream: config.upstream.as_ref().map(|u| u.verifier.clone()),
             metrics,
             route_stats,
             held_responses: interned::Interned::default(),
@@ -295,7 +288,10 @@ where
     headers::to_origin(
         &mut headers,
         headers::Upstream {
-            grip_sig: route.signer.header(),
+            grip_sig: route
+                .signer
+                .header()
+                .map_err(|e| ProxyError::Internal(format!("cannot sign Grip-Sig: {e}")))?,
             client_addr: state.x_forwarded_for.then_some(client),
             proto: state.x_forwarded_proto.then_some("http"),
             trusted,
