@@ -35,6 +35,7 @@ pub mod config;
 pub mod error;
 pub mod front;
 pub mod grip;
+mod h1;
 pub mod hold;
 pub mod metrics;
 pub mod ops;
@@ -45,7 +46,6 @@ pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod server;
-mod sockio;
 
 pub use app::App;
 pub use config::Config;

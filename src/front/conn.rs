@@ -16,11 +16,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::body::RequestBody;
-use super::decode::{Decoded, Decoder};
-use super::encode::{self, OutFraming};
-use super::head::{self, Reject};
 use super::{ClientBodyError, Limits};
 use crate::body::{Body, BoxError};
+use crate::h1::decode::{Decoded, Decoder};
+use crate::h1::encode::{self, OutFraming};
+use crate::h1::request::{self, Reject};
+use crate::h1::socket;
 
 /// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
 /// arrives, so that an idle or parked connection owns no read buffer at all.
@@ -159,20 +160,20 @@ impl Conn {
     /// through. `Err`: the request is refused before the handler sees it.
     fn begin<H, F>(
         &mut self,
-        head: head::Head,
+        head: request::Head,
         handler: &H,
         peer: SocketAddr,
     ) -> Result<Begun<F>, Reject>
     where
         H: Fn(Request<RequestBody>, SocketAddr) -> F,
     {
-        let head::Head {
+        let request::Head {
             mut parts,
             framing,
             keep_alive,
             expect_continue,
         } = head;
-        if let head::Framing::Length(n) = framing {
+        if let request::Framing::Length(n) = framing {
             if n > self.limits.max_body {
                 tracing::info!(client.addr = %peer, length = n, limit = self.limits.max_body, "request body too large");
                 return Err(Reject {
@@ -216,11 +217,11 @@ impl Conn {
     async fn read_head(
         &mut self,
         stop: &CancellationToken,
-    ) -> io::Result<Result<Option<head::Head>, Reject>> {
+    ) -> io::Result<Result<Option<request::Head>, Reject>> {
         let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
         loop {
             if !self.buf.is_empty() {
-                match head::parse(&self.buf, self.limits.max_head) {
+                match request::parse(&self.buf, self.limits.max_head) {
                     Ok(Some((head, len))) => {
                         self.buf.advance(len);
                         return Ok(Ok(Some(head)));
@@ -249,7 +250,7 @@ impl Conn {
     /// One non-blocking read into the buffer. `Some(0)`: EOF; `None`: nothing there after all.
     fn read_some(&mut self) -> io::Result<Option<usize>> {
         let mut chunk = [0u8; READ_CHUNK];
-        match crate::sockio::try_read(&self.stream, &mut chunk) {
+        match socket::try_read(&self.stream, &mut chunk) {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(Some(n))
@@ -421,8 +422,7 @@ impl Conn {
             written += data.len() as u64;
             let chunked = framing == OutFraming::Chunked;
             let more = !body.is_end_stream();
-            let put =
-                crate::sockio::put_body_piece(&mut self.stream, &mut out, &data, chunked, more);
+            let put = socket::put_body_piece(&mut self.stream, &mut out, &data, chunked, more);
             tokio::time::timeout(write_timeout, put)
                 .await
                 .map_err(|_| write_timed_out())??;

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use http::Response;
 
 use crate::body::{self, Body};
-use crate::front::PreEncoded;
 use crate::grip::ResponseParts;
+use crate::h1::PreEncoded;
 use crate::publish::item::Item;
 
 /// One item on its way to the clients of one channel.

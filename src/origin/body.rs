@@ -14,7 +14,7 @@ use tokio::time::Sleep;
 use super::pool::{Conn, Pool, READ_CHUNK};
 use super::wire::ResponseFraming;
 use crate::body::BoxError;
-use crate::front::{Decoded, Decoder};
+use crate::h1::{Decoded, Decoder};
 
 /// The connection a body is read from, and how it is delimited.
 pub(super) struct Reading {
@@ -148,7 +148,7 @@ impl http_body::Body for OriginBody {
                         .into())));
                     }
                 }
-                match crate::sockio::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
+                match crate::h1::socket::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     other => break other,
                 }

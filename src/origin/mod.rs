@@ -216,7 +216,7 @@ async fn exchange(
         }
         let received_before = !conn.buf.is_empty();
         conn.buf.reserve(pool::READ_CHUNK);
-        let error = match crate::sockio::read_buf(&conn.stream, &mut conn.buf).await {
+        let error = match crate::h1::socket::read_buf(&conn.stream, &mut conn.buf).await {
             Ok(0) if received_before => {
                 OriginError::Invalid("connection closed in the middle of the response head")
             }
@@ -285,12 +285,12 @@ async fn write_request(
             continue;
         }
         let more = !body.is_end_stream();
-        crate::sockio::put_body_piece(&mut conn.stream, &mut out, &data, chunked, more)
+        crate::h1::socket::put_body_piece(&mut conn.stream, &mut out, &data, chunked, more)
             .await
             .map_err(OriginError::Io)?;
     }
     if chunked {
-        out.extend_from_slice(crate::front::LAST_CHUNK);
+        out.extend_from_slice(crate::h1::encode::LAST_CHUNK);
     }
     if !out.is_empty() {
         conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
@@ -311,7 +311,7 @@ async fn answered_early(
         .await
         .map_err(OriginError::Io)?;
     conn.buf.reserve(pool::READ_CHUNK);
-    match crate::sockio::try_read_buf(&conn.stream, &mut conn.buf) {
+    match crate::h1::socket::try_read_buf(&conn.stream, &mut conn.buf) {
         Ok(0) => Err(OriginError::Closed),
         Ok(_) => wire::parse_response_head(&mut conn.buf, is_head),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),

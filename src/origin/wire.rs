@@ -8,7 +8,7 @@ use http::uri::Authority;
 use http::{StatusCode, Version};
 
 use super::OriginError;
-use crate::front::{encode, Framing};
+use crate::h1::{encode, Framing};
 
 /// Largest response head accepted from an origin.
 const MAX_HEAD: usize = 64 * 1024;

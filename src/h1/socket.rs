@@ -70,7 +70,7 @@ pub(crate) async fn put_body_piece(
     more: bool,
 ) -> io::Result<()> {
     if chunked {
-        crate::front::chunk_header(out, data.len());
+        super::encode::chunk_header(out, data.len());
     }
     if out.len() + data.len() <= COALESCE_MAX {
         out.extend_from_slice(data);

@@ -1,10 +1,10 @@
-//! Message body decoding (`Content-Length` and `chunked`) over a connection's read buffer: request bodies here,
-//! response bodies in the origin client. Pure: it takes
-//! bytes out of a `BytesMut` and says what it needs next; the connection does the reading.
+//! Message body decoding (`Content-Length` and `chunked`) over a connection's read buffer: request bodies for the
+//! client-facing server, response bodies for the origin client. Pure: it takes bytes out of a `BytesMut` and says
+//! what it needs next; the connection does the reading.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::head::Framing;
+use super::request::Framing;
 
 /// Longest chunk-size line (size, extensions, without its CRLF) accepted; longer is an attack or a broken client.
 pub(crate) const MAX_CHUNK_LINE: usize = 4096;

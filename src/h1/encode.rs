@@ -97,7 +97,7 @@ pub(crate) fn head(
 /// request other than HEAD sends them, and its parts for any other connection. Travels as a response extension;
 /// cloning it shares both.
 #[derive(Debug, Clone)]
-pub struct PreEncoded(Arc<Encoded>);
+pub(crate) struct PreEncoded(Arc<Encoded>);
 
 #[derive(Debug)]
 struct Encoded {
@@ -107,7 +107,7 @@ struct Encoded {
 
 impl PreEncoded {
     /// Encodes `parts` as [`head`] and the connection's response writer would for a keep-alive HTTP/1.1 request.
-    pub fn new(parts: ResponseParts) -> Self {
+    pub(crate) fn new(parts: ResponseParts) -> Self {
         let resp = parts.to_response();
         let framing = framing(
             resp.status(),
@@ -139,7 +139,7 @@ impl PreEncoded {
     }
 
     /// The response's status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.0.parts.status
     }
 

@@ -1,0 +1,13 @@
+//! The HTTP/1.1 codec shared by the two roles, the client-facing server (`front`) and the origin client
+//! (`origin`): heads, body framing and decoding, encoding, and the socket IO they need. No role logic.
+
+pub(crate) mod decode;
+pub(crate) mod encode;
+#[cfg(test)]
+mod props;
+pub(crate) mod request;
+pub(crate) mod socket;
+
+pub(crate) use decode::{Decoded, Decoder};
+pub(crate) use encode::PreEncoded;
+pub(crate) use request::Framing;
