@@ -387,7 +387,7 @@ impl Conn {
             .get::<hyper::ext::ReasonPhrase>()
             .map(|r| r.as_bytes());
         let mut out = Vec::with_capacity(256);
-        encode::head(
+        encode::response_head(
             &mut out,
             parts.status,
             reason,
@@ -453,7 +453,7 @@ impl Conn {
         );
         let mut out = Vec::with_capacity(128 + body.len());
         let framing = OutFraming::Length(body.len() as u64);
-        encode::head(
+        encode::response_head(
             &mut out,
             reject.status,
             None,

@@ -1,10 +1,11 @@
-//! Response encoding: the status line and headers with our own framing (`Content-Length`, `chunked`, or
-//! close-delimited), and chunk framing. Pure functions writing into a `Vec<u8>`.
+//! Head encoding: a response's status line and headers, or a request's, with our own framing (`Content-Length`,
+//! `chunked`, or close-delimited), and chunk framing. Pure functions writing into a `Vec<u8>`.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
+use http::uri::Authority;
 use http::{Response, StatusCode, Version};
 
 use crate::body::Body;
@@ -47,7 +48,7 @@ pub(crate) fn framing(
 
 /// Writes the status line and headers. Framing and connection headers in `headers` are replaced by ours;
 /// with `NoBody` a given `Content-Length` is kept (it describes the body a GET would get), except for 204.
-pub(crate) fn head(
+pub(crate) fn response_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     reason: Option<&[u8]>,
@@ -93,6 +94,53 @@ pub(crate) fn head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body, no `Content-Length`.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Writes `METHOD target HTTP/1.1`, the headers (with our framing in place of any given), and `Host` when the
+/// request has none (an HTTP/1.0 client's).
+pub(crate) fn request_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    authority: &Authority,
+    framing: BodyFraming,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        field(out, b"host", authority.as_str().as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A response encoded once for many connections: its bytes as an HTTP/1.1 keep-alive connection answering a
 /// request other than HEAD sends them, and its parts for any other connection. Travels as a response extension;
 /// cloning it shares both.
@@ -106,7 +154,7 @@ struct Encoded {
 }
 
 impl PreEncoded {
-    /// Encodes `parts` as [`head`] and the connection's response writer would for a keep-alive HTTP/1.1 request.
+    /// Encodes `parts` as [`response_head`] and the connection's response writer would for a keep-alive HTTP/1.1 request.
     pub(crate) fn new(parts: ResponseParts) -> Self {
         let resp = parts.to_response();
         let framing = framing(
@@ -120,7 +168,7 @@ impl PreEncoded {
             .get::<hyper::ext::ReasonPhrase>()
             .map(|r| r.as_bytes());
         let mut wire = Vec::with_capacity(256 + parts.body.len());
-        head(
+        response_head(
             &mut wire,
             resp.status(),
             reason,
@@ -219,7 +267,7 @@ mod tests {
             );
         }
         let mut out = Vec::new();
-        head(
+        response_head(
             &mut out,
             StatusCode::from_u16(status).unwrap(),
             None,
@@ -293,5 +341,24 @@ mod tests {
         let mut out = Vec::new();
         chunk_header(&mut out, 255);
         assert_eq!(out, b"ff\r\n");
+    }
+
+    #[test]
+    fn request_head() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("http://127.0.0.1:8080/a?b=1")
+            .header("x-one", "1")
+            .header("content-length", "999")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let authority = parts.uri.authority().unwrap().clone();
+        let mut out = Vec::new();
+        super::request_head(&mut out, &parts, &authority, BodyFraming::Length(3));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nx-one: 1\r\ncontent-length: 3\r\n\r\n"
+        );
     }
 }

@@ -6,8 +6,12 @@ pub(crate) mod encode;
 #[cfg(test)]
 mod props;
 pub(crate) mod request;
+pub(crate) mod response;
 pub(crate) mod socket;
 
 pub(crate) use decode::{Decoded, Decoder};
 pub(crate) use encode::PreEncoded;
 pub(crate) use request::Framing;
+
+/// Most header fields in a head, request or response (hyper's default).
+pub(crate) const MAX_HEADERS: usize = 100;

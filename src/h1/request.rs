@@ -4,8 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-/// Most header fields in a request (hyper's default).
-pub(crate) const MAX_HEADERS: usize = 100;
+use super::MAX_HEADERS;
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

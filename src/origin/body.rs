@@ -12,9 +12,9 @@ use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::pool::{Conn, Pool, READ_CHUNK};
-use super::wire::ResponseFraming;
 use crate::body::BoxError;
-use crate::h1::{Decoded, Decoder};
+use crate::h1::response::ResponseFraming;
+use crate::h1::{socket, Decoded, Decoder};
 
 /// The connection a body is read from, and how it is delimited.
 pub(super) struct Reading {
@@ -148,7 +148,7 @@ impl http_body::Body for OriginBody {
                         .into())));
                     }
                 }
-                match crate::h1::socket::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
+                match socket::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     other => break other,
                 }
