@@ -19,9 +19,9 @@ use super::body::RequestBody;
 use super::{ClientBodyError, Limits};
 use crate::body::{Body, BoxError};
 use crate::h1::decode::{Decoded, Decoder};
-use crate::h1::encode::{self, OutFraming};
+use crate::h1::encode;
 use crate::h1::request::{self, Reject};
-use crate::h1::socket;
+use crate::h1::{socket, Framing};
 
 /// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
 /// arrives, so that an idle or parked connection owns no read buffer at all.
@@ -173,7 +173,7 @@ impl Conn {
             keep_alive,
             expect_continue,
         } = head;
-        if let request::Framing::Length(n) = framing {
+        if let Framing::Length(n) = framing {
             if n > self.limits.max_body {
                 tracing::info!(client.addr = %peer, length = n, limit = self.limits.max_body, "request body too large");
                 return Err(Reject {
@@ -380,8 +380,9 @@ impl Conn {
             None => resp,
         };
         let (parts, mut body) = resp.into_parts();
-        let framing = encode::framing(parts.status, is_head, body.size_hint().exact(), version);
-        let keep_alive = keep_alive && framing != OutFraming::Close;
+        let framing =
+            encode::response_framing(parts.status, is_head, body.size_hint().exact(), version);
+        let keep_alive = keep_alive && framing != Framing::Close;
         let reason = parts
             .extensions
             .get::<hyper::ext::ReasonPhrase>()
@@ -397,7 +398,7 @@ impl Conn {
             version,
         );
         let write_timeout = self.limits.write_timeout;
-        if framing == OutFraming::NoBody {
+        if framing == Framing::Empty {
             write_timed(&mut self.stream, &out, write_timeout).await?;
             return Ok(keep_alive);
         }
@@ -420,7 +421,7 @@ impl Conn {
                 continue;
             }
             written += data.len() as u64;
-            let chunked = framing == OutFraming::Chunked;
+            let chunked = framing == Framing::Chunked;
             let more = !body.is_end_stream();
             let put = socket::put_body_piece(&mut self.stream, &mut out, &data, chunked, more);
             tokio::time::timeout(write_timeout, put)
@@ -428,8 +429,8 @@ impl Conn {
                 .map_err(|_| write_timed_out())??;
         }
         match framing {
-            OutFraming::Chunked => out.extend_from_slice(encode::LAST_CHUNK),
-            OutFraming::Length(n) if n != written => {
+            Framing::Chunked => out.extend_from_slice(encode::LAST_CHUNK),
+            Framing::Length(n) if n != written => {
                 tracing::warn!(
                     declared = n,
                     written,
@@ -452,7 +453,7 @@ impl Conn {
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         let mut out = Vec::with_capacity(128 + body.len());
-        let framing = OutFraming::Length(body.len() as u64);
+        let framing = Framing::Length(body.len() as u64);
         encode::response_head(
             &mut out,
             reject.status,

@@ -8,52 +8,41 @@ use http::header::{self, HeaderMap};
 use http::uri::Authority;
 use http::{Response, StatusCode, Version};
 
+use super::Framing;
 use crate::body::Body;
 use crate::grip::ResponseParts;
 
-/// How the response body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OutFraming {
-    /// No body is written (HEAD, 1xx, 204, 304); headers are written as given.
-    NoBody,
-    /// `Content-Length: n`, then n bytes.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-    /// HTTP/1.0 client, unknown length: the body ends when the connection closes.
-    Close,
-}
-
-/// Chooses the framing for a response to a request of `version` (and `head` = HEAD method).
-pub(crate) fn framing(
+/// Chooses the framing for a response to a request of `version` (and `head` = HEAD method): no body for HEAD,
+/// 1xx, 204 and 304 (headers are written as given); for an HTTP/1.0 client of unknown length, until close.
+pub(crate) fn response_framing(
     status: StatusCode,
     head: bool,
     exact_len: Option<u64>,
     version: Version,
-) -> OutFraming {
+) -> Framing {
     if head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        OutFraming::NoBody
+        Framing::Empty
     } else if let Some(n) = exact_len {
-        OutFraming::Length(n)
+        Framing::Length(n)
     } else if version == Version::HTTP_11 {
-        OutFraming::Chunked
+        Framing::Chunked
     } else {
-        OutFraming::Close
+        Framing::Close
     }
 }
 
 /// Writes the status line and headers. Framing and connection headers in `headers` are replaced by ours;
-/// with `NoBody` a given `Content-Length` is kept (it describes the body a GET would get), except for 204.
+/// with `Empty` a given `Content-Length` is kept (it describes the body a GET would get), except for 204.
 pub(crate) fn response_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     reason: Option<&[u8]>,
     headers: &HeaderMap,
-    framing: OutFraming,
+    framing: Framing,
     keep_alive: bool,
     version: Version,
 ) {
@@ -69,22 +58,22 @@ pub(crate) fn response_head(
             continue;
         }
         if name == header::CONTENT_LENGTH
-            && (framing != OutFraming::NoBody || status == StatusCode::NO_CONTENT)
+            && (framing != Framing::Empty || status == StatusCode::NO_CONTENT)
         {
             continue;
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        OutFraming::Length(n) => {
+        Framing::Length(n) => {
             field(
                 out,
                 b"content-length",
                 itoa::Buffer::new().format(n).as_bytes(),
             );
         }
-        OutFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        OutFraming::NoBody | OutFraming::Close => {}
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {}
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
@@ -94,24 +83,14 @@ pub(crate) fn response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// How the request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyFraming {
-    /// No body, no `Content-Length`.
-    None,
-    /// `Content-Length: n`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-}
-
 /// Writes `METHOD target HTTP/1.1`, the headers (with our framing in place of any given), and `Host` when the
-/// request has none (an HTTP/1.0 client's).
+/// request has none (an HTTP/1.0 client's). `Empty` writes no `Content-Length`; a request is never
+/// close-delimited, so `Close` writes no framing either.
 pub(crate) fn request_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,
     authority: &Authority,
-    framing: BodyFraming,
+    framing: Framing,
 ) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -128,15 +107,15 @@ pub(crate) fn request_head(
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        BodyFraming::None => {}
-        BodyFraming::Length(n) => {
+        Framing::Empty | Framing::Close => {}
+        Framing::Length(n) => {
             field(
                 out,
                 b"content-length",
                 itoa::Buffer::new().format(n).as_bytes(),
             );
         }
-        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -157,7 +136,7 @@ impl PreEncoded {
     /// Encodes `parts` as [`response_head`] and the connection's response writer would for a keep-alive HTTP/1.1 request.
     pub(crate) fn new(parts: ResponseParts) -> Self {
         let resp = parts.to_response();
-        let framing = framing(
+        let framing = response_framing(
             resp.status(),
             false,
             Some(parts.body.len() as u64),
@@ -177,7 +156,7 @@ impl PreEncoded {
             true,
             Version::HTTP_11,
         );
-        if let OutFraming::Length(_) = framing {
+        if let Framing::Length(_) = framing {
             wire.extend_from_slice(&parts.body);
         }
         PreEncoded(Arc::new(Encoded {
@@ -253,12 +232,7 @@ mod tests {
             .is_none());
     }
 
-    fn encode(
-        status: u16,
-        headers: &[(&str, &str)],
-        framing: OutFraming,
-        keep_alive: bool,
-    ) -> String {
+    fn encode(status: u16, headers: &[(&str, &str)], framing: Framing, keep_alive: bool) -> String {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
             map.append(
@@ -288,14 +262,14 @@ mod tests {
                 ("transfer-encoding", "gzip"),
                 ("x", "1"),
             ],
-            OutFraming::Length(5),
+            Framing::Length(5),
             true,
         );
         assert_eq!(s, "HTTP/1.1 200 OK\r\nx: 1\r\ncontent-length: 5\r\n\r\n");
         let s = encode(
             200,
             &[("connection", "keep-alive")],
-            OutFraming::Chunked,
+            Framing::Chunked,
             false,
         );
         assert_eq!(
@@ -305,38 +279,38 @@ mod tests {
         let s = encode(
             304,
             &[("etag", "\"v1\""), ("content-length", "12")],
-            OutFraming::NoBody,
+            Framing::Empty,
             true,
         );
         assert_eq!(
             s,
             "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 12\r\n\r\n"
         );
-        let s = encode(204, &[("content-length", "0")], OutFraming::NoBody, true);
+        let s = encode(204, &[("content-length", "0")], Framing::Empty, true);
         assert_eq!(s, "HTTP/1.1 204 No Content\r\n\r\n");
     }
 
     #[test]
     fn choose_framing() {
         assert_eq!(
-            framing(StatusCode::OK, true, Some(5), Version::HTTP_11),
-            OutFraming::NoBody
+            response_framing(StatusCode::OK, true, Some(5), Version::HTTP_11),
+            Framing::Empty
         );
         assert_eq!(
-            framing(StatusCode::NOT_MODIFIED, false, Some(5), Version::HTTP_11),
-            OutFraming::NoBody
+            response_framing(StatusCode::NOT_MODIFIED, false, Some(5), Version::HTTP_11),
+            Framing::Empty
         );
         assert_eq!(
-            framing(StatusCode::OK, false, Some(5), Version::HTTP_11),
-            OutFraming::Length(5)
+            response_framing(StatusCode::OK, false, Some(5), Version::HTTP_11),
+            Framing::Length(5)
         );
         assert_eq!(
-            framing(StatusCode::OK, false, None, Version::HTTP_11),
-            OutFraming::Chunked
+            response_framing(StatusCode::OK, false, None, Version::HTTP_11),
+            Framing::Chunked
         );
         assert_eq!(
-            framing(StatusCode::OK, false, None, Version::HTTP_10),
-            OutFraming::Close
+            response_framing(StatusCode::OK, false, None, Version::HTTP_10),
+            Framing::Close
         );
         let mut out = Vec::new();
         chunk_header(&mut out, 255);
@@ -355,7 +329,7 @@ mod tests {
         let (parts, ()) = req.into_parts();
         let authority = parts.uri.authority().unwrap().clone();
         let mut out = Vec::new();
-        super::request_head(&mut out, &parts, &authority, BodyFraming::Length(3));
+        super::request_head(&mut out, &parts, &authority, Framing::Length(3));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nx-one: 1\r\ncontent-length: 3\r\n\r\n"

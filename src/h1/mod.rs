@@ -3,6 +3,7 @@
 
 pub(crate) mod decode;
 pub(crate) mod encode;
+mod framing;
 #[cfg(test)]
 mod props;
 pub(crate) mod request;
@@ -11,7 +12,7 @@ pub(crate) mod socket;
 
 pub(crate) use decode::{Decoded, Decoder};
 pub(crate) use encode::PreEncoded;
-pub(crate) use request::Framing;
+pub(crate) use framing::Framing;
 
 /// Most header fields in a head, request or response (hyper's default).
 pub(crate) const MAX_HEADERS: usize = 100;

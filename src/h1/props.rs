@@ -5,7 +5,8 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::decode::{Decoded, Decoder};
-use super::request::{self, Framing};
+use super::request;
+use super::Framing;
 
 /// Feeds `input` to the head parser and body decoder in pieces cut at `cuts`, as a connection would.
 fn run(input: &[u8], cuts: &[usize]) -> Result<Option<(request::Head, Vec<u8>)>, String> {

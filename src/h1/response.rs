@@ -6,7 +6,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
-use super::{Framing, MAX_HEADERS};
+use super::framing::{content_length, Framing};
+use super::MAX_HEADERS;
 
 /// Largest response head accepted from an origin.
 const MAX_HEAD: usize = 64 * 1024;
@@ -16,19 +17,11 @@ const MAX_HEAD: usize = 64 * 1024;
 #[error("invalid response: {0}")]
 pub(crate) struct HeadError(pub(crate) &'static str);
 
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ResponseFraming {
-    /// By length, chunks, or not at all.
-    Framed(Framing),
-    /// Until the origin closes the connection.
-    Close,
-}
-
 /// A parsed response head.
 pub(crate) struct Head {
     pub(crate) parts: http::response::Parts,
-    pub(crate) framing: ResponseFraming,
+    /// Body delimitation: any of the four, `Close` included.
+    pub(crate) framing: Framing,
     /// The connection may carry another request once the body is read.
     pub(crate) reusable: bool,
 }
@@ -121,9 +114,9 @@ fn framing(
     status: StatusCode,
     is_head: bool,
     headers: &HeaderMap,
-) -> Result<(ResponseFraming, bool), HeadError> {
+) -> Result<(Framing, bool), HeadError> {
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((ResponseFraming::Framed(Framing::Empty), true));
+        return Ok((Framing::Empty, true));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         let last = headers
@@ -136,32 +129,15 @@ fn framing(
         // With a Content-Length too, the message is suspect: read it by its coding, then close (RFC 9112 6.3).
         let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
         return Ok(if chunked {
-            (ResponseFraming::Framed(Framing::Chunked), reusable)
+            (Framing::Chunked, reusable)
         } else {
-            (ResponseFraming::Close, false)
+            (Framing::Close, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(HeadError("invalid Content-Length"));
-            }
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(HeadError("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => (ResponseFraming::Framed(Framing::Empty), true),
-        Some(n) => (ResponseFraming::Framed(Framing::Length(n)), true),
-        None => (ResponseFraming::Close, false),
+    Ok(match content_length(headers).map_err(HeadError)? {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
     })
 }
 
@@ -190,57 +166,59 @@ mod tests {
         super::parse(&mut buf, is_head)
     }
 
-    fn framing_of(raw: &str) -> (ResponseFraming, bool) {
+    fn framing_of(raw: &str) -> (Framing, bool) {
         let p = parse(raw, false).unwrap().unwrap();
         (p.framing, p.reusable)
     }
 
     #[test]
     fn framings() {
-        use ResponseFraming::*;
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
-            (Framed(Framing::Length(5)), true)
+            (Framing::Length(5), true)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
-            (Framed(Framing::Length(5)), true)
+            (Framing::Length(5), true)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
-            (Framed(Framing::Chunked), true)
+            (Framing::Chunked, true)
         );
         assert_eq!(
             framing_of(
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"
             ),
-            (Framed(Framing::Chunked), false)
+            (Framing::Chunked, false)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            (Close, false)
+            (Framing::Close, false)
         );
-        assert_eq!(framing_of("HTTP/1.1 200 OK\r\n\r\n"), (Close, false));
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\n\r\n"),
+            (Framing::Close, false)
+        );
         assert_eq!(
             framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
-            (Framed(Framing::Empty), true)
+            (Framing::Empty, true)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
-            (Framed(Framing::Empty), false)
+            (Framing::Empty, false)
         );
         assert_eq!(
             framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
-            (Framed(Framing::Length(1)), false)
+            (Framing::Length(1), false)
         );
         assert_eq!(
             framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nConnection: Keep-Alive\r\n\r\n"),
-            (Framed(Framing::Length(1)), true)
+            (Framing::Length(1), true)
         );
         let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
             .unwrap()
             .unwrap();
-        assert_eq!(head.framing, Framed(Framing::Empty));
+        assert_eq!(head.framing, Framing::Empty);
     }
 
     #[test]

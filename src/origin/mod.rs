@@ -17,8 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
-use crate::h1::encode::{self, BodyFraming};
-use crate::h1::{response, socket};
+use crate::h1::{encode, response, socket, Framing};
 pub use body::OriginBody;
 use pool::{Conn, Pool};
 
@@ -118,22 +117,21 @@ impl Client {
             .ok_or(OriginError::Invalid("request URI has no authority"))?;
         let framing = if body.is_end_stream() {
             if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
-                BodyFraming::Length(0)
+                Framing::Length(0)
             } else {
-                BodyFraming::None
+                Framing::Empty
             }
         } else {
             match body.size_hint().exact() {
-                Some(n) => BodyFraming::Length(n),
-                None => BodyFraming::Chunked,
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked,
             }
         };
         let mut head = Vec::with_capacity(512);
         encode::request_head(&mut head, &parts, &authority, framing);
         let is_head = parts.method == http::Method::HEAD;
         let key = authority.as_str();
-        let mut body =
-            (!matches!(framing, BodyFraming::None | BodyFraming::Length(0))).then_some(body);
+        let mut body = (!matches!(framing, Framing::Empty | Framing::Length(0))).then_some(body);
         loop {
             let (conn, reused) = match self.pool.checkout(key) {
                 Some(conn) => (conn, true),
@@ -188,7 +186,7 @@ async fn exchange(
     mut conn: Conn,
     head: &[u8],
     body: Option<&mut Body>,
-    framing: BodyFraming,
+    framing: Framing,
     is_head: bool,
     read_timeout: Duration,
 ) -> Result<(http::response::Parts, body::Reading), Failed> {
@@ -256,7 +254,7 @@ async fn write_request(
     conn: &mut Conn,
     head: &[u8],
     body: Option<&mut Body>,
-    framing: BodyFraming,
+    framing: Framing,
     is_head: bool,
     body_touched: &mut bool,
 ) -> Result<Sent, OriginError> {
@@ -264,7 +262,7 @@ async fn write_request(
         conn.stream.write_all(head).await.map_err(OriginError::Io)?;
         return Ok(Sent::Whole);
     };
-    let chunked = framing == BodyFraming::Chunked;
+    let chunked = framing == Framing::Chunked;
     let mut out = Vec::with_capacity(head.len() + 1024);
     out.extend_from_slice(head);
     loop {
