@@ -27,13 +27,6 @@ use crate::h1::{socket, Framing};
 /// arrives, so that an idle or parked connection owns no read buffer at all.
 const READ_CHUNK: usize = 8192;
 
-/// Waits until the socket is readable (or closed). Uses the socket's own reader slot through `poll_read_ready`
-/// rather than `readable()`, whose future carries a 152-byte waiter node: this wait is what every parked
-/// connection is doing.
-async fn read_ready(stream: &TcpStream) -> io::Result<()> {
-    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
-}
-
 /// What happened while the handler ran.
 enum Event {
     /// Progress (body bytes passed on, or pipelined bytes buffered).
@@ -232,7 +225,7 @@ impl Conn {
             }
             let idle = self.buf.is_empty();
             tokio::select! {
-                r = read_ready(&self.stream) => r?,
+                r = socket::read_ready(&self.stream) => r?,
                 _ = tokio::time::sleep_until(deadline) => {
                     if !idle {
                         return Ok(Err(Reject { status: StatusCode::REQUEST_TIMEOUT, reason: "request head not received in time" }));
@@ -333,7 +326,7 @@ impl Conn {
             // inline it would size every parked connection's future.
             let waited = Box::pin(tokio::time::timeout(
                 self.limits.body_read_timeout,
-                read_ready(&self.stream),
+                socket::read_ready(&self.stream),
             ))
             .await;
             match waited {
@@ -349,7 +342,7 @@ impl Conn {
         } else if self.buf.len() >= self.limits.max_head {
             return Ok(Event::Quiet);
         } else {
-            read_ready(&self.stream).await?;
+            socket::read_ready(&self.stream).await?;
         }
         match self.read_some() {
             Ok(Some(0)) | Err(_) => {

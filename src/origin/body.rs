@@ -114,26 +114,20 @@ impl http_body::Body for OriginBody {
                 }
             }
             reading.conn.buf.reserve(READ_CHUNK);
-            let read = loop {
-                match reading.conn.stream.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => break Err(e),
-                    Poll::Pending => {
-                        let timeout = reading.read_timeout;
-                        let idle = reading
-                            .idle
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                        ready!(idle.as_mut().poll(cx));
-                        this.reading = None;
-                        return Poll::Ready(Some(Err(format!(
-                            "origin sent no body bytes for {timeout:?} (origin.body_read_timeout_secs)"
-                        )
-                        .into())));
-                    }
-                }
-                match socket::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    other => break other,
+            let read = match socket::poll_read_buf(&reading.conn.stream, &mut reading.conn.buf, cx)
+            {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
+                    let timeout = reading.read_timeout;
+                    let idle = reading
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    ready!(idle.as_mut().poll(cx));
+                    this.reading = None;
+                    return Poll::Ready(Some(Err(format!(
+                        "origin sent no body bytes for {timeout:?} (origin.body_read_timeout_secs)"
+                    )
+                    .into())));
                 }
             };
             match read {

@@ -309,7 +309,7 @@ async fn answered_early(
     conn: &mut Conn,
     is_head: bool,
 ) -> Result<Option<response::Head>, OriginError> {
-    std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx))
+    socket::read_ready(&conn.stream)
         .await
         .map_err(OriginError::Io)?;
     conn.buf.reserve(pool::READ_CHUNK);
