@@ -21,7 +21,7 @@ use crate::body::{Body, BoxError};
 use crate::h1::decode::{Decoded, Decoder};
 use crate::h1::encode;
 use crate::h1::request::{self, Reject};
-use crate::h1::{socket, Framing};
+use crate::h1::{socket, Framing, PreEncoded};
 
 /// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
 /// arrives, so that an idle or parked connection owns no read buffer at all.
@@ -363,7 +363,7 @@ impl Conn {
         version: Version,
         keep_alive: bool,
     ) -> io::Result<bool> {
-        let resp = match resp.extensions().get::<encode::PreEncoded>() {
+        let resp = match resp.extensions().get::<PreEncoded>() {
             // A release shared by many clients: its bytes are ready when the connection is what they were made for.
             Some(pre) if version == Version::HTTP_11 && !is_head && keep_alive => {
                 write_timed(&mut self.stream, pre.wire(), self.limits.write_timeout).await?;

@@ -1,16 +1,11 @@
 //! Head encoding: a response's status line and headers, or a request's, with our own framing (`Content-Length`,
 //! `chunked`, or close-delimited), and chunk framing. Pure functions writing into a `Vec<u8>`.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::uri::Authority;
-use http::{Response, StatusCode, Version};
+use http::{StatusCode, Version};
 
 use super::Framing;
-use crate::body::Body;
-use crate::grip::ResponseParts;
 
 /// Chooses the framing for a response to a request of `version` (and `head` = HEAD method): no body for HEAD,
 /// 1xx, 204 and 304 (headers are written as given); for an HTTP/1.0 client of unknown length, until close.
@@ -120,67 +115,6 @@ pub(crate) fn request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// A response encoded once for many connections: its bytes as an HTTP/1.1 keep-alive connection answering a
-/// request other than HEAD sends them, and its parts for any other connection. Travels as a response extension;
-/// cloning it shares both.
-#[derive(Debug, Clone)]
-pub(crate) struct PreEncoded(Arc<Encoded>);
-
-#[derive(Debug)]
-struct Encoded {
-    parts: ResponseParts,
-    wire: Bytes,
-}
-
-impl PreEncoded {
-    /// Encodes `parts` as [`response_head`] and the connection's response writer would for a keep-alive HTTP/1.1 request.
-    pub(crate) fn new(parts: ResponseParts) -> Self {
-        let resp = parts.to_response();
-        let framing = response_framing(
-            resp.status(),
-            false,
-            Some(parts.body.len() as u64),
-            Version::HTTP_11,
-        );
-        let reason = resp
-            .extensions()
-            .get::<hyper::ext::ReasonPhrase>()
-            .map(|r| r.as_bytes());
-        let mut wire = Vec::with_capacity(256 + parts.body.len());
-        response_head(
-            &mut wire,
-            resp.status(),
-            reason,
-            resp.headers(),
-            framing,
-            true,
-            Version::HTTP_11,
-        );
-        if let Framing::Length(_) = framing {
-            wire.extend_from_slice(&parts.body);
-        }
-        PreEncoded(Arc::new(Encoded {
-            parts,
-            wire: wire.into(),
-        }))
-    }
-
-    /// The response's status.
-    pub(crate) fn status(&self) -> StatusCode {
-        self.0.parts.status
-    }
-
-    /// The whole response for a keep-alive HTTP/1.1 connection, request other than HEAD.
-    pub(crate) fn wire(&self) -> &Bytes {
-        &self.0.wire
-    }
-
-    /// The response, to be encoded for the connection at hand.
-    pub(crate) fn response(&self) -> Response<Body> {
-        self.0.parts.to_response()
-    }
-}
-
 /// One header field line.
 pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -201,36 +135,6 @@ pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn pre_encoded_responses_are_whole_keep_alive_messages() {
-        let parts = |status: u16, reason: Option<&'static str>, body: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("etag", HeaderValue::from_static("\"2\""));
-            ResponseParts {
-                status: StatusCode::from_u16(status).unwrap(),
-                reason: reason.map(|r| Bytes::from_static(r.as_bytes())),
-                headers,
-                body: Bytes::from_static(body.as_bytes()),
-            }
-        };
-        let ok = PreEncoded::new(parts(200, None, "news"));
-        assert_eq!(
-            &ok.wire()[..],
-            b"HTTP/1.1 200 OK\r\netag: \"2\"\r\ncontent-length: 4\r\n\r\nnews"
-        );
-        assert_eq!(ok.status(), StatusCode::OK);
-        let not_modified = PreEncoded::new(parts(304, Some("Same"), "no body for a 304"));
-        assert_eq!(
-            &not_modified.wire()[..],
-            b"HTTP/1.1 304 Same\r\netag: \"2\"\r\n\r\n"
-        );
-        assert!(not_modified
-            .response()
-            .headers()
-            .get("content-length")
-            .is_none());
-    }
 
     fn encode(status: u16, headers: &[(&str, &str)], framing: Framing, keep_alive: bool) -> String {
         let mut map = HeaderMap::new();

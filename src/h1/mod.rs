@@ -4,6 +4,8 @@
 pub(crate) mod decode;
 pub(crate) mod encode;
 mod framing;
+mod hop;
+mod pre_encoded;
 #[cfg(test)]
 mod props;
 pub(crate) mod request;
@@ -11,8 +13,9 @@ pub(crate) mod response;
 pub(crate) mod socket;
 
 pub(crate) use decode::{Decoded, Decoder};
-pub(crate) use encode::PreEncoded;
 pub(crate) use framing::Framing;
+pub(crate) use hop::{is_hop_by_hop, strip_hop_by_hop};
+pub(crate) use pre_encoded::PreEncoded;
 
 /// Most header fields in a head, request or response (hyper's default).
 pub(crate) const MAX_HEADERS: usize = 100;
