@@ -1,5 +1,5 @@
-//! The client-facing HTTP/1.1 server: our own lean connection handling (httparse for heads, RFC 9112 framing),
-//! so that a parked long-poll costs a small task and no buffers. The control API keeps hyper's server.
+//! The client-facing HTTP/1.1 server, the server role of the `h1` codec: lean connection handling, so that a
+//! parked long-poll costs a small task and no buffers. The control API keeps hyper's server.
 
 mod body;
 mod conn;

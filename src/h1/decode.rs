@@ -1,6 +1,5 @@
-//! Message body decoding (`Content-Length` and `chunked`) over a connection's read buffer: request bodies for the
-//! client-facing server, response bodies for the origin client. Pure: it takes bytes out of a `BytesMut` and says
-//! what it needs next; the connection does the reading.
+//! Message body decoding (`Content-Length`, `chunked`, until close) over a connection's read buffer, requests and
+//! responses alike. Pure: it takes bytes out of a `BytesMut` and says what it needs next; the caller reads.
 
 use bytes::{Buf, Bytes, BytesMut};
 

@@ -1,6 +1,5 @@
-//! Response heads, parsed with `httparse`, with their RFC 9112 framing (section 6.3: no body for HEAD, 1xx, 204
-//! and 304; `chunked` last; one unambiguous `Content-Length`; otherwise the body ends when the connection closes).
-//! Pure functions, no IO.
+//! Response heads, parsed with `httparse`, and their RFC 9112 section 6.3 framing (no body for HEAD, 1xx, 204, 304;
+//! `chunked` last; one unambiguous `Content-Length`; else until the connection closes). Pure functions, no IO.
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

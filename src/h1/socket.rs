@@ -1,8 +1,5 @@
-//! Socket IO shared by the client-facing server and the origin client: the one readiness wait, writing body pieces
-//! (chunk framing and coalescing), and reads that tell the runtime when a socket has been drained. A read that returns fewer bytes than asked
-//! for took everything the kernel had, so the runtime's cached readiness is cleared there and then; otherwise it
-//! stays set until a read fails with `WouldBlock`, and the next wait costs a `recv` syscall that finds nothing.
-//! Measured: one such syscall per origin exchange and one per client request.
+//! Socket IO for both roles: the one readiness wait, reads that tell the runtime when a socket has been drained,
+//! and writing body pieces (chunk framing and coalescing).
 
 use std::io;
 use std::task::{ready, Context, Poll};
@@ -24,6 +21,11 @@ pub(crate) fn try_read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Result
 }
 
 /// Runs `read` (asked for `want` bytes) and clears the readiness the runtime observed when it read fewer.
+///
+/// A read that returns fewer bytes than asked for took everything the kernel had, so the runtime's cached
+/// readiness is cleared there and then; otherwise it stays set until a read fails with `WouldBlock`, and the next
+/// wait costs a `recv` syscall that finds nothing. Measured: one such syscall per origin exchange and one per
+/// client request.
 fn read_clearing(
     stream: &TcpStream,
     want: usize,
