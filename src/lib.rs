@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`app`]: binds the listeners, builds shared state, runs and stops everything.
 //! - [`front`]: the client-facing HTTP/1.1 server (our own: a parked request keeps no buffers).
+//! - [`origin`]: the HTTP/1.1 client toward origins (pooled keep-alive connections, run in the caller's task).
+//! - `h1`: the HTTP/1.1 codec both use (heads, one framing type, body decoding, encoding, socket IO, hop-by-hop).
 //! - [`server`]: the control API's accept loop (hyper) and its graceful drain.
 //! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`].
 //! - [`routes`]: (host, path prefix) to origin and `Grip-Sig` signer.
@@ -37,6 +39,7 @@ mod control;
 mod error;
 pub mod front;
 mod grip;
+mod h1;
 mod hold;
 mod item;
 mod jwt;
@@ -46,7 +49,6 @@ mod proxy;
 mod reload;
 mod routes;
 mod secret;
-mod sockio;
 
 pub use app::App;
 pub use bus::Status as BusStatus;

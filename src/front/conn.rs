@@ -16,22 +16,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::body::RequestBody;
-use super::decode::{Decoded, Decoder};
-use super::encode::{self, OutFraming};
-use super::head::{self, Reject};
 use super::{ClientBodyError, Limits};
 use crate::body::{Body, BoxError};
+use crate::h1::decode::{Decoded, Decoder};
+use crate::h1::encode;
+use crate::h1::request::{self, Reject};
+use crate::h1::{socket, Framing, PreEncoded};
 
 /// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
 /// arrives, so that an idle or parked connection owns no read buffer at all.
 const READ_CHUNK: usize = 8192;
-
-/// Waits until the socket is readable (or closed). Uses the socket's own reader slot through `poll_read_ready`
-/// rather than `readable()`, whose future carries a 152-byte waiter node: this wait is what every parked
-/// connection is doing.
-async fn read_ready(stream: &TcpStream) -> io::Result<()> {
-    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
-}
 
 /// What happened while the handler ran.
 enum Event {
@@ -159,20 +153,20 @@ impl Conn {
     /// through. `Err`: the request is refused before the handler sees it.
     fn begin<H, F>(
         &mut self,
-        head: head::Head,
+        head: request::Head,
         handler: &H,
         peer: SocketAddr,
     ) -> Result<Begun<F>, Reject>
     where
         H: Fn(Request<RequestBody>, SocketAddr) -> F,
     {
-        let head::Head {
+        let request::Head {
             mut parts,
             framing,
             keep_alive,
             expect_continue,
         } = head;
-        if let head::Framing::Length(n) = framing {
+        if let Framing::Length(n) = framing {
             if n > self.limits.max_body {
                 tracing::info!(client.addr = %peer, length = n, limit = self.limits.max_body, "request body too large");
                 return Err(Reject {
@@ -216,11 +210,11 @@ impl Conn {
     async fn read_head(
         &mut self,
         stop: &CancellationToken,
-    ) -> io::Result<Result<Option<head::Head>, Reject>> {
+    ) -> io::Result<Result<Option<request::Head>, Reject>> {
         let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
         loop {
             if !self.buf.is_empty() {
-                match head::parse(&self.buf, self.limits.max_head) {
+                match request::parse(&self.buf, self.limits.max_head) {
                     Ok(Some((head, len))) => {
                         self.buf.advance(len);
                         return Ok(Ok(Some(head)));
@@ -231,7 +225,7 @@ impl Conn {
             }
             let idle = self.buf.is_empty();
             tokio::select! {
-                r = read_ready(&self.stream) => r?,
+                r = socket::read_ready(&self.stream) => r?,
                 _ = tokio::time::sleep_until(deadline) => {
                     if !idle {
                         return Ok(Err(Reject { status: StatusCode::REQUEST_TIMEOUT, reason: "request head not received in time" }));
@@ -249,7 +243,7 @@ impl Conn {
     /// One non-blocking read into the buffer. `Some(0)`: EOF; `None`: nothing there after all.
     fn read_some(&mut self) -> io::Result<Option<usize>> {
         let mut chunk = [0u8; READ_CHUNK];
-        match crate::sockio::try_read(&self.stream, &mut chunk) {
+        match socket::try_read(&self.stream, &mut chunk) {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(Some(n))
@@ -332,7 +326,7 @@ impl Conn {
             // inline it would size every parked connection's future.
             let waited = Box::pin(tokio::time::timeout(
                 self.limits.body_read_timeout,
-                read_ready(&self.stream),
+                socket::read_ready(&self.stream),
             ))
             .await;
             match waited {
@@ -348,7 +342,7 @@ impl Conn {
         } else if self.buf.len() >= self.limits.max_head {
             return Ok(Event::Quiet);
         } else {
-            read_ready(&self.stream).await?;
+            socket::read_ready(&self.stream).await?;
         }
         match self.read_some() {
             Ok(Some(0)) | Err(_) => {
@@ -369,7 +363,7 @@ impl Conn {
         version: Version,
         keep_alive: bool,
     ) -> io::Result<bool> {
-        let resp = match resp.extensions().get::<encode::PreEncoded>() {
+        let resp = match resp.extensions().get::<PreEncoded>() {
             // A release shared by many clients: its bytes are ready when the connection is what they were made for.
             Some(pre) if version == Version::HTTP_11 && !is_head && keep_alive => {
                 write_timed(&mut self.stream, pre.wire(), self.limits.write_timeout).await?;
@@ -379,14 +373,15 @@ impl Conn {
             None => resp,
         };
         let (parts, mut body) = resp.into_parts();
-        let framing = encode::framing(parts.status, is_head, body.size_hint().exact(), version);
-        let keep_alive = keep_alive && framing != OutFraming::Close;
+        let framing =
+            encode::response_framing(parts.status, is_head, body.size_hint().exact(), version);
+        let keep_alive = keep_alive && framing != Framing::Close;
         let reason = parts
             .extensions
             .get::<hyper::ext::ReasonPhrase>()
             .map(|r| r.as_bytes());
         let mut out = Vec::with_capacity(256);
-        encode::head(
+        encode::response_head(
             &mut out,
             parts.status,
             reason,
@@ -396,7 +391,7 @@ impl Conn {
             version,
         );
         let write_timeout = self.limits.write_timeout;
-        if framing == OutFraming::NoBody {
+        if framing == Framing::Empty {
             write_timed(&mut self.stream, &out, write_timeout).await?;
             return Ok(keep_alive);
         }
@@ -419,17 +414,16 @@ impl Conn {
                 continue;
             }
             written += data.len() as u64;
-            let chunked = framing == OutFraming::Chunked;
+            let chunked = framing == Framing::Chunked;
             let more = !body.is_end_stream();
-            let put =
-                crate::sockio::put_body_piece(&mut self.stream, &mut out, &data, chunked, more);
+            let put = socket::put_body_piece(&mut self.stream, &mut out, &data, chunked, more);
             tokio::time::timeout(write_timeout, put)
                 .await
                 .map_err(|_| write_timed_out())??;
         }
         match framing {
-            OutFraming::Chunked => out.extend_from_slice(encode::LAST_CHUNK),
-            OutFraming::Length(n) if n != written => {
+            Framing::Chunked => out.extend_from_slice(encode::LAST_CHUNK),
+            Framing::Length(n) if n != written => {
                 tracing::warn!(
                     declared = n,
                     written,
@@ -452,8 +446,8 @@ impl Conn {
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         let mut out = Vec::with_capacity(128 + body.len());
-        let framing = OutFraming::Length(body.len() as u64);
-        encode::head(
+        let framing = Framing::Length(body.len() as u64);
+        encode::response_head(
             &mut out,
             reject.status,
             None,

@@ -1,13 +1,8 @@
-//! The client-facing HTTP/1.1 server: our own lean connection handling (httparse for heads, RFC 9112 framing),
-//! so that a parked long-poll costs a small task and no buffers. The control API keeps hyper's server.
+//! The client-facing HTTP/1.1 server, the server role of the `h1` codec: lean connection handling, so that a
+//! parked long-poll costs a small task and no buffers. The control API keeps hyper's server.
 
 mod body;
 mod conn;
-mod decode;
-pub(crate) mod encode;
-mod head;
-#[cfg(test)]
-mod props;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,11 +15,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 pub use body::RequestBody;
-pub use encode::PreEncoded;
-// Message framing shared with the origin client (src/origin), which reads response bodies the same way.
-pub(crate) use decode::{Decoded, Decoder};
-pub(crate) use encode::{chunk_header, LAST_CHUNK};
-pub(crate) use head::Framing;
 
 /// Per-connection bounds.
 #[derive(Debug, Clone, Copy)]

@@ -136,7 +136,7 @@ pub(crate) struct Hold {
 
 /// A response in parts: the held (timeout) response, or a published `http-response`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseParts {
+pub(crate) struct ResponseParts {
     /// The status code.
     pub status: StatusCode,
     /// A custom reason phrase, already checked to be valid on the wire.
@@ -150,7 +150,7 @@ pub struct ResponseParts {
 impl ResponseParts {
     /// The release of a held response by a published one: the item's status and reason replace the held ones, its
     /// headers replace held headers of the same name (the rest carry over), its body replaces the held body.
-    pub fn merge(&self, item: &ResponseParts) -> ResponseParts {
+    pub(crate) fn merge(&self, item: &ResponseParts) -> ResponseParts {
         let mut headers = self.headers.clone();
         let mut last: Option<&HeaderName> = None;
         for (name, value) in &item.headers {
@@ -170,13 +170,13 @@ impl ResponseParts {
 
     /// Builds the HTTP response, with `Content-Length` computed from the body (none, and no body, for statuses
     /// that cannot carry one).
-    pub fn to_response(&self) -> Response<Body> {
+    pub(crate) fn to_response(&self) -> Response<Body> {
         self.clone().into_response()
     }
 
     /// As [`ResponseParts::to_response`], consuming the parts (no copy of the headers: this is the release path,
     /// run once per released client).
-    pub fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let no_body = self.status.is_informational()
             || self.status == StatusCode::NO_CONTENT
             || self.status == StatusCode::NOT_MODIFIED;

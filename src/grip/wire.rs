@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{is_grip_header, ResponseParts};
+use crate::h1::is_hop_by_hop;
 
 /// A field that failed validation: its path relative to the object validated, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,9 +122,7 @@ pub(crate) struct WireResponse<'a> {
 
 /// Headers a published or instructed response may not set: framing is ours, `Grip-*` never reaches a client.
 fn is_dropped_header(name: &HeaderName) -> bool {
-    is_grip_header(name)
-        || crate::proxy::headers::is_hop_by_hop(name)
-        || name == http::header::CONTENT_LENGTH
+    is_grip_header(name) || is_hop_by_hop(name) || name == http::header::CONTENT_LENGTH
 }
 
 impl WireResponse<'_> {

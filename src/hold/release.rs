@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use http::Response;
 
 use crate::body::{self, Body};
-use crate::front::PreEncoded;
 use crate::grip::ResponseParts;
+use crate::h1::PreEncoded;
 use crate::item::Item;
 
 /// One item on its way to the clients of one channel.
@@ -39,7 +39,11 @@ impl Release {
     ) -> Response<Body> {
         let (key, shared) = self.first.get_or_init(|| {
             let merged = held.merge(published);
-            (held.clone(), PreEncoded::new(merged))
+            let body = merged.body.clone();
+            (
+                held.clone(),
+                PreEncoded::new(merged.into_response().map(|_| body)),
+            )
         });
         // Held responses are shared between clients (`proxy::interned`): mostly the same pointer.
         if Arc::ptr_eq(key, held) || key == held {

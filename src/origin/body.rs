@@ -12,14 +12,13 @@ use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::pool::{Conn, Pool, READ_CHUNK};
-use super::wire::ResponseFraming;
 use crate::body::BoxError;
-use crate::front::{Decoded, Decoder};
+use crate::h1::{socket, Decoded, Decoder, Framing};
 
 /// The connection a body is read from, and how it is delimited.
 pub(super) struct Reading {
     conn: Conn,
-    decode: Decode,
+    decoder: Decoder,
     reusable: bool,
     /// Longest wait for the origin's next bytes.
     read_timeout: Duration,
@@ -28,25 +27,16 @@ pub(super) struct Reading {
     idle: Option<Pin<Box<Sleep>>>,
 }
 
-enum Decode {
-    Framed(Decoder),
-    Close,
-}
-
 impl Reading {
     pub(super) fn new(
         conn: Conn,
-        framing: ResponseFraming,
+        framing: Framing,
         reusable: bool,
         read_timeout: Duration,
     ) -> Self {
-        let decode = match framing {
-            ResponseFraming::Framed(f) => Decode::Framed(Decoder::new(f)),
-            ResponseFraming::Close => Decode::Close,
-        };
         Reading {
             conn,
-            decode,
+            decoder: Decoder::new(framing),
             reusable,
             read_timeout,
             idle: None,
@@ -54,7 +44,7 @@ impl Reading {
     }
 
     fn is_done(&self) -> bool {
-        matches!(&self.decode, Decode::Framed(d) if d.is_done() || d.remaining() == Some(0))
+        self.decoder.is_done() || self.decoder.remaining() == Some(0)
     }
 }
 
@@ -102,60 +92,47 @@ impl http_body::Body for OriginBody {
             let Some(reading) = this.reading.as_mut() else {
                 return Poll::Ready(None);
             };
-            match &mut reading.decode {
-                Decode::Framed(decoder) => match decoder.decode(&mut reading.conn.buf) {
-                    Ok(Decoded::Data(data)) => {
-                        if decoder.remaining() == Some(0) {
-                            // The last bytes of a sized body: free the connection now rather than on the next
-                            // poll, which a consumer that knows the length may never make.
-                            let _ = decoder.decode(&mut reading.conn.buf);
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(Decoded::End) => {
+            let decoder = &mut reading.decoder;
+            match decoder.decode(&mut reading.conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if decoder.remaining() == Some(0) {
+                        // The last bytes of a sized body: free the connection now rather than on the next
+                        // poll, which a consumer that knows the length may never make.
+                        let _ = decoder.decode(&mut reading.conn.buf);
                         this.finish();
-                        return Poll::Ready(None);
                     }
-                    Ok(Decoded::NeedMore) => {}
-                    Err(e) => {
-                        this.reading = None;
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
-                },
-                Decode::Close => {
-                    if !reading.conn.buf.is_empty() {
-                        let data = reading.conn.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    this.reading = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
                 }
             }
             reading.conn.buf.reserve(READ_CHUNK);
-            let read = loop {
-                match reading.conn.stream.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => break Err(e),
-                    Poll::Pending => {
-                        let timeout = reading.read_timeout;
-                        let idle = reading
-                            .idle
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                        ready!(idle.as_mut().poll(cx));
-                        this.reading = None;
-                        return Poll::Ready(Some(Err(format!(
-                            "origin sent no body bytes for {timeout:?} (origin.body_read_timeout_secs)"
-                        )
-                        .into())));
-                    }
-                }
-                match crate::sockio::try_read_buf(&reading.conn.stream, &mut reading.conn.buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    other => break other,
+            let read = match socket::poll_read_buf(&reading.conn.stream, &mut reading.conn.buf, cx)
+            {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
+                    let timeout = reading.read_timeout;
+                    let idle = reading
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    ready!(idle.as_mut().poll(cx));
+                    this.reading = None;
+                    return Poll::Ready(Some(Err(format!(
+                        "origin sent no body bytes for {timeout:?} (origin.body_read_timeout_secs)"
+                    )
+                    .into())));
                 }
             };
             match read {
                 Ok(0) => {
-                    let close_delimited = matches!(reading.decode, Decode::Close);
+                    let close_delimited = reading.decoder.is_close_delimited();
                     this.reading = None;
                     return Poll::Ready(if close_delimited {
                         None
@@ -184,13 +161,11 @@ impl http_body::Body for OriginBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.reading.as_deref().map(|r| &r.decode) {
+        match self.reading.as_deref().map(|r| r.decoder.remaining()) {
             None => SizeHint::with_exact(0),
-            Some(Decode::Framed(d)) => match d.remaining() {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
-            Some(Decode::Close) => SizeHint::default(),
+            Some(Some(n)) => SizeHint::with_exact(n),
+            // Chunked, or until the connection closes.
+            Some(None) => SizeHint::default(),
         }
     }
 }

@@ -4,7 +4,6 @@
 
 mod body;
 mod pool;
-mod wire;
 
 use std::io;
 use std::sync::Arc;
@@ -18,9 +17,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::h1::{encode, response, socket, Framing};
 pub(crate) use body::OriginBody;
 use pool::{Conn, Pool};
-use wire::BodyFraming;
 
 /// Why an exchange with an origin failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +45,12 @@ pub(crate) enum OriginError {
     /// The client's request body failed while it was streamed to the origin.
     #[error("request body failed: {0}")]
     RequestBody(#[source] BoxError),
+}
+
+impl From<response::HeadError> for OriginError {
+    fn from(e: response::HeadError) -> Self {
+        OriginError::Invalid(e.0)
+    }
 }
 
 /// Settings of the client.
@@ -115,22 +120,21 @@ impl Client {
             .ok_or(OriginError::Invalid("request URI has no authority"))?;
         let framing = if body.is_end_stream() {
             if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
-                BodyFraming::Length(0)
+                Framing::Length(0)
             } else {
-                BodyFraming::None
+                Framing::Empty
             }
         } else {
             match body.size_hint().exact() {
-                Some(n) => BodyFraming::Length(n),
-                None => BodyFraming::Chunked,
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked,
             }
         };
         let mut head = Vec::with_capacity(512);
-        wire::encode_request_head(&mut head, &parts, &authority, framing);
+        encode::request_head(&mut head, &parts, &authority, framing);
         let is_head = parts.method == http::Method::HEAD;
         let key = authority.as_str();
-        let mut body =
-            (!matches!(framing, BodyFraming::None | BodyFraming::Length(0))).then_some(body);
+        let mut body = (!matches!(framing, Framing::Empty | Framing::Length(0))).then_some(body);
         loop {
             let (conn, reused) = match self.pool.checkout(key) {
                 Some(conn) => (conn, true),
@@ -185,7 +189,7 @@ async fn exchange(
     mut conn: Conn,
     head: &[u8],
     body: Option<&mut Body>,
-    framing: BodyFraming,
+    framing: Framing,
     is_head: bool,
     read_timeout: Duration,
 ) -> Result<(http::response::Parts, body::Reading), Failed> {
@@ -207,19 +211,17 @@ async fn exchange(
         }
     }
     loop {
-        if let Some(parsed) =
-            wire::parse_response_head(&mut conn.buf, is_head).map_err(|error| Failed {
-                error,
-                retryable: false,
-            })?
-        {
+        if let Some(parsed) = response::parse(&mut conn.buf, is_head).map_err(|error| Failed {
+            error: error.into(),
+            retryable: false,
+        })? {
             let reusable = parsed.reusable && write_failed.is_none();
             let reading = body::Reading::new(conn, parsed.framing, reusable, read_timeout);
             return Ok((parsed.parts, reading));
         }
         let received_before = !conn.buf.is_empty();
         conn.buf.reserve(pool::READ_CHUNK);
-        let error = match crate::sockio::read_buf(&conn.stream, &mut conn.buf).await {
+        let error = match socket::read_buf(&conn.stream, &mut conn.buf).await {
             Ok(0) if received_before => {
                 OriginError::Invalid("connection closed in the middle of the response head")
             }
@@ -246,7 +248,7 @@ enum Sent {
     /// All of it.
     Whole,
     /// The origin answered before the whole body was sent; the rest was not.
-    AnsweredEarly(wire::Parsed),
+    AnsweredEarly(response::Head),
 }
 
 /// Writes the head and the body, coalescing small pieces into one write. While it waits for the client's next
@@ -255,7 +257,7 @@ async fn write_request(
     conn: &mut Conn,
     head: &[u8],
     body: Option<&mut Body>,
-    framing: BodyFraming,
+    framing: Framing,
     is_head: bool,
     body_touched: &mut bool,
 ) -> Result<Sent, OriginError> {
@@ -263,7 +265,7 @@ async fn write_request(
         conn.stream.write_all(head).await.map_err(OriginError::Io)?;
         return Ok(Sent::Whole);
     };
-    let chunked = framing == BodyFraming::Chunked;
+    let chunked = framing == Framing::Chunked;
     let mut out = Vec::with_capacity(head.len() + 1024);
     out.extend_from_slice(head);
     loop {
@@ -288,12 +290,12 @@ async fn write_request(
             continue;
         }
         let more = !body.is_end_stream();
-        crate::sockio::put_body_piece(&mut conn.stream, &mut out, &data, chunked, more)
+        socket::put_body_piece(&mut conn.stream, &mut out, &data, chunked, more)
             .await
             .map_err(OriginError::Io)?;
     }
     if chunked {
-        out.extend_from_slice(crate::front::LAST_CHUNK);
+        out.extend_from_slice(encode::LAST_CHUNK);
     }
     if !out.is_empty() {
         conn.stream.write_all(&out).await.map_err(OriginError::Io)?;
@@ -309,14 +311,14 @@ async fn write_request(
 async fn answered_early(
     conn: &mut Conn,
     is_head: bool,
-) -> Result<Option<wire::Parsed>, OriginError> {
-    std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx))
+) -> Result<Option<response::Head>, OriginError> {
+    socket::read_ready(&conn.stream)
         .await
         .map_err(OriginError::Io)?;
     conn.buf.reserve(pool::READ_CHUNK);
-    match crate::sockio::try_read_buf(&conn.stream, &mut conn.buf) {
+    match socket::try_read_buf(&conn.stream, &mut conn.buf) {
         Ok(0) => Err(OriginError::Closed),
-        Ok(_) => wire::parse_response_head(&mut conn.buf, is_head),
+        Ok(_) => Ok(response::parse(&mut conn.buf, is_head)?),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(OriginError::Io(e)),
     }

@@ -5,10 +5,11 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::decode::{Decoded, Decoder};
-use super::head::{self, Framing};
+use super::request;
+use super::Framing;
 
 /// Feeds `input` to the head parser and body decoder in pieces cut at `cuts`, as a connection would.
-fn run(input: &[u8], cuts: &[usize]) -> Result<Option<(head::Head, Vec<u8>)>, String> {
+fn run(input: &[u8], cuts: &[usize]) -> Result<Option<(request::Head, Vec<u8>)>, String> {
     let mut pieces: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     pieces.sort_unstable();
     pieces.push(input.len());
@@ -26,7 +27,7 @@ fn run(input: &[u8], cuts: &[usize]) -> Result<Option<(head::Head, Vec<u8>)>, St
         false
     };
     let head = loop {
-        match head::parse(&buf, 64 * 1024) {
+        match request::parse(&buf, 64 * 1024) {
             Ok(Some((head, len))) => {
                 let _ = buf.split_to(len);
                 break head;

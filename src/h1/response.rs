@@ -1,113 +1,55 @@
-//! The bytes of an origin exchange: the request head we write, and the response head we parse (`httparse`) with
-//! its RFC 9112 framing (section 6.3: no body for HEAD, 1xx, 204 and 304; `chunked` last; one unambiguous
-//! `Content-Length`; otherwise the body ends when the connection closes). Pure functions, no IO.
+//! Response heads, parsed with `httparse`, and their RFC 9112 section 6.3 framing (no body for HEAD, 1xx, 204, 304;
+//! `chunked` last; one unambiguous `Content-Length`; else until the connection closes). Pure functions, no IO.
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
 use http::{StatusCode, Version};
 
-use super::OriginError;
-use crate::front::{encode, Framing};
+use super::framing::{content_length, Framing};
+use super::MAX_HEADERS;
 
 /// Largest response head accepted from an origin.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a response head.
-const MAX_HEADERS: usize = 100;
 
-/// How the request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BodyFraming {
-    /// No body, no `Content-Length`.
-    None,
-    /// `Content-Length: n`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-}
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResponseFraming {
-    /// By length, chunks, or not at all.
-    Framed(Framing),
-    /// Until the origin closes the connection.
-    Close,
-}
+/// A response head that cannot be used: not valid HTTP/1.x, or its framing is ambiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid response: {0}")]
+pub(crate) struct HeadError(pub(crate) &'static str);
 
 /// A parsed response head.
-pub(super) struct Parsed {
-    pub(super) parts: http::response::Parts,
-    pub(super) framing: ResponseFraming,
+pub(crate) struct Head {
+    pub(crate) parts: http::response::Parts,
+    /// Body delimitation: any of the four, `Close` included.
+    pub(crate) framing: Framing,
     /// The connection may carry another request once the body is read.
-    pub(super) reusable: bool,
-}
-
-/// Writes `METHOD target HTTP/1.1`, the headers (with our framing in place of any given), and `Host` when the
-/// request has none (an HTTP/1.0 client's).
-pub(super) fn encode_request_head(
-    out: &mut Vec<u8>,
-    parts: &http::request::Parts,
-    authority: &Authority,
-    framing: BodyFraming,
-) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
-        encode::field(out, b"host", authority.as_str().as_bytes());
-    }
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        encode::field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    match framing {
-        BodyFraming::None => {}
-        BodyFraming::Length(n) => {
-            encode::field(
-                out,
-                b"content-length",
-                itoa::Buffer::new().format(n).as_bytes(),
-            );
-        }
-        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    out.extend_from_slice(b"\r\n");
+    pub(crate) reusable: bool,
 }
 
 /// Parses a response head off the front of `buf`. `Ok(None)`: incomplete, read more. Interim (1xx) responses
 /// other than 101 are skipped. Header values are zero-copy slices of the head's bytes.
-pub(super) fn parse_response_head(
-    buf: &mut BytesMut,
-    is_head: bool,
-) -> Result<Option<Parsed>, OriginError> {
+pub(crate) fn parse(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, HeadError> {
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut fields);
         let len = match resp.parse(buf) {
             // However it arrived: a whole head in one read is held to the same limit as one still arriving.
             Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-                return Err(OriginError::Invalid("response head too large"))
+                return Err(HeadError("response head too large"))
             }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(OriginError::Invalid("response head too large"))
+                return Err(HeadError("response head too large"))
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
-                return Err(OriginError::Invalid("too many response header fields"))
+                return Err(HeadError("too many response header fields"))
             }
-            Err(_) => return Err(OriginError::Invalid("malformed response head")),
+            Err(_) => return Err(HeadError("malformed response head")),
         };
         let code = resp.code.unwrap_or(0);
-        let status =
-            StatusCode::from_u16(code).map_err(|_| OriginError::Invalid("invalid status code"))?;
+        let status = StatusCode::from_u16(code).map_err(|_| HeadError("invalid status code"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(OriginError::Invalid("protocol upgrades are not supported"));
+            return Err(HeadError("protocol upgrades are not supported"));
         }
         if status.is_informational() {
             let _ = buf.split_to(len);
@@ -134,9 +76,9 @@ pub(super) fn parse_response_head(
         let mut headers = HeaderMap::with_capacity(count);
         for &(ns, ne, vs, ve) in &ranges[..count] {
             let name = HeaderName::from_bytes(&head[ns..ne])
-                .map_err(|_| OriginError::Invalid("invalid header name"))?;
+                .map_err(|_| HeadError("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| OriginError::Invalid("invalid header value"))?;
+                .map_err(|_| HeadError("invalid header value"))?;
             headers.append(name, value);
         }
         let (framing, framing_reusable) = framing(status, is_head, &headers)?;
@@ -149,10 +91,10 @@ pub(super) fn parse_response_head(
         }
         let mut resp = builder
             .body(())
-            .map_err(|_| OriginError::Invalid("invalid response head"))?;
+            .map_err(|_| HeadError("invalid response head"))?;
         *resp.headers_mut() = headers;
         let (parts, ()) = resp.into_parts();
-        return Ok(Some(Parsed {
+        return Ok(Some(Head {
             parts,
             framing,
             reusable,
@@ -171,9 +113,9 @@ fn framing(
     status: StatusCode,
     is_head: bool,
     headers: &HeaderMap,
-) -> Result<(ResponseFraming, bool), OriginError> {
+) -> Result<(Framing, bool), HeadError> {
     if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((ResponseFraming::Framed(Framing::Empty), true));
+        return Ok((Framing::Empty, true));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         let last = headers
@@ -186,32 +128,15 @@ fn framing(
         // With a Content-Length too, the message is suspect: read it by its coding, then close (RFC 9112 6.3).
         let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
         return Ok(if chunked {
-            (ResponseFraming::Framed(Framing::Chunked), reusable)
+            (Framing::Chunked, reusable)
         } else {
-            (ResponseFraming::Close, false)
+            (Framing::Close, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(OriginError::Invalid("invalid Content-Length"));
-            }
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(OriginError::Invalid("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(OriginError::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => (ResponseFraming::Framed(Framing::Empty), true),
-        Some(n) => (ResponseFraming::Framed(Framing::Length(n)), true),
-        None => (ResponseFraming::Close, false),
+    Ok(match content_length(headers).map_err(HeadError)? {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
     })
 }
 
@@ -235,62 +160,64 @@ fn persistent(version: Version, headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(raw: &str, is_head: bool) -> Result<Option<Parsed>, OriginError> {
+    fn parse(raw: &str, is_head: bool) -> Result<Option<Head>, HeadError> {
         let mut buf = BytesMut::from(raw.as_bytes());
-        parse_response_head(&mut buf, is_head)
+        super::parse(&mut buf, is_head)
     }
 
-    fn framing_of(raw: &str) -> (ResponseFraming, bool) {
+    fn framing_of(raw: &str) -> (Framing, bool) {
         let p = parse(raw, false).unwrap().unwrap();
         (p.framing, p.reusable)
     }
 
     #[test]
     fn framings() {
-        use ResponseFraming::*;
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
-            (Framed(Framing::Length(5)), true)
+            (Framing::Length(5), true)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
-            (Framed(Framing::Length(5)), true)
+            (Framing::Length(5), true)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
-            (Framed(Framing::Chunked), true)
+            (Framing::Chunked, true)
         );
         assert_eq!(
             framing_of(
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"
             ),
-            (Framed(Framing::Chunked), false)
+            (Framing::Chunked, false)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-            (Close, false)
+            (Framing::Close, false)
         );
-        assert_eq!(framing_of("HTTP/1.1 200 OK\r\n\r\n"), (Close, false));
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\n\r\n"),
+            (Framing::Close, false)
+        );
         assert_eq!(
             framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
-            (Framed(Framing::Empty), true)
+            (Framing::Empty, true)
         );
         assert_eq!(
             framing_of("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
-            (Framed(Framing::Empty), false)
+            (Framing::Empty, false)
         );
         assert_eq!(
             framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
-            (Framed(Framing::Length(1)), false)
+            (Framing::Length(1), false)
         );
         assert_eq!(
             framing_of("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nConnection: Keep-Alive\r\n\r\n"),
-            (Framed(Framing::Length(1)), true)
+            (Framing::Length(1), true)
         );
         let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
             .unwrap()
             .unwrap();
-        assert_eq!(head.framing, Framed(Framing::Empty));
+        assert_eq!(head.framing, Framing::Empty);
     }
 
     #[test]
@@ -323,12 +250,12 @@ mod tests {
             let raw = format!("{start}{}\r\n\r\n", "p".repeat(pad));
             assert_eq!(raw.len(), size);
             let mut buf = BytesMut::from(raw.as_bytes());
-            let got = parse_response_head(&mut buf, false);
+            let got = super::parse(&mut buf, false);
             if delta <= 0 {
                 assert!(matches!(got, Ok(Some(_))), "head of {size} bytes");
             } else {
                 assert!(
-                    matches!(got, Err(OriginError::Invalid("response head too large"))),
+                    matches!(got, Err(HeadError("response head too large"))),
                     "head of {size} bytes"
                 );
             }
@@ -340,7 +267,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 299 Fine Thanks\r\nx-a: 1\r\nX-A: 2\r\ncontent-length: 2\r\n\r\nhi"[..],
         );
-        let p = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let p = super::parse(&mut buf, false).unwrap().unwrap();
         assert_eq!(p.parts.status.as_u16(), 299);
         let reason = p
             .parts
@@ -359,24 +286,5 @@ mod tests {
             .extensions
             .get::<hyper::ext::ReasonPhrase>()
             .is_none());
-    }
-
-    #[test]
-    fn request_head() {
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("http://127.0.0.1:8080/a?b=1")
-            .header("x-one", "1")
-            .header("content-length", "999")
-            .body(())
-            .unwrap();
-        let (parts, ()) = req.into_parts();
-        let authority = parts.uri.authority().unwrap().clone();
-        let mut out = Vec::new();
-        encode_request_head(&mut out, &parts, &authority, BodyFraming::Length(3));
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /a?b=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nx-one: 1\r\ncontent-length: 3\r\n\r\n"
-        );
     }
 }

@@ -1,10 +1,8 @@
-//! Socket IO shared by the client-facing server and the origin client: writing body pieces (chunk framing and
-//! coalescing), and reads that tell the runtime when a socket has been drained. A read that returns fewer bytes than asked
-//! for took everything the kernel had, so the runtime's cached readiness is cleared there and then; otherwise it
-//! stays set until a read fails with `WouldBlock`, and the next wait costs a `recv` syscall that finds nothing.
-//! Measured: one such syscall per origin exchange and one per client request.
+//! Socket IO for both roles: the one readiness wait, reads that tell the runtime when a socket has been drained,
+//! and writing body pieces (chunk framing and coalescing).
 
 use std::io;
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, Interest};
@@ -23,6 +21,11 @@ pub(crate) fn try_read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Result
 }
 
 /// Runs `read` (asked for `want` bytes) and clears the readiness the runtime observed when it read fewer.
+///
+/// A read that returns fewer bytes than asked for took everything the kernel had, so the runtime's cached
+/// readiness is cleared there and then; otherwise it stays set until a read fails with `WouldBlock`, and the next
+/// wait costs a `recv` syscall that finds nothing. Measured: one such syscall per origin exchange and one per
+/// client request.
 fn read_clearing(
     stream: &TcpStream,
     want: usize,
@@ -44,15 +47,36 @@ fn read_clearing(
     }
 }
 
-/// Waits until the socket is readable, then reads as [`try_read_buf`].
-pub(crate) async fn read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+/// Polls whether the socket is readable (or closed). Uses the socket's own reader slot through `poll_read_ready`
+/// rather than `readable()`, whose future carries a 152-byte waiter node: this wait is what every parked
+/// connection is doing.
+fn poll_readable(stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    stream.poll_read_ready(cx)
+}
+
+/// Waits until the socket is readable (or closed), without reading.
+pub(crate) async fn read_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| poll_readable(stream, cx)).await
+}
+
+/// Reads as [`try_read_buf`] once the socket is readable; `Pending` until it is.
+pub(crate) fn poll_read_buf(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     loop {
-        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+        ready!(poll_readable(stream, cx))?;
         match try_read_buf(stream, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
+            other => return Poll::Ready(other),
         }
     }
+}
+
+/// Waits until the socket is readable, then reads as [`try_read_buf`].
+pub(crate) async fn read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_buf(stream, buf, cx)).await
 }
 
 /// Buffered bytes are written together with the next body piece when both fit in this much: a head and a small
@@ -70,7 +94,7 @@ pub(crate) async fn put_body_piece(
     more: bool,
 ) -> io::Result<()> {
     if chunked {
-        crate::front::chunk_header(out, data.len());
+        super::encode::chunk_header(out, data.len());
     }
     if out.len() + data.len() <= COALESCE_MAX {
         out.extend_from_slice(data);

@@ -1,10 +1,9 @@
-//! Message body decoding (`Content-Length` and `chunked`) over a connection's read buffer: request bodies here,
-//! response bodies in the origin client. Pure: it takes
-//! bytes out of a `BytesMut` and says what it needs next; the connection does the reading.
+//! Message body decoding (`Content-Length`, `chunked`, until close) over a connection's read buffer, requests and
+//! responses alike. Pure: it takes bytes out of a `BytesMut` and says what it needs next; the caller reads.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::head::Framing;
+use super::Framing;
 
 /// Longest chunk-size line (size, extensions, without its CRLF) accepted; longer is an attack or a broken client.
 pub(crate) const MAX_CHUNK_LINE: usize = 4096;
@@ -35,10 +34,11 @@ enum State {
     ChunkData(u64),
     ChunkDataEnd,
     Trailers(usize),
+    UntilClose,
     Done,
 }
 
-/// Decodes one request body.
+/// Decodes one message body.
 #[derive(Debug)]
 pub(crate) struct Decoder {
     state: State,
@@ -50,6 +50,7 @@ impl Decoder {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::UntilClose,
         };
         Decoder { state }
     }
@@ -57,6 +58,11 @@ impl Decoder {
     /// Whether the whole body has been decoded.
     pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Whether the body ends when the connection closes: the caller's EOF is then its end, not a truncation.
+    pub(crate) fn is_close_delimited(&self) -> bool {
+        self.state == State::UntilClose
     }
 
     /// Bytes still expected, when known.
@@ -73,6 +79,13 @@ impl Decoder {
         loop {
             match self.state {
                 State::Done => return Ok(Decoded::End),
+                // Whatever is buffered, in one piece; never `End`: the connection closing ends it.
+                State::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
                 State::Length(0) => {
                     self.state = State::Done;
                     return Ok(Decoded::End);

@@ -4,26 +4,15 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-/// Most header fields in a request (hyper's default).
-pub(crate) const MAX_HEADERS: usize = 100;
-
-/// How the request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    /// No body.
-    Empty,
-    /// `Content-Length: n` (n > 0).
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-}
+use super::framing::{content_length, Framing};
+use super::MAX_HEADERS;
 
 /// A parsed, checked request head.
 #[derive(Debug)]
 pub(crate) struct Head {
     /// Method, URI, version, headers (hop-by-hop ones still there: the proxy strips them).
     pub(crate) parts: http::request::Parts,
-    /// Body delimitation.
+    /// Body delimitation: `Empty`, `Length(n)` with n > 0, or `Chunked` (never `Close`).
     pub(crate) framing: Framing,
     /// The connection may carry another request after this one.
     pub(crate) keep_alive: bool,
@@ -252,24 +241,7 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Reject> {
     if !has_cl {
         return Ok(Framing::Empty);
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = trim(part);
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(bad("invalid Content-Length"));
-            }
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(bad("invalid Content-Length"))?;
-            match length {
-                Some(prev) if prev != n => return Err(bad("conflicting Content-Length values")),
-                _ => length = Some(n),
-            }
-        }
-    }
-    Ok(match length {
+    Ok(match content_length(headers).map_err(bad)? {
         Some(0) | None => Framing::Empty,
         Some(n) => Framing::Length(n),
     })
