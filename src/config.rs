@@ -844,7 +844,8 @@ fn auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
             "needed with a JWT key: tokens must name their issuer",
         ));
     }
-    crate::publish::auth::Auth::new(&cfg).map_err(|e| invalid("control.auth.jwt_public_key", e))?;
+    crate::publish::auth::Auth::new(&cfg)
+        .map_err(|e| invalid("control.auth.jwt_public_key", e.to_string()))?;
     Ok(cfg)
 }
 
@@ -854,8 +855,8 @@ fn upstream(p: &RawProxy) -> Result<Option<UpstreamConfig>, ConfigError> {
     if sig_key.is_none() && sig_public_key.is_none() {
         return Ok(None);
     }
-    crate::publish::auth::decoding_key(sig_key.as_deref(), sig_public_key.as_deref())
-        .map_err(|e| invalid("proxy.upstream_sig_public_key", e))?;
+    crate::jwt::DecodingKeys::new(sig_key.clone(), sig_public_key.clone())
+        .map_err(|e| invalid("proxy.upstream_sig_public_key", e.to_string()))?;
     Ok(Some(UpstreamConfig {
         sig_key,
         sig_public_key,
@@ -928,7 +929,7 @@ fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
         }
     };
     crate::grip::sig::Signer::new(&r.sig_iss, sig_alg, &sig_key)
-        .map_err(|e| invalid(key("sig_key"), e))?;
+        .map_err(|e| invalid(key("sig_key"), e.to_string()))?;
     Ok(RouteConfig {
         host,
         path_prefix: r.path_prefix.clone(),

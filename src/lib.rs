@@ -19,6 +19,7 @@
 //! - [`reload`]: live reload (SIGHUP) of routes and the other reloadable settings.
 //! - [`cli`]: the binary's subcommands other than running the proxy (`grip-proxy publish`).
 //! - [`secret`]: keys given literally, by environment variable or file.
+//! - [`jwt`]: JWT signing and checking keys from those secrets (HS256, or PEM for RS256/ES256).
 //! - [`error`], [`body`]: the proxy error type and the body type.
 //!
 //! # Errors
@@ -36,6 +37,7 @@ pub mod error;
 pub mod front;
 pub mod grip;
 pub mod hold;
+pub mod jwt;
 pub mod metrics;
 pub mod ops;
 pub mod origin;

@@ -3,7 +3,6 @@
 
 pub mod instruct;
 pub mod parse;
-mod pem;
 pub mod sig;
 pub(crate) mod wire;
 

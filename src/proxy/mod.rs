@@ -93,11 +93,10 @@ impl ProxyState {
             request_buffer_size: config.request_buffer_size,
             upstream: config.upstream.as_ref().map(|u| {
                 crate::grip::sig::Verifier::new(
-                    u.sig_key.as_deref(),
-                    u.sig_public_key.as_deref(),
+                    crate::jwt::DecodingKeys::new(u.sig_key.clone(), u.sig_public_key.clone())
+                        .expect("upstream keys were checked when the config was validated"),
                     u.leeway,
                 )
-                .expect("upstream keys were checked when the config was validated")
             }),
             metrics,
             route_stats,

@@ -5,10 +5,11 @@
 
 use base64::Engine as _;
 use http::{header, HeaderMap, HeaderValue};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::AuthConfig;
+use crate::jwt::{DecodingKeys, KeyError};
 use crate::secret;
 
 /// Why a request was refused. Never carries the secret or the token.
@@ -38,34 +39,14 @@ pub struct Auth {
 #[derive(Deserialize)]
 struct Claims {}
 
-/// A JWT's key: a shared HS256 secret or a PEM public key (EC for ES256, RSA for RS256).
-pub(crate) fn decoding_key(
-    secret: Option<&[u8]>,
-    public_pem: Option<&[u8]>,
-) -> Result<Vec<(DecodingKey, Algorithm)>, String> {
-    let mut keys = Vec::new();
-    if let Some(s) = secret {
-        keys.push((DecodingKey::from_secret(s), Algorithm::HS256));
-    }
-    if let Some(pem) = public_pem {
-        if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-            keys.push((k, Algorithm::ES256));
-        } else if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-            keys.push((k, Algorithm::RS256));
-        } else {
-            return Err("not a PEM EC (ES256) or RSA (RS256) public key".into());
-        }
-    }
-    Ok(keys)
-}
-
 impl Auth {
-    /// Builds the checker. The config was validated, so keys parse.
-    pub fn new(cfg: &AuthConfig) -> Result<Auth, String> {
-        let jwt = decoding_key(cfg.jwt_key.as_deref(), cfg.jwt_public_key.as_deref())?
-            .into_iter()
+    /// Builds the checker. `Err`: the public key does not parse.
+    pub fn new(cfg: &AuthConfig) -> Result<Auth, KeyError> {
+        let keys = DecodingKeys::new(cfg.jwt_key.clone(), cfg.jwt_public_key.clone())?;
+        let jwt = keys
+            .iter()
             .map(|(key, alg)| {
-                let mut v = Validation::new(alg);
+                let mut v = Validation::new(*alg);
                 v.set_required_spec_claims(&["exp", "iss"]);
                 // jsonwebtoken's default is 60 s after `exp`, and `nbf` unchecked.
                 v.leeway = cfg.jwt_leeway;
@@ -73,7 +54,7 @@ impl Auth {
                 if let Some(iss) = &cfg.jwt_iss {
                     v.set_issuer(&[iss]);
                 }
-                (key, v)
+                (key.clone(), v)
             })
             .collect();
         Ok(Auth {
@@ -182,7 +163,7 @@ fn jwt_reason(e: &jsonwebtoken::errors::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     fn now() -> u64 {
