@@ -111,8 +111,7 @@ impl App {
         let control = Arc::new(Control {
             registry: registry.clone(),
             max_body: config.control_max_body,
-            auth: crate::publish::auth::Auth::new(&config.control_auth)
-                .expect("auth keys were checked when the config was validated"),
+            auth: crate::publish::auth::Auth::new(&config.control_auth),
             bus: bus.clone(),
             ops: ops::Ops {
                 exposition: metrics.exposition(registry.clone(), &bus, origins),

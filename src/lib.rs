@@ -6,7 +6,8 @@
 //! - [`app`]: binds the listeners, builds shared state, runs and stops everything.
 //! - [`front`]: the client-facing HTTP/1.1 server (our own: a parked request keeps no buffers).
 //! - [`server`]: the control API's accept loop (hyper) and its graceful drain.
-//! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`], one file per section.
+//! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`], one file per section; it
+//!   builds the keys (route signers, the upstream verifier, control API JWT keys) once.
 //! - [`routes`]: (host, path prefix) to origin and `Grip-Sig` signer.
 //! - [`proxy`]: the request phases (route, prepare, forward, inspect, park, respond); [`proxy::headers`] rewrites
 //!   headers, [`proxy::forward`] talks to origins.

@@ -104,13 +104,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
         format!("{a:?}") != format!("{b:?}")
     }
-    let (a, b) = (&old.control_auth, &new.control_auth);
-    let auth_changed = a.bearer_key != b.bearer_key
-        || a.jwt_key != b.jwt_key
-        || a.jwt_public_key != b.jwt_public_key
-        || a.jwt_iss != b.jwt_iss
-        || a.jwt_leeway != b.jwt_leeway
-        || a.basic != b.basic;
+    let auth_changed = old.control_auth != new.control_auth;
     let checks = [
         ("proxy.listen", old.listen != new.listen),
         ("control.listen", old.control_listen != new.control_listen),

@@ -20,8 +20,8 @@ pub struct Route {
     pub scheme: Scheme,
     /// Origin host and port.
     pub authority: Authority,
-    /// Signs requests to this origin.
-    pub signer: Signer,
+    /// Signs requests to this origin (built with the config, shared with it).
+    pub signer: Arc<Signer>,
 }
 
 /// Routes sorted most specific first: exact hosts before `*`, then longer path prefixes first.
@@ -42,8 +42,7 @@ impl RouteTable {
                 path_prefix: r.path_prefix.clone(),
                 scheme: r.scheme.clone(),
                 authority: r.authority.clone(),
-                signer: Signer::new(&r.sig_iss, r.sig_alg, &r.sig_key)
-                    .expect("route keys were checked when the config was validated"),
+                signer: r.signer.clone(),
             })
             .collect();
         // Stable sort keeps file order among equally specific routes.

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::check::{addr, invalid, opt_secret, positive, secret};
 use super::ConfigError;
+use crate::jwt::DecodingKeys;
 
 /// `[control]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,16 +66,14 @@ impl Default for RawAuth {
     }
 }
 
-/// Validated `[control.auth]`, secrets resolved. Compared by value (secrets included), never printed with its
-/// secrets.
+/// Validated `[control.auth]`: secrets resolved, JWT keys built. Compared by value (secrets included), never
+/// printed with its secrets.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AuthConfig {
     /// Static bearer key.
     pub bearer_key: Option<Vec<u8>>,
-    /// HS256 JWT secret.
-    pub jwt_key: Option<Vec<u8>>,
-    /// PEM public key for ES256/RS256 JWTs.
-    pub jwt_public_key: Option<Vec<u8>>,
+    /// JWT keys: the HS256 secret and/or the PEM public key (ES256/RS256).
+    pub jwt: DecodingKeys,
     /// Required JWT issuer.
     pub jwt_iss: Option<String>,
     /// Accepted clock skew on `exp` and `nbf`, in seconds.
@@ -88,8 +87,8 @@ impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
             .field("bearer_key", &self.bearer_key.is_some())
-            .field("jwt_key", &self.jwt_key.is_some())
-            .field("jwt_public_key", &self.jwt_public_key.is_some())
+            .field("jwt_key", &self.jwt.has_secret())
+            .field("jwt_public_key", &self.jwt.has_public_key())
             .field("jwt_iss", &self.jwt_iss)
             .field("basic_user", &self.basic.as_ref().map(|b| &b.0))
             .finish()
@@ -147,17 +146,15 @@ fn auth(a: &RawAuth) -> Result<AuthConfig, ConfigError> {
             "needed with a JWT key: tokens must name their issuer",
         ));
     }
-    let cfg = AuthConfig {
+    let jwt = DecodingKeys::new(jwt_key, jwt_public_key)
+        .map_err(|e| invalid("control.auth.jwt_public_key", e.to_string()))?;
+    Ok(AuthConfig {
         bearer_key,
-        jwt_key,
-        jwt_public_key,
+        jwt,
         jwt_iss: a.jwt_iss.clone(),
         jwt_leeway: a.jwt_leeway_secs,
         basic,
-    };
-    crate::publish::auth::Auth::new(&cfg)
-        .map_err(|e| invalid("control.auth.jwt_public_key", e.to_string()))?;
-    Ok(cfg)
+    })
 }
 
 #[cfg(test)]
@@ -203,12 +200,13 @@ mod tests {
     }
 
     #[test]
-    fn secrets_never_show() {
+    fn keys_are_built_and_secrets_never_show() {
         let c = Config::from_toml_str(
             "[control.auth]\nbearer_key = \"b-s3cret\"\njwt_key = \"j-s3cret\"\njwt_iss = \"pub\"\n\
              basic_user = \"u\"\nbasic_password = \"p-s3cret\"",
         )
         .unwrap();
+        assert_eq!(c.control_auth.jwt.iter().count(), 1);
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
     }

@@ -5,6 +5,8 @@
 //! validation: [`proxy`](RawProxy), [`control`](RawControl) (with `[control.auth]`), [`hold`](RawHold),
 //! [`publish`](RawPublish), [`origin`](RawOrigin), [`last_ids`](RawLastIds), [`shutdown`](RawShutdown),
 //! [`bus`](RawBus), [`metrics`](RawMetrics) and [`routes`](RawRoute); the checks they share are in `check`.
+//! Keys are built here, once (route signers, the upstream `Grip-Sig` verifier, control API JWT keys), and the
+//! typed form carries them: nothing after validation parses a key again.
 
 mod bus;
 mod check;
@@ -146,7 +148,7 @@ impl RawConfig {
 
 // === Typed form ===
 
-/// The validated configuration.
+/// The validated configuration. Compared by value on reload (secrets included); `Debug` never shows a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Client-facing listener.
@@ -220,7 +222,7 @@ impl Config {
             && self
                 .routes
                 .iter()
-                .any(|r| r.sig_key == DEFAULT_SIG_KEY.as_bytes())
+                .any(|r| r.signer.has_key(DEFAULT_SIG_KEY.as_bytes()))
         {
             out.push(format!(
                 "routes sign Grip-Sig with the default key {DEFAULT_SIG_KEY:?} while the proxy listens on {}: \

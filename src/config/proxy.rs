@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 use super::check::{addr, at_least, invalid, opt_secret, positive, secs};
 use super::ConfigError;
+use crate::grip::sig::Verifier;
+use crate::jwt::DecodingKeys;
 
 /// `[proxy]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,21 +75,11 @@ pub struct ProxyLimits {
     pub write_timeout: Duration,
 }
 
-/// A trusted GRIP proxy in front.
-#[derive(Clone, PartialEq, Eq)]
+/// A trusted GRIP proxy in front: its `Grip-Sig` checker, keys built. `Debug` never shows a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
-    /// HS256 secret, if given.
-    pub sig_key: Option<Vec<u8>>,
-    /// PEM public key, if given.
-    pub sig_public_key: Option<Vec<u8>>,
-    /// Accepted clock skew on `exp` and `nbf`, in seconds.
-    pub leeway: u64,
-}
-
-impl std::fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamConfig").finish_non_exhaustive()
-    }
+    /// Checks the `Grip-Sig` of requests (keys and leeway; compared by the bytes the keys came from).
+    pub verifier: Verifier,
 }
 
 /// What `[proxy]` yields; [`super::Config`] keeps these fields at its top level.
@@ -131,18 +123,17 @@ fn upstream(p: &RawProxy) -> Result<Option<UpstreamConfig>, ConfigError> {
     if sig_key.is_none() && sig_public_key.is_none() {
         return Ok(None);
     }
-    crate::jwt::DecodingKeys::new(sig_key.clone(), sig_public_key.clone())
+    let keys = DecodingKeys::new(sig_key, sig_public_key)
         .map_err(|e| invalid("proxy.upstream_sig_public_key", e.to_string()))?;
     Ok(Some(UpstreamConfig {
-        sig_key,
-        sig_public_key,
-        leeway: p.upstream_sig_leeway_secs,
+        verifier: Verifier::new(keys, p.upstream_sig_leeway_secs),
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::rule_error as err;
+    use super::super::Config;
 
     #[test]
     fn rule_messages() {
@@ -175,5 +166,21 @@ mod tests {
         for (toml, want) in cases {
             assert_eq!(err(toml), want, "{toml}");
         }
+    }
+
+    #[test]
+    fn the_upstream_verifier_is_built_once_and_compared_by_key() {
+        let c = |toml: &str| Config::from_toml_str(toml).unwrap().upstream;
+        assert!(c("").is_none());
+        let a = c("[proxy]\nupstream_sig_key = \"up-secret\"").unwrap();
+        assert_eq!(
+            Some(&a),
+            c("[proxy]\nupstream_sig_key = \"up-secret\"").as_ref()
+        );
+        assert_ne!(
+            Some(&a),
+            c("[proxy]\nupstream_sig_key = \"other\"").as_ref()
+        );
+        assert!(!format!("{a:?}").contains("up-secret"));
     }
 }

@@ -1,4 +1,6 @@
-//! `[[routes]]`: which origin serves which host and path, and the `Grip-Sig` key of each.
+//! `[[routes]]`: which origin serves which host and path, and the `Grip-Sig` signer of each (built here, once).
+
+use std::sync::Arc;
 
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
@@ -42,7 +44,7 @@ impl Default for RawRoute {
     }
 }
 
-/// A validated route.
+/// A validated route. `Debug` shows the signer's issuer and algorithm, never its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Lower-case host, or `None` for `*`.
@@ -53,12 +55,8 @@ pub struct RouteConfig {
     pub scheme: Scheme,
     /// Origin host and port.
     pub authority: Authority,
-    /// `Grip-Sig` issuer.
-    pub sig_iss: String,
-    /// `Grip-Sig` key: HS256 secret or PEM private key.
-    pub sig_key: Vec<u8>,
-    /// `Grip-Sig` algorithm.
-    pub sig_alg: jsonwebtoken::Algorithm,
+    /// Signs the `Grip-Sig` of requests to this origin (compared by issuer, algorithm and key bytes).
+    pub signer: Arc<Signer>,
 }
 
 /// Validates `[[routes]]`: at least one, each in turn.
@@ -105,16 +103,14 @@ fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
             ))
         }
     };
-    Signer::new(&r.sig_iss, sig_alg, &sig_key)
+    let signer = Signer::new(&r.sig_iss, sig_alg, &sig_key)
         .map_err(|e| invalid(key("sig_key"), e.to_string()))?;
     Ok(RouteConfig {
         host,
         path_prefix: r.path_prefix.clone(),
         scheme,
         authority,
-        sig_iss: r.sig_iss.clone(),
-        sig_key,
-        sig_alg,
+        signer: Arc::new(signer),
     })
 }
 
@@ -146,6 +142,7 @@ fn origin(url: &str) -> Result<(Scheme, Authority), String> {
 #[cfg(test)]
 mod tests {
     use super::super::rule_error as err;
+    use super::super::Config;
 
     #[test]
     fn rule_messages() {
@@ -197,5 +194,15 @@ path_prefix = "api""#,
             "{e}"
         );
         assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn signers_are_built_once_and_compared_by_key() {
+        let routes = |toml: &str| Config::from_toml_str(toml).unwrap().routes;
+        let a = routes("[[routes]]\nsig_key = \"k-s3cret\"");
+        assert_eq!(a, routes("[[routes]]\nsig_key = \"k-s3cret\""));
+        assert_ne!(a, routes("[[routes]]\nsig_key = \"other\""));
+        assert_eq!(a[0].signer.iss(), "pushpin");
+        assert!(!format!("{a:?}").contains("k-s3cret"));
     }
 }

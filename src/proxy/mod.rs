@@ -91,13 +91,7 @@ impl ProxyState {
             x_forwarded_proto: config.x_forwarded_proto,
             max_replay_body: config.origin.max_replay_body,
             request_buffer_size: config.request_buffer_size,
-            upstream: config.upstream.as_ref().map(|u| {
-                crate::grip::sig::Verifier::new(
-                    crate::jwt::DecodingKeys::new(u.sig_key.clone(), u.sig_public_key.clone())
-                        .expect("upstream keys were checked when the config was validated"),
-                    u.leeway,
-                )
-            }),
+            upstream: config.upstream.as_ref().map(|u| u.verifier.clone()),
             metrics,
             route_stats,
             held_responses: interned::Interned::default(),

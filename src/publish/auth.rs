@@ -9,7 +9,6 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::AuthConfig;
-use crate::jwt::{DecodingKeys, KeyError};
 use crate::secret;
 
 /// Why a request was refused. Never carries the secret or the token.
@@ -40,10 +39,10 @@ pub struct Auth {
 struct Claims {}
 
 impl Auth {
-    /// Builds the checker. `Err`: the public key does not parse.
-    pub fn new(cfg: &AuthConfig) -> Result<Auth, KeyError> {
-        let keys = DecodingKeys::new(cfg.jwt_key.clone(), cfg.jwt_public_key.clone())?;
-        let jwt = keys
+    /// Builds the checker from validated credentials (their keys were built with the config).
+    pub fn new(cfg: &AuthConfig) -> Auth {
+        let jwt = cfg
+            .jwt
             .iter()
             .map(|(key, alg)| {
                 let mut v = Validation::new(*alg);
@@ -57,11 +56,11 @@ impl Auth {
                 (key.clone(), v)
             })
             .collect();
-        Ok(Auth {
+        Auth {
             bearer_key: cfg.bearer_key.clone(),
             jwt,
             basic: cfg.basic.clone(),
-        })
+        }
     }
 
     /// Whether any credentials are configured.
@@ -163,6 +162,7 @@ fn jwt_reason(e: &jsonwebtoken::errors::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwt::DecodingKeys;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn none_configured_accepts_anything() {
-        let auth = Auth::new(&AuthConfig::default()).unwrap();
+        let auth = Auth::new(&AuthConfig::default());
         assert!(auth.check(&HeaderMap::new()).is_ok());
         assert!(auth.check(&headers("")).is_ok());
         assert!(auth.check(&headers("Bearer whatever")).is_ok());
@@ -211,13 +211,12 @@ mod tests {
     fn table() {
         let cfg = AuthConfig {
             bearer_key: Some(b"static-key".to_vec()),
-            jwt_key: Some(b"jwt-secret".to_vec()),
-            jwt_public_key: None,
+            jwt: DecodingKeys::new(Some(b"jwt-secret".to_vec()), None).unwrap(),
             jwt_iss: Some("publisher".into()),
             jwt_leeway: 5,
             basic: Some(("user".into(), b"pass".to_vec())),
         };
-        let auth = Auth::new(&cfg).unwrap();
+        let auth = Auth::new(&cfg);
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let cases: Vec<(String, Result<(), AuthError>)> = vec![
             ("Bearer static-key".into(), Ok(())),
