@@ -98,13 +98,9 @@ impl Reloader {
     }
 }
 
-/// The restart-only settings that differ between `old` and `new`, by config section or key.
+/// The restart-only settings that differ between `old` and `new`, by config section or key. Values are compared
+/// (every typed section is `PartialEq`), secrets included: keys are compared by the bytes they were built from.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    // Debug text where a type has no PartialEq: these types print every value (secrets excepted).
-    fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
-        format!("{a:?}") != format!("{b:?}")
-    }
-    let auth_changed = old.control_auth != new.control_auth;
     let checks = [
         ("proxy.listen", old.listen != new.listen),
         ("control.listen", old.control_listen != new.control_listen),
@@ -112,13 +108,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             "control.max_body",
             old.control_max_body != new.control_max_body,
         ),
-        ("control.auth", auth_changed),
-        ("proxy limits", differ(&old.limits, &new.limits)),
-        ("publish", differ(&old.publish, &new.publish)),
-        ("origin", differ(&old.origin, &new.origin)),
-        ("last_ids", differ(&old.last_ids, &new.last_ids)),
+        ("control.auth", old.control_auth != new.control_auth),
+        ("proxy limits", old.limits != new.limits),
+        ("publish", old.publish != new.publish),
+        ("origin", old.origin != new.origin),
+        ("last_ids", old.last_ids != new.last_ids),
         ("shutdown", old.shutdown_grace != new.shutdown_grace),
-        ("bus", differ(&old.bus, &new.bus)),
+        ("bus", old.bus != new.bus),
         ("metrics", old.metrics_listen != new.metrics_listen),
     ];
     checks
@@ -168,5 +164,33 @@ mod tests {
             "[control]\nlisten = \"127.0.0.1:1\"\n[[routes]]\norigin = \"http://127.0.0.1:2\"",
         ));
         assert_eq!(again.needs_restart, ["control.listen"]);
+    }
+
+    #[test]
+    fn a_changed_secret_needs_a_restart() {
+        let base = config(
+            "[bus]\nurl = \"redis://:old-pw@127.0.0.1:6379/0\"\n[control.auth]\nbearer_key = \"old-key\"",
+        );
+        assert_eq!(
+            restart_only_changes(&base, &base.clone()),
+            Vec::<&str>::new()
+        );
+        let same = config(
+            "[bus]\nurl = \"redis://:old-pw@127.0.0.1:6379/0\"\n[control.auth]\nbearer_key = \"old-key\"",
+        );
+        assert_eq!(restart_only_changes(&base, &same), Vec::<&str>::new());
+        let password = config(
+            "[bus]\nurl = \"redis://:new-pw@127.0.0.1:6379/0\"\n[control.auth]\nbearer_key = \"old-key\"",
+        );
+        assert_eq!(
+            format!("{:?}", base.bus),
+            format!("{:?}", password.bus),
+            "the password is not shown, yet it is compared"
+        );
+        assert_eq!(restart_only_changes(&base, &password), ["bus"]);
+        let key = config(
+            "[bus]\nurl = \"redis://:old-pw@127.0.0.1:6379/0\"\n[control.auth]\nbearer_key = \"new-key\"",
+        );
+        assert_eq!(restart_only_changes(&base, &key), ["control.auth"]);
     }
 }
