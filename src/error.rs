@@ -41,9 +41,6 @@ pub(crate) enum ProxyError {
     /// The client's request is malformed in a way we detect (e.g. an unusable URI).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// A fault of our own (a key that signed at start-up failing now): `500`, logged with the cause.
-    #[error("internal error: {0}")]
-    Internal(String),
     /// As many clients are held as `proxy.max_held` allows: the origin's answer is discarded.
     #[error("too many held clients (proxy.max_held); the origin's hold was discarded")]
     HoldsExhausted,
@@ -64,7 +61,6 @@ impl ProxyError {
             ProxyError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HoldsExhausted => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::ClientBody(e) => match e {
                 ClientBodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ClientBodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
@@ -77,9 +73,7 @@ impl ProxyError {
     pub(crate) fn source_kind(&self) -> Source {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => Source::Client,
-            ProxyError::NotReplayable(_) | ProxyError::HoldsExhausted | ProxyError::Internal(_) => {
-                Source::Internal
-            }
+            ProxyError::NotReplayable(_) | ProxyError::HoldsExhausted => Source::Internal,
             _ => Source::Origin,
         }
     }
@@ -94,7 +88,6 @@ impl ProxyError {
             ProxyError::InvalidGrip(_) => "Bad Gateway: invalid GRIP instructions from origin\n",
             ProxyError::NotReplayable(_) => "Bad Gateway: request could not be re-sent to origin\n",
             ProxyError::BadRequest(_) => "Bad Request\n",
-            ProxyError::Internal(_) => "Internal Server Error\n",
             ProxyError::HoldsExhausted => {
                 "Service Unavailable: too many held clients, retry later\n"
             }

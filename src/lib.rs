@@ -8,7 +8,8 @@
 //! - [`origin`]: the HTTP/1.1 client toward origins (pooled keep-alive connections, run in the caller's task).
 //! - `h1`: the HTTP/1.1 codec both use (heads, one framing type, body decoding, encoding, socket IO, hop-by-hop).
 //! - [`server`]: the control API's accept loop (hyper) and its graceful drain.
-//! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`].
+//! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`], one file per section; it
+//!   builds the keys (route signers, the upstream verifier, control API JWT keys) once.
 //! - [`routes`]: (host, path prefix) to origin and `Grip-Sig` signer.
 //! - [`proxy`]: the request phases (route, prepare, forward, inspect, park, respond); [`proxy::headers`] rewrites
 //!   headers, [`proxy::forward`] talks to origins.
@@ -21,6 +22,7 @@
 //! - [`reload`]: live reload (SIGHUP) of routes and the other reloadable settings.
 //! - [`cli`]: the binary's subcommands other than running the proxy (`grip-proxy publish`).
 //! - [`secret`]: keys given literally, by environment variable or file.
+//! - [`jwt`]: JWT signing and checking keys from those secrets (HS256, or PEM for RS256/ES256).
 //! - [`error`], [`body`]: the proxy error type and the body type.
 //!
 //! # Errors

@@ -20,7 +20,7 @@ pub(crate) struct Route {
     pub scheme: Scheme,
     /// Origin host and port.
     pub authority: Authority,
-    /// Signs requests to this origin.
+    /// Signs requests to this origin (built with the config, shared with it).
     pub signer: Arc<Signer>,
 }
 

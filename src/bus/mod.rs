@@ -3,7 +3,6 @@
 //! every instance subscribed to that channel, this one included, applies the body when it comes back, so all
 //! instances apply the same items in the same order and keep the same last id per channel (docs/scaling.md).
 
-pub(crate) mod config;
 pub(crate) mod redis;
 
 use std::sync::Arc;
@@ -14,9 +13,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BusConfig;
 use crate::hold::Registry;
 use crate::item::Item;
-use config::BusConfig;
 
 /// Why the bus cannot take a publish now (the control API answers 503), or could not start.
 #[derive(Debug, thiserror::Error)]

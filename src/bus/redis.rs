@@ -15,8 +15,8 @@ use redis::AsyncConnectionConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{RedisConfig, Startup};
 use super::{BusError, Status};
+use crate::config::{RedisConfig, Startup};
 use crate::hold::Registry;
 use crate::item;
 

@@ -3,11 +3,13 @@
 //! configured every request is accepted, whatever its `Authorization` header (some client libraries always send
 //! one, possibly empty).
 
-use crate::config::AuthConfig;
-use crate::jwt::JwtVerifier;
-use crate::secret;
 use base64::Engine as _;
 use http::{header, HeaderMap, HeaderValue};
+use jsonwebtoken::{DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::AuthConfig;
+use crate::secret;
 
 /// Why a request was refused. Never carries the secret or the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,23 +31,41 @@ pub(crate) enum AuthError {
 /// Checks publish requests against the configured credentials.
 pub(crate) struct Auth {
     bearer_key: Option<Vec<u8>>,
-    jwt: Option<JwtVerifier>,
+    jwt: Vec<(DecodingKey, Validation)>,
     basic: Option<(String, Vec<u8>)>,
 }
 
+#[derive(Deserialize)]
+struct Claims {}
+
 impl Auth {
-    /// The checker of the validated credentials (the config built the JWT keys).
+    /// Builds the checker from validated credentials (their keys were built with the config).
     pub(crate) fn new(cfg: &AuthConfig) -> Auth {
+        let jwt = cfg
+            .jwt
+            .iter()
+            .map(|(key, alg)| {
+                let mut v = Validation::new(*alg);
+                v.set_required_spec_claims(&["exp", "iss"]);
+                // jsonwebtoken's default is 60 s after `exp`, and `nbf` unchecked.
+                v.leeway = cfg.jwt_leeway;
+                v.validate_nbf = true;
+                if let Some(iss) = &cfg.jwt_iss {
+                    v.set_issuer(&[iss]);
+                }
+                (key.clone(), v)
+            })
+            .collect();
         Auth {
             bearer_key: cfg.bearer_key.clone(),
-            jwt: cfg.jwt.clone(),
+            jwt,
             basic: cfg.basic.clone(),
         }
     }
 
     /// Whether any credentials are configured.
     pub(crate) fn is_required(&self) -> bool {
-        self.bearer_key.is_some() || self.jwt.is_some() || self.basic.is_some()
+        self.bearer_key.is_some() || !self.jwt.is_empty() || self.basic.is_some()
     }
 
     /// Accepts or refuses a request by its headers.
@@ -78,11 +98,17 @@ impl Auth {
                 return Ok(());
             }
         }
-        let Some(jwt) = &self.jwt else {
+        if self.jwt.is_empty() {
             return Err(AuthError::Bearer("not the configured key".into()));
-        };
-        jwt.check(token)
-            .map_err(|e| AuthError::Bearer(jwt_reason(&e)))
+        }
+        let mut last = String::new();
+        for (key, validation) in &self.jwt {
+            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = jwt_reason(&e),
+            }
+        }
+        Err(AuthError::Bearer(last))
     }
 
     fn check_basic(&self, encoded: &str) -> Result<(), AuthError> {
@@ -112,7 +138,7 @@ impl Auth {
 
     /// The `WWW-Authenticate` challenge of a 401.
     pub(crate) fn challenge(&self) -> HeaderValue {
-        if self.basic.is_some() && self.bearer_key.is_none() && self.jwt.is_none() {
+        if self.basic.is_some() && self.bearer_key.is_none() && self.jwt.is_empty() {
             HeaderValue::from_static("Basic realm=\"grip-proxy\"")
         } else {
             HeaderValue::from_static("Bearer realm=\"grip-proxy\"")
@@ -136,6 +162,7 @@ fn jwt_reason(e: &jsonwebtoken::errors::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwt::DecodingKeys;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -182,12 +209,14 @@ mod tests {
 
     #[test]
     fn table() {
-        let cfg = crate::config::Config::from_toml_str(
-            "[control.auth]\nbearer_key = \"static-key\"\njwt_key = \"jwt-secret\"\njwt_iss = \"publisher\"\n\
-             basic_user = \"user\"\nbasic_password = \"pass\"\n[[routes]]\norigin = \"http://127.0.0.1:1\"",
-        )
-        .unwrap();
-        let auth = Auth::new(&cfg.control_auth);
+        let cfg = AuthConfig {
+            bearer_key: Some(b"static-key".to_vec()),
+            jwt: DecodingKeys::new(Some(b"jwt-secret".to_vec()), None).unwrap(),
+            jwt_iss: Some("publisher".into()),
+            jwt_leeway: 5,
+            basic: Some(("user".into(), b"pass".to_vec())),
+        };
+        let auth = Auth::new(&cfg);
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let cases: Vec<(String, Result<(), AuthError>)> = vec![
             ("Bearer static-key".into(), Ok(())),

@@ -3,7 +3,6 @@
 
 pub(crate) mod instruct;
 pub(crate) mod parse;
-mod pem;
 pub(crate) mod sig;
 pub(crate) mod wire;
 

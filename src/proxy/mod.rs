@@ -288,10 +288,7 @@ where
     headers::to_origin(
         &mut headers,
         headers::Upstream {
-            grip_sig: route
-                .signer
-                .header()
-                .map_err(|e| ProxyError::Internal(format!("cannot sign Grip-Sig: {e}")))?,
+            grip_sig: route.signer.header(),
             client_addr: state.x_forwarded_for.then_some(client),
             proto: state.x_forwarded_proto.then_some("http"),
             trusted,

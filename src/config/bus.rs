@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::check::{invalid, min_max, positive, secret, secs};
+use super::ConfigError;
 
 /// The value of `--bus` (or `bus.url`) that selects the in-memory bus.
-pub(crate) const MEMORY: &str = "memory";
+const MEMORY: &str = "memory";
 
 /// URL schemes the Redis client accepts. `rediss`/`valkeys` are TLS.
 const SCHEMES: &[&str] = &[
@@ -88,15 +89,15 @@ impl fmt::Debug for RawBus {
 }
 
 /// The validated `[bus]`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BusConfig {
     /// `None`: the in-memory bus.
     pub redis: Option<RedisConfig>,
 }
 
-/// A validated Redis bus. Its URL and password never appear in `Debug` or logs; they do count when two are
-/// compared (a changed password needs a restart like any other change).
-#[derive(Clone, PartialEq)]
+/// A validated Redis bus. Its URL and password never appear in `Debug` or logs; they are compared, so a new
+/// password (in the URL or in `password`) is a change.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// As given (may hold a password): only `client()` reads it.
     url: String,
@@ -159,25 +160,16 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: format!("bus.{key}"),
-        reason: reason.into(),
-    }
-}
-
-fn secs(key: &str, value: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| invalid(key, format!("{value} is not a positive number of seconds")))
-}
-
 /// Validates `[bus]`. The URL is parsed by the Redis client here, so a bad one fails before anything binds.
-pub(crate) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
+pub(super) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
     let url = match raw.url.as_deref().map(str::trim) {
         None | Some(MEMORY) => return Ok(BusConfig { redis: None }),
-        Some("") => return Err(invalid("url", "empty (leave it out for the in-memory bus)")),
+        Some("") => {
+            return Err(invalid(
+                "bus.url",
+                "empty (leave it out for the in-memory bus)",
+            ))
+        }
         Some(url) => url,
     };
     let shown = redact(url);
@@ -186,70 +178,73 @@ pub(crate) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
         Some(s) if SCHEMES.contains(&s) => {}
         Some(s) => {
             return Err(invalid(
-                "url",
+                "bus.url",
                 format!("{shown:?}: unsupported scheme {s:?} (expected redis, rediss or unix)"),
             ))
         }
         None => {
             return Err(invalid(
-                "url",
+                "bus.url",
                 format!("{shown:?}: expected redis://host:port/db"),
             ))
         }
     }
     if matches!(scheme, Some("rediss" | "valkeys")) && !cfg!(feature = "redis-tls") {
         return Err(invalid(
-            "url",
+            "bus.url",
             format!("{shown:?}: TLS needs grip-proxy built with the `redis-tls` feature"),
         ));
     }
     if raw.prefix.is_empty() {
-        return Err(invalid("prefix", "must not be empty"));
+        return Err(invalid("bus.prefix", "must not be empty"));
     }
     let password = match &raw.password {
         None => None,
         Some(spec) => {
-            let bytes =
-                crate::secret::resolve(spec).map_err(|e| invalid("password", e.to_string()))?;
-            Some(String::from_utf8(bytes).map_err(|_| invalid("password", "not UTF-8"))?)
+            let bytes = secret("bus.password", spec)?;
+            Some(String::from_utf8(bytes).map_err(|_| invalid("bus.password", "not UTF-8"))?)
         }
     };
-    let reconnect_min = secs("reconnect_min_secs", raw.reconnect_min_secs)?;
-    let reconnect_max = secs("reconnect_max_secs", raw.reconnect_max_secs)?;
-    if reconnect_min > reconnect_max {
-        return Err(invalid(
-            "reconnect_min_secs",
-            format!(
-                "{} is above bus.reconnect_max_secs ({})",
-                raw.reconnect_min_secs, raw.reconnect_max_secs
-            ),
-        ));
-    }
-    if raw.retry_after_secs == 0 {
-        return Err(invalid("retry_after_secs", "must be at least 1"));
-    }
+    let reconnect_min = secs("bus.reconnect_min_secs", raw.reconnect_min_secs)?;
+    let reconnect_max = secs("bus.reconnect_max_secs", raw.reconnect_max_secs)?;
+    min_max(
+        (
+            "bus.reconnect_min_secs",
+            reconnect_min,
+            raw.reconnect_min_secs,
+        ),
+        (
+            "bus.reconnect_max_secs",
+            reconnect_max,
+            raw.reconnect_max_secs,
+        ),
+    )?;
+    positive("bus.retry_after_secs", raw.retry_after_secs)?;
     let config = RedisConfig {
         url: url.to_owned(),
         password,
         channel: format!("{}:publish", raw.prefix),
         startup: raw.startup,
-        connect_timeout: secs("connect_timeout_secs", raw.connect_timeout_secs)?,
-        command_timeout: secs("command_timeout_secs", raw.command_timeout_secs)?,
+        connect_timeout: secs("bus.connect_timeout_secs", raw.connect_timeout_secs)?,
+        command_timeout: secs("bus.command_timeout_secs", raw.command_timeout_secs)?,
         reconnect_min,
         reconnect_max,
-        ping_interval: secs("ping_interval_secs", raw.ping_interval_secs)?,
+        ping_interval: secs("bus.ping_interval_secs", raw.ping_interval_secs)?,
         retry_after: Duration::from_secs(raw.retry_after_secs),
     };
-    config
-        .client()
-        .map_err(|e| invalid("url", format!("{shown:?}: {}", one_line(&e.to_string()))))?;
+    config.client().map_err(|e| {
+        invalid(
+            "bus.url",
+            format!("{shown:?}: {}", one_line(&e.to_string())),
+        )
+    })?;
     Ok(BusConfig {
         redis: Some(config),
     })
 }
 
 /// Replaces the password of a URL's user info (and a query, which for `unix:` URLs may carry one) with `***`.
-pub(crate) fn redact(url: &str) -> String {
+fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

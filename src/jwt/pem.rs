@@ -3,7 +3,16 @@
 
 use base64::Engine as _;
 
-use crate::jwt::KeyError;
+/// A SEC1 EC private key that cannot be rewrapped. Never carries the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    /// The text between the PEM markers is not base64.
+    #[error("invalid base64 in EC PRIVATE KEY")]
+    Base64,
+    /// The DER inside is not a P-256 key in SEC1 form.
+    #[error("EC PRIVATE KEY is not a P-256 (prime256v1) key in SEC1 form")]
+    NotP256,
+}
 
 /// `AlgorithmIdentifier { id-ecPublicKey, prime256v1 }`, DER.
 const P256_ALGORITHM: &[u8] = &[
@@ -14,7 +23,7 @@ const P256_ALGORITHM: &[u8] = &[
 const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// Returns a PKCS#8 PEM for a SEC1 P-256 PEM key; any other input is returned unchanged.
-pub(crate) fn normalize_ec_key(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
+pub(super) fn normalize_ec_key(pem: &[u8]) -> Result<Vec<u8>, PemError> {
     let Ok(text) = std::str::from_utf8(pem) else {
         return Ok(pem.to_vec());
     };
@@ -28,13 +37,12 @@ pub(crate) fn normalize_ec_key(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
     let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
     let der = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|_| KeyError::EcBase64)?;
-    let pkcs8 = sec1_to_pkcs8(&der).ok_or(KeyError::NotP256)?;
+        .map_err(|_| PemError::Base64)?;
+    let pkcs8 = sec1_to_pkcs8(&der).ok_or(PemError::NotP256)?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(pkcs8);
     let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
     for line in encoded.as_bytes().chunks(64) {
-        // Base64 is ASCII.
-        out.push_str(&String::from_utf8_lossy(line));
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
         out.push('\n');
     }
     out.push_str("-----END PRIVATE KEY-----\n");
@@ -121,16 +129,20 @@ oidt3tnW9zoVJkZ1/jXKXTVhnw2mzMtEtNBEoLwOovvh5LZrBSpCPrvv
         let out = String::from_utf8(normalize_ec_key(SEC1.as_bytes()).unwrap()).unwrap();
         assert_eq!(out, PKCS8);
         let signer =
-            super::super::sig::Signer::new("iss", jsonwebtoken::Algorithm::ES256, out.as_bytes());
+            crate::grip::sig::Signer::new("iss", jsonwebtoken::Algorithm::ES256, out.as_bytes());
         assert!(signer.is_ok(), "{:?}", signer.err());
     }
 
     #[test]
     fn other_input_is_unchanged() {
         assert_eq!(normalize_ec_key(b"secret").unwrap(), b"secret");
-        assert!(normalize_ec_key(
-            b"-----BEGIN EC PRIVATE KEY-----\n!!\n-----END EC PRIVATE KEY-----"
-        )
-        .is_err());
+        assert_eq!(
+            normalize_ec_key(b"-----BEGIN EC PRIVATE KEY-----\n!!\n-----END EC PRIVATE KEY-----"),
+            Err(PemError::Base64)
+        );
+        assert_eq!(
+            normalize_ec_key(b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----"),
+            Err(PemError::NotP256)
+        );
     }
 }

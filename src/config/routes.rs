@@ -1,0 +1,208 @@
+//! `[[routes]]`: which origin serves which host and path, and the `Grip-Sig` signer of each (built here, once).
+
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme, Uri};
+use serde::Deserialize;
+
+use super::check::{invalid, secret};
+use super::ConfigError;
+use crate::grip::sig::Signer;
+
+/// The `Grip-Sig` key client libraries assume for a local proxy.
+pub const DEFAULT_SIG_KEY: &str = "changeme";
+
+/// `[[routes]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    /// Host to match, without port (`*` matches any).
+    pub host: String,
+    /// Path prefix to match (empty matches any).
+    pub path_prefix: String,
+    /// `http://host:port` of the origin.
+    pub origin: String,
+    /// `iss` claim of the `Grip-Sig` sent to this origin.
+    pub sig_iss: String,
+    /// Key of the `Grip-Sig`: the HS256 secret (the client libraries' local default is `changeme`), or for
+    /// RS256/ES256 the PEM private key. Secret spec: literal, `env:NAME`, `file:PATH`, then optionally `base64:`.
+    pub sig_key: String,
+    /// `HS256` (default), `RS256` or `ES256`.
+    pub sig_alg: String,
+}
+
+impl Default for RawRoute {
+    fn default() -> Self {
+        RawRoute {
+            host: "*".into(),
+            path_prefix: String::new(),
+            origin: "http://127.0.0.1:8080".into(),
+            sig_iss: "pushpin".into(),
+            sig_key: DEFAULT_SIG_KEY.into(),
+            sig_alg: "HS256".into(),
+        }
+    }
+}
+
+/// A validated route. `Debug` shows the signer's issuer and algorithm, never its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Lower-case host, or `None` for `*`.
+    pub host: Option<String>,
+    /// Path prefix (empty matches all).
+    pub path_prefix: String,
+    /// Origin scheme (http).
+    pub scheme: Scheme,
+    /// Origin host and port.
+    pub authority: Authority,
+    /// Signs the `Grip-Sig` of requests to this origin (compared by issuer, algorithm and key bytes).
+    pub signer: Arc<Signer>,
+}
+
+/// Validates `[[routes]]`: at least one, each in turn.
+pub(super) fn validate(routes: &[RawRoute]) -> Result<Vec<RouteConfig>, ConfigError> {
+    if routes.is_empty() {
+        return Err(invalid(
+            "routes",
+            "at least one route is needed (or give --origin)",
+        ));
+    }
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| route(i, r))
+        .collect()
+}
+
+fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let (scheme, authority) = origin(&r.origin).map_err(|reason| invalid(key("origin"), reason))?;
+    let host = match r.host.trim() {
+        "" => return Err(invalid(key("host"), "empty (use \"*\" to match any host)")),
+        "*" => None,
+        h => Some(h.to_ascii_lowercase()),
+    };
+    if !r.path_prefix.is_empty() && !r.path_prefix.starts_with('/') {
+        return Err(invalid(
+            key("path_prefix"),
+            format!("{:?} must start with /", r.path_prefix),
+        ));
+    }
+    if r.sig_iss.is_empty() {
+        return Err(invalid(key("sig_iss"), "must not be empty"));
+    }
+    let sig_key = secret(&key("sig_key"), &r.sig_key)?;
+    let sig_alg = match r.sig_alg.as_str() {
+        "HS256" => jsonwebtoken::Algorithm::HS256,
+        "RS256" => jsonwebtoken::Algorithm::RS256,
+        "ES256" => jsonwebtoken::Algorithm::ES256,
+        other => {
+            return Err(invalid(
+                key("sig_alg"),
+                format!("{other:?} is not supported (expected HS256, RS256 or ES256)"),
+            ))
+        }
+    };
+    let signer = Signer::new(&r.sig_iss, sig_alg, &sig_key)
+        .map_err(|e| invalid(key("sig_key"), e.to_string()))?;
+    Ok(RouteConfig {
+        host,
+        path_prefix: r.path_prefix.clone(),
+        scheme,
+        authority,
+        signer: Arc::new(signer),
+    })
+}
+
+/// An origin URL's scheme and authority; `Err` is the reason, quoting the URL.
+fn origin(url: &str) -> Result<(Scheme, Authority), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    let scheme = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP => s.clone(),
+        Some(s) => {
+            return Err(format!(
+                "{url:?}: unsupported scheme {:?} (expected http)",
+                s.as_str()
+            ))
+        }
+        None => return Err(format!("{url:?}: expected http://host:port")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{url:?}: no host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{url:?}: an origin is scheme://host:port, without a path"
+        ));
+    }
+    Ok((scheme, authority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rule_error as err;
+    use super::super::Config;
+
+    #[test]
+    fn rule_messages() {
+        let cases = [
+            (
+                r#"[[routes]]
+origin = "htp://app:8080""#,
+                r#"routes[0].origin: "htp://app:8080": unsupported scheme "htp" (expected http)"#,
+            ),
+            (
+                r#"[[routes]]
+origin = "app:8080""#,
+                r#"routes[0].origin: "app:8080": expected http://host:port"#,
+            ),
+            (
+                r#"[[routes]]
+origin = "http://app:8080/api""#,
+                r#"routes[0].origin: "http://app:8080/api": an origin is scheme://host:port, without a path"#,
+            ),
+            (
+                r#"[[routes]]
+origin = "http://a:1"
+path_prefix = "api""#,
+                r#"routes[0].path_prefix: "api" must start with /"#,
+            ),
+            (
+                "routes = []",
+                "routes: at least one route is needed (or give --origin)",
+            ),
+            (
+                "[[routes]]\nhost = \" \"",
+                r#"routes[0].host: empty (use "*" to match any host)"#,
+            ),
+            (
+                "[[routes]]\nsig_iss = \"\"",
+                "routes[0].sig_iss: must not be empty",
+            ),
+            (
+                "[[routes]]\nsig_alg = \"PS256\"",
+                r#"routes[0].sig_alg: "PS256" is not supported (expected HS256, RS256 or ES256)"#,
+            ),
+        ];
+        for (toml, want) in cases {
+            assert_eq!(err(toml), want, "{toml}");
+        }
+        let e = err("[[routes]]\nsig_alg = \"RS256\"\nsig_key = \"s3cret\"");
+        assert!(
+            e.starts_with("routes[0].sig_key: not a PEM RSA private key: "),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn signers_are_built_once_and_compared_by_key() {
+        let routes = |toml: &str| Config::from_toml_str(toml).unwrap().routes;
+        let a = routes("[[routes]]\nsig_key = \"k-s3cret\"");
+        assert_eq!(a, routes("[[routes]]\nsig_key = \"k-s3cret\""));
+        assert_ne!(a, routes("[[routes]]\nsig_key = \"other\""));
+        assert_eq!(a[0].signer.iss(), "pushpin");
+        assert!(!format!("{a:?}").contains("k-s3cret"));
+    }
+}
