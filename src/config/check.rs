@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::ConfigError;
 
 /// The error for `key`: `key: reason`.
-pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -16,7 +16,7 @@ pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Conf
 }
 
 /// An IP address and port (no host names: validation resolves nothing).
-pub(crate) fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub(super) fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         invalid(
             key,
@@ -26,7 +26,7 @@ pub(crate) fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 /// A count or size that must not be 0.
-pub(crate) fn positive<T: PartialOrd + Display + From<u8>>(
+pub(super) fn positive<T: PartialOrd + Display + From<u8>>(
     key: &str,
     value: T,
 ) -> Result<(), ConfigError> {
@@ -34,7 +34,7 @@ pub(crate) fn positive<T: PartialOrd + Display + From<u8>>(
 }
 
 /// A count or size with a floor.
-pub(crate) fn at_least<T: PartialOrd + Display>(
+pub(super) fn at_least<T: PartialOrd + Display>(
     key: &str,
     value: T,
     min: T,
@@ -47,7 +47,7 @@ pub(crate) fn at_least<T: PartialOrd + Display>(
 }
 
 /// A positive number of seconds (fractions allowed).
-pub(crate) fn secs(key: &str, value: f64) -> Result<Duration, ConfigError> {
+pub(super) fn secs(key: &str, value: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
@@ -56,7 +56,7 @@ pub(crate) fn secs(key: &str, value: f64) -> Result<Duration, ConfigError> {
 
 /// A lower bound that must not be above its upper bound. Each side is `(key, typed value, value as written)`:
 /// the typed values are compared, the written ones named in the message.
-pub(crate) fn min_max<T: PartialOrd, W: Display>(
+pub(super) fn min_max<T: PartialOrd, W: Display>(
     (min_key, min, min_written): (&str, T, W),
     (max_key, max, max_written): (&str, T, W),
 ) -> Result<(), ConfigError> {
@@ -71,12 +71,12 @@ pub(crate) fn min_max<T: PartialOrd, W: Display>(
 }
 
 /// A secret spec (literal, `env:NAME`, `file:PATH`, then optionally `base64:`) resolved to its bytes.
-pub(crate) fn secret(key: &str, spec: &str) -> Result<Vec<u8>, ConfigError> {
+pub(super) fn secret(key: &str, spec: &str) -> Result<Vec<u8>, ConfigError> {
     crate::secret::resolve(spec).map_err(|e| invalid(key, e.to_string()))
 }
 
 /// An optional secret spec, resolved if given.
-pub(crate) fn opt_secret(key: &str, spec: Option<&str>) -> Result<Option<Vec<u8>>, ConfigError> {
+pub(super) fn opt_secret(key: &str, spec: Option<&str>) -> Result<Option<Vec<u8>>, ConfigError> {
     spec.map(|s| secret(key, s)).transpose()
 }
 

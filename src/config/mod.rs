@@ -1,10 +1,9 @@
 //! Configuration: `RawConfig` mirrors the TOML file, `Config` is the typed, validated form everything else uses.
 //! Validation binds nothing; each error names the key and the reason.
 //!
-//! Each section has a file of its own that owns its raw form (serde, defaults), its typed form and its
-//! validation: [`proxy`](RawProxy), [`control`](RawControl) (with `[control.auth]`), [`hold`](RawHold),
-//! [`publish`](RawPublish), [`origin`](RawOrigin), [`last_ids`](RawLastIds), [`shutdown`](RawShutdown),
-//! [`bus`](RawBus), [`metrics`](RawMetrics) and [`routes`](RawRoute); the checks they share are in `check`.
+//! Each section has a file of its own (`proxy`, `control` with `[control.auth]`, `hold`, `publish`, `origin`,
+//! `last_ids`, `shutdown`, `bus`, `metrics`, `routes`) that owns its raw form (serde, defaults), its typed form,
+//! its validation and its rule tests; the checks they share are in `check`. This file puts them together.
 //! Keys are built here, once (route signers, the upstream `Grip-Sig` verifier, control API JWT keys), and the
 //! typed form carries them: nothing after validation parses a key again.
 

@@ -76,7 +76,7 @@ pub(super) fn validate(routes: &[RawRoute]) -> Result<Vec<RouteConfig>, ConfigEr
 
 fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
     let key = |k: &str| format!("routes[{i}].{k}");
-    let (scheme, authority) = origin(&r.origin).map_err(|reason| invalid(key("origin"), reason))?;
+    let (scheme, authority) = origin(&key("origin"), &r.origin)?;
     let host = match r.host.trim() {
         "" => return Err(invalid(key("host"), "empty (use \"*\" to match any host)")),
         "*" => None,
@@ -114,26 +114,32 @@ fn route(i: usize, r: &RawRoute) -> Result<RouteConfig, ConfigError> {
     })
 }
 
-/// An origin URL's scheme and authority; `Err` is the reason, quoting the URL.
-fn origin(url: &str) -> Result<(Scheme, Authority), String> {
-    let uri: Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+/// An origin URL's scheme and authority; the error (under `key`) quotes the URL.
+fn origin(key: &str, url: &str) -> Result<(Scheme, Authority), ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| invalid(key, format!("{url:?}: {e}")))?;
     let scheme = match uri.scheme() {
         Some(s) if *s == Scheme::HTTP => s.clone(),
         Some(s) => {
-            return Err(format!(
-                "{url:?}: unsupported scheme {:?} (expected http)",
-                s.as_str()
+            return Err(invalid(
+                key,
+                format!(
+                    "{url:?}: unsupported scheme {:?} (expected http)",
+                    s.as_str()
+                ),
             ))
         }
-        None => return Err(format!("{url:?}: expected http://host:port")),
+        None => return Err(invalid(key, format!("{url:?}: expected http://host:port"))),
     };
     let authority = uri
         .authority()
         .cloned()
-        .ok_or_else(|| format!("{url:?}: no host"))?;
+        .ok_or_else(|| invalid(key, format!("{url:?}: no host")))?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "{url:?}: an origin is scheme://host:port, without a path"
+        return Err(invalid(
+            key,
+            format!("{url:?}: an origin is scheme://host:port, without a path"),
         ));
     }
     Ok((scheme, authority))
