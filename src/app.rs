@@ -168,7 +168,7 @@ impl App {
         self.metrics_addr
     }
 
-    /// Live reload: apply a new configuration's reloadable settings (see [`crate::reload`]).
+    /// Live reload: apply a new configuration's reloadable settings (see docs/operations.md).
     pub fn reloader(&self) -> &Reloader {
         &self.reloader
     }

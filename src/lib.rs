@@ -3,31 +3,30 @@
 //! published to one of its channels on the control API, or the hold times out.
 //!
 //! # Layout
-//! - [`app`]: binds the listeners, builds shared state, runs and stops everything.
+//! In dependency order: each module uses only those after it (docs/architecture.md has the map, and
+//! `scripts/check-layers` checks it).
+//! - `app`: binds the listeners, builds the shared state, runs and stops everything.
+//! - [`cli`]: the binary's subcommands besides running the proxy (`grip-proxy publish`).
+//! - `reload`: live reload (SIGHUP) of routes and the other reloadable settings.
+//! - `control`: the control API (publish, recover, health, readiness, metrics, channels) and its server.
+//! - `proxy`: the request phases (route, prepare, forward, inspect, park, respond).
+//! - `metrics`: Prometheus counters and histograms (atomics on the hot path), encoded at scrape time.
+//! - `error`: `ProxyError`, every way a proxied request fails, and its answer.
 //! - [`front`]: the client-facing HTTP/1.1 server (our own: a parked request keeps no buffers).
-//! - [`origin`]: the HTTP/1.1 client toward origins (pooled keep-alive connections, run in the caller's task).
-//! - `h1`: the HTTP/1.1 codec both use (heads, one framing type, body decoding, encoding, socket IO, hop-by-hop).
-//! - [`server`]: the control API's accept loop (hyper) and its graceful drain.
-//! - [`config`]: TOML file and CLI overrides into a validated [`config::Config`], one file per section; it
-//!   builds the keys (route signers, the upstream verifier, control API JWT keys) once.
-//! - [`routes`]: (host, path prefix) to origin and `Grip-Sig` signer.
-//! - [`proxy`]: the request phases (route, prepare, forward, inspect, park, respond); [`proxy::headers`] rewrites
-//!   headers, [`proxy::forward`] talks to origins.
-//! - [`grip`]: parsing GRIP instructions (headers and instruct bodies), `Grip-Sig`, held response parts.
-//! - [`hold`]: the registry of parked clients and last ids per channel.
-//! - [`publish`]: the control API and publish item parsing.
-//! - [`bus`]: where publishes go: this process's registry (memory), or Redis pub/sub shared by every instance.
-//! - [`metrics`]: Prometheus counters and histograms (atomics on the hot path), encoded at scrape time.
-//! - [`ops`]: health, readiness, `/metrics` and channel introspection on the control listener.
-//! - [`reload`]: live reload (SIGHUP) of routes and the other reloadable settings.
-//! - [`cli`]: the binary's subcommands other than running the proxy (`grip-proxy publish`).
-//! - [`secret`]: keys given literally, by environment variable or file.
-//! - [`jwt`]: JWT signing and checking keys from those secrets (HS256, or PEM for RS256/ES256).
-//! - [`error`], [`body`]: the proxy error type and the body type.
+//! - `origin`: the HTTP/1.1 client toward origins (pooled keep-alive connections, run in the caller's task).
+//! - `routes`: (host, path prefix) to origin and `Grip-Sig` signer.
+//! - `bus`: where publishes go: this process's registry (memory), or Redis shared by every instance.
+//! - `hold`: the registry of parked clients and last ids per channel.
+//! - [`config`]: the TOML file and flags into a validated [`Config`], one section per file.
+//! - `item`: publish items, validated from their JSON form.
+//! - `grip`: GRIP instructions (headers and instruct bodies), `Grip-Sig`, held response parts.
+//! - `h1`: the HTTP/1.1 codec both roles use (heads, one framing type, bodies, encoding, socket IO).
+//! - `jwt`: JWT keys shared by publish credentials and `Grip-Sig`.
+//! - `secret`, `accept`, `body`: keys from the environment or files, accepting connections, the body type.
 //!
 //! # Errors
 //! Each module has its own `thiserror` enum; every failure on the request path becomes a response in
-//! [`error::ProxyError::into_response`] and is logged once, in [`proxy::serve`].
+//! `ProxyError::into_response` and is logged once, in `proxy::serve`.
 
 #![warn(missing_docs)]
 

@@ -22,7 +22,7 @@ pub struct Limits {
     /// Largest request head (request line and headers); larger is a 431.
     pub max_head: usize,
     /// Largest request body; a larger declared length is a 413 before anything is read, and a chunked body that
-    /// grows past it fails with [`BodyTooLarge`].
+    /// grows past it fails with [`ClientBodyError::TooLarge`].
     pub max_body: u64,
     /// Time allowed for a request head to arrive, and for an idle keep-alive connection to start the next one.
     pub header_timeout: Duration,
