@@ -1,5 +1,5 @@
-//! `App`: binds both listeners, builds the shared state from `Config`, runs the servers and the last-id
-//! sweeper, and shuts them all down in order.
+//! `App`: binds the listeners (clients, control, and metrics if configured), builds the shared state from
+//! `Config`, runs the servers, the last-id sweeper and the origin pool sweeper, and shuts them all down in order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::grip::wire::{Str, WireResponse};
+use crate::grip::json::{Str, WireResponse};
 use crate::grip::ResponseParts;
 
 /// A malformed publish body: the path of the offending field (`items[2].formats.http-response.code`) and why.

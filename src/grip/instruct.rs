@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::wire::{Str, WireResponse};
+use super::json::{Str, WireResponse};
 use super::{ChannelSub, GripError, Hold, HoldMode, ResponseParts};
 
 /// The media type that marks an instruct body.

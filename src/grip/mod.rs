@@ -2,9 +2,9 @@
 //! headers or an `application/grip-instruct` body, and the response parts a hold answers with.
 
 pub(crate) mod instruct;
+pub(crate) mod json;
 pub(crate) mod parse;
 pub(crate) mod sig;
-pub(crate) mod wire;
 
 use std::time::Duration;
 
