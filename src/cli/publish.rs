@@ -326,7 +326,9 @@ impl Target {
             }
         }
         let jwt = match (iss, key) {
-            (Some(iss), Some(key)) => Some((iss, secret_bytes(&key).map_err(|e| usage(&e))?)),
+            (Some(iss), Some(key)) => {
+                Some((iss, secret_bytes(&key).map_err(|e| usage(&e.to_string()))?))
+            }
             (None, None) => None,
             _ => return Err(usage("iss and key go together")),
         };
@@ -347,11 +349,11 @@ fn decode(s: &str) -> String {
 }
 
 /// A key as the client libraries give it: literal, or `base64:...`.
-fn secret_bytes(key: &str) -> Result<Vec<u8>, String> {
+fn secret_bytes(key: &str) -> Result<Vec<u8>, CliError> {
     match key.strip_prefix("base64:") {
         Some(b64) => base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map_err(|_| "key: invalid base64".to_owned()),
+            .map_err(|_| CliError::Usage("key: invalid base64".to_owned())),
         None => Ok(key.as_bytes().to_vec()),
     }
 }
