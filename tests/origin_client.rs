@@ -10,6 +10,18 @@ use tokio::net::TcpStream;
 
 use support::*;
 
+/// Sends `GET /` on a raw connection and reads everything until the proxy closes it (within the limit).
+async fn get_until_closed(proxy: &Proxy) -> String {
+    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    within(LIMIT, client.read_to_end(&mut got)).await.unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 fn ok(_: &str, _: usize) -> (Vec<u8>, After) {
     (
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
@@ -180,17 +192,8 @@ async fn an_origin_closing_mid_body_truncates_the_response_and_closes_the_client
     }
     let origin = ScriptOrigin::start(short).await;
     let proxy = Proxy::start(origin.addr()).await;
-    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
-        .await
-        .unwrap();
-
     // The proxy closes the client connection: reading to EOF ends within the limit.
-    let mut got = Vec::new();
-    within(LIMIT, client.read_to_end(&mut got)).await.unwrap();
-
-    let text = String::from_utf8_lossy(&got);
+    let text = get_until_closed(&proxy).await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("content-length: 100\r\n"), "{text}");
     let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
@@ -259,17 +262,8 @@ async fn an_origin_that_stalls_mid_body_is_given_up_after_the_body_read_timeout(
         .toml("[origin]\nbody_read_timeout_secs = 0.3")
         .start()
         .await;
-    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
-        .await
-        .unwrap();
-
     // Without the timeout the proxy would wait on the origin for ever, and the client with it.
-    let mut got = Vec::new();
-    within(LIMIT, client.read_to_end(&mut got)).await.unwrap();
-
-    let text = String::from_utf8_lossy(&got);
+    let text = get_until_closed(&proxy).await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nhalf."), "{text}");
 }

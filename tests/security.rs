@@ -567,6 +567,60 @@ async fn upstream_cases(proxy_toml: &str, sigs: &[(&str, Option<String>)]) -> Ve
     seen
 }
 
+/// Upstream `Grip-Sig`: one expired 30 s ago or not valid for 60 s is not trusted (the client's `Grip-*` headers
+/// are stripped); a valid one, or one expired 2 s ago (within the default 5 s leeway), is (they are kept).
+#[tokio::test]
+async fn an_upstream_grip_sig_is_checked_for_exp_and_nbf_with_a_5_second_leeway() {
+    let up = b"up-secret";
+    let at = |delta: i64| now().checked_add_signed(delta).unwrap();
+    let cases = [
+        ("valid", json!({"iss": "up", "exp": at(600)}), true),
+        (
+            "expired 30 s ago",
+            json!({"iss": "up", "exp": at(-30)}),
+            false,
+        ),
+        (
+            "not valid for 60 s",
+            json!({"iss": "up", "exp": at(600), "nbf": at(60)}),
+            false,
+        ),
+        ("expired 2 s ago", json!({"iss": "up", "exp": at(-2)}), true),
+    ];
+    let sigs: Vec<(&str, Option<String>)> = cases
+        .iter()
+        .map(|(what, claims, _)| (*what, Some(hs256(up, claims.clone()))))
+        .collect();
+
+    let seen = upstream_cases("[proxy]\nupstream_sig_key = \"up-secret\"", &sigs).await;
+
+    for ((what, _, trusted), (kept, _)) in cases.iter().zip(seen) {
+        assert_eq!(
+            kept, *trusted,
+            "{what}: client Grip-* headers kept = {kept}"
+        );
+    }
+}
+
+/// `proxy.upstream_sig_leeway_secs` sets the leeway: with 0, a `Grip-Sig` expired 2 s ago is not trusted.
+#[tokio::test]
+async fn the_upstream_grip_sig_leeway_is_a_setting() {
+    let up = b"up-secret";
+    let sigs = [
+        ("valid", Some(hs256(up, claims("up", 600)))),
+        ("expired 2 s ago", Some(hs256(up, claims("up", -2)))),
+    ];
+
+    let seen = upstream_cases(
+        "[proxy]\nupstream_sig_key = \"up-secret\"\nupstream_sig_leeway_secs = 0",
+        &sigs,
+    )
+    .await;
+
+    let kept: Vec<bool> = seen.iter().map(|(kept, _)| *kept).collect();
+    assert_eq!(kept, [true, false]);
+}
+
 #[tokio::test]
 async fn a_trusted_upstream_proxy_keeps_its_grip_headers_and_others_do_not() {
     let up = b"up-secret";
