@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use support::*;
@@ -766,16 +765,6 @@ fn now() -> u64 {
 /// Seconds since the epoch, `delta` from now.
 fn at(delta: i64) -> u64 {
     now().checked_add_signed(delta).unwrap()
-}
-
-/// A JWT signed HS256 with `key`.
-fn hs256(key: &[u8], claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(key),
-    )
-    .unwrap()
 }
 
 const JWT_KEY: &[u8] = b"jwt-secret";

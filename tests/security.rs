@@ -36,16 +36,6 @@ fn b64(bytes: impl AsRef<[u8]>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A JWT signed HS256 with `key`.
-fn hs256(key: &[u8], claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(key),
-    )
-    .unwrap()
-}
-
 /// A JWT signed ES256 with the PKCS#8 PEM private key in `tests/data/<pem>`.
 fn es256(pem: &str, claims: Value) -> String {
     jsonwebtoken::encode(

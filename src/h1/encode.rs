@@ -59,23 +59,27 @@ pub(crate) fn response_head(
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    match framing {
-        Framing::Length(n) => {
-            field(
-                out,
-                b"content-length",
-                itoa::Buffer::new().format(n).as_bytes(),
-            );
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Empty | Framing::Close => {}
-    }
+    framing_field(out, framing);
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The field that says how a body is delimited: `Content-Length` or `Transfer-Encoding: chunked`; nothing for
+/// no body or a close-delimited one.
+fn framing_field(out: &mut Vec<u8>, framing: Framing) {
+    match framing {
+        Framing::Empty | Framing::Close => {}
+        Framing::Length(n) => field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
 }
 
 /// Writes `METHOD target HTTP/1.1`, the headers (with our framing in place of any given), and `Host` when the
@@ -101,17 +105,7 @@ pub(crate) fn request_head(
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    match framing {
-        Framing::Empty | Framing::Close => {}
-        Framing::Length(n) => {
-            field(
-                out,
-                b"content-length",
-                itoa::Buffer::new().format(n).as_bytes(),
-            );
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
+    framing_field(out, framing);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -818,3 +818,13 @@ pub(crate) fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str)
 pub(crate) fn items(list: &[Value]) -> Value {
     json!({ "items": list })
 }
+
+/// A JWT signed HS256 with `key` (publish credentials, upstream `Grip-Sig`).
+pub(crate) fn hs256(key: &[u8], claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
