@@ -17,8 +17,8 @@ pub(crate) struct PublishError {
     pub reason: String,
 }
 
-/// A validated item. Formats other than `http-response` (`http-stream`, `ws-message`) are accepted and ignored:
-/// they concern stream and WebSocket holds, which this proxy does not make.
+/// A validated item. `ws-message` is accepted and ignored: it concerns WebSocket connections, which this proxy
+/// does not make yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Item {
     /// The channel published to.
@@ -31,6 +31,8 @@ pub(crate) struct Item {
     pub no_seq: bool,
     /// The `http-response` format, which releases response holds.
     pub http_response: Option<HttpResponse>,
+    /// The `http-stream` format, which stream holds append (or close on).
+    pub http_stream: Option<HttpStream>,
     /// When this process parsed it (the control API accepted it, or the bus brought it): the start of the
     /// publish-to-delivery latency in the metrics.
     pub accepted: tokio::time::Instant,
@@ -54,6 +56,27 @@ pub(crate) struct HttpResponse {
     pub parts: ResponseParts,
 }
 
+/// A validated `http-stream` format: what a stream hold does with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HttpStream {
+    /// Append this content (`content`, or `content-bin` decoded) as one piece of the stream.
+    Content(bytes::Bytes),
+    /// End the response (`action: close`).
+    Close,
+    /// Ask the origin what follows (`action: hint`): the stream's `rel=next` link is fetched.
+    Hint,
+}
+
+#[derive(Deserialize)]
+struct WireStream<'a> {
+    #[serde(borrow)]
+    content: Option<Str<'a>>,
+    #[serde(borrow, rename = "content-bin")]
+    content_bin: Option<Str<'a>>,
+    #[serde(borrow)]
+    action: Option<Str<'a>>,
+}
+
 #[derive(Deserialize)]
 struct WireBody<'a> {
     #[serde(borrow)]
@@ -74,9 +97,9 @@ struct WireItem<'a> {
     http_response: Option<WireResponse<'a>>,
     #[serde(rename = "no-seq")]
     no_seq: Option<bool>,
-    /// Formats this proxy does not deliver yet: only whether they are there counts.
-    #[serde(rename = "http-stream")]
-    http_stream: Option<IgnoredAny>,
+    #[serde(borrow, rename = "http-stream")]
+    http_stream: Option<WireStream<'a>>,
+    /// A format this proxy does not deliver yet: only whether it is there counts.
     #[serde(rename = "ws-message")]
     ws_message: Option<IgnoredAny>,
 }
@@ -85,8 +108,8 @@ struct WireItem<'a> {
 struct WireFormats<'a> {
     #[serde(borrow, rename = "http-response")]
     http_response: Option<WireResponse<'a>>,
-    #[serde(rename = "http-stream")]
-    http_stream: Option<IgnoredAny>,
+    #[serde(borrow, rename = "http-stream")]
+    http_stream: Option<WireStream<'a>>,
     #[serde(rename = "ws-message")]
     ws_message: Option<IgnoredAny>,
 }
@@ -201,12 +224,20 @@ fn item(i: usize, w: WireItem<'_>, accepted: tokio::time::Instant) -> Result<Ite
             reason: format!("no formats: an item needs {KNOWN_FORMATS}"),
         });
     }
-    let (prefix, response) = match (w.formats, w.http_response) {
-        (Some(f), top) => match f.http_response {
-            Some(r) => ("formats.http-response", Some(r)),
-            None => ("http-response", top),
+    let (formats_response, formats_stream) = match w.formats {
+        Some(f) => (f.http_response, f.http_stream),
+        None => (None, None),
+    };
+    let http_stream = match formats_stream {
+        Some(s) => Some(stream("formats.http-stream", s).map_err(|(f, r)| err(&f, r))?),
+        None => match w.http_stream {
+            Some(s) => Some(stream("http-stream", s).map_err(|(f, r)| err(&f, r))?),
+            None => None,
         },
-        (None, top) => ("http-response", top),
+    };
+    let (prefix, response) = match formats_response {
+        Some(r) => ("formats.http-response", Some(r)),
+        None => ("http-response", w.http_response),
     };
     let http_response = match response {
         None => None,
@@ -235,8 +266,52 @@ fn item(i: usize, w: WireItem<'_>, accepted: tokio::time::Instant) -> Result<Ite
         prev_id: w.prev_id.map(|s| Box::from(s.0.as_ref())),
         no_seq: w.no_seq.unwrap_or(false),
         http_response,
+        http_stream,
         accepted,
     })
+}
+
+/// Validates an `http-stream` format found at `prefix`; errors are the field's path under the item and why.
+fn stream(prefix: &str, w: WireStream<'_>) -> Result<HttpStream, (String, String)> {
+    let action = match w.action.as_ref().map(|a| a.0.as_ref()) {
+        None | Some("send") => None,
+        Some("close") => Some(HttpStream::Close),
+        Some("hint") => Some(HttpStream::Hint),
+        Some(other) => {
+            return Err((
+                format!("{prefix}.action"),
+                format!("unknown action {other:?} (expected send, hint or close)"),
+            ))
+        }
+    };
+    if let Some(action) = action {
+        return Ok(action);
+    }
+    match (w.content, w.content_bin) {
+        (Some(_), Some(_)) => Err((
+            format!("{prefix}.content-bin"),
+            "give content or content-bin, not both".into(),
+        )),
+        (Some(c), None) => Ok(HttpStream::Content(bytes::Bytes::copy_from_slice(
+            c.0.as_bytes(),
+        ))),
+        (None, Some(b)) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.0.as_bytes())
+                .map(|v| HttpStream::Content(v.into()))
+                .map_err(|e| {
+                    (
+                        format!("{prefix}.content-bin"),
+                        format!("invalid base64: {e}"),
+                    )
+                })
+        }
+        (None, None) => Err((
+            format!("{prefix}.content"),
+            "missing: an http-stream item needs content, content-bin or action close".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +337,7 @@ impl Item {
                     body: bytes::Bytes::from(body.to_owned()),
                 },
             }),
+            http_stream: None,
             accepted: tokio::time::Instant::now(),
         }
     }

@@ -141,6 +141,10 @@ pub(crate) struct Metrics {
     holds_ended: [Counter; HoldEnd::ALL.len()],
     holds_refused: Counter,
     deliveries: Counter,
+    streams_opened: Counter,
+    stream_items: Counter,
+    keep_alives: Counter,
+    slow_streams: Counter,
     published_items: Counter,
     publish_requests_family: Family<StatusLabel, Counter>,
     publish_requests: [Counter; STATUS_CLASSES.len()],
@@ -186,6 +190,10 @@ impl Metrics {
             holds_ended,
             holds_refused: Counter::default(),
             deliveries: Counter::default(),
+            streams_opened: Counter::default(),
+            stream_items: Counter::default(),
+            keep_alives: Counter::default(),
+            slow_streams: Counter::default(),
             published_items: Counter::default(),
             publish_requests_family,
             publish_requests,
@@ -236,6 +244,26 @@ impl Metrics {
     /// A held client received a published item (whatever it then does with it).
     pub(crate) fn delivery(&self) {
         self.deliveries.inc();
+    }
+
+    /// A stream hold started.
+    pub(crate) fn stream_opened(&self) {
+        self.streams_opened.inc();
+    }
+
+    /// An item's content was appended to a stream.
+    pub(crate) fn stream_item(&self) {
+        self.stream_items.inc();
+    }
+
+    /// Keep-alive data was written to an idle stream.
+    pub(crate) fn keep_alive_sent(&self) {
+        self.keep_alives.inc();
+    }
+
+    /// A stream client was disconnected for falling more than `hold.max_stream_queue` behind.
+    pub(crate) fn slow_stream_dropped(&self) {
+        self.slow_streams.inc();
     }
 
     /// A held client's response was built from an item the control API accepted at `accepted`.
@@ -295,8 +323,34 @@ impl Metrics {
         let held = holds.clone();
         r.register(
             "held_clients",
-            "Clients held now",
+            "Clients held now: response holds and streams",
             Scraped::gauge(move || held.held() as u64),
+        );
+        let open = holds.clone();
+        r.register(
+            "streams_open",
+            "Stream holds open now (also counted in held_clients)",
+            Scraped::gauge(move || open.streams() as u64),
+        );
+        r.register(
+            "streams_opened",
+            "Stream holds started",
+            self.streams_opened.clone(),
+        );
+        r.register(
+            "stream_items",
+            "Published items appended to streams (one per stream per item)",
+            self.stream_items.clone(),
+        );
+        r.register(
+            "stream_keep_alives",
+            "Keep-alive data written to idle streams",
+            self.keep_alives.clone(),
+        );
+        r.register(
+            "stream_slow_clients_dropped",
+            "Stream clients disconnected for falling more than hold.max_stream_queue bytes behind",
+            self.slow_streams.clone(),
         );
         r.register(
             "channels",

@@ -52,6 +52,11 @@ impl RouteTable {
         }
     }
 
+    /// The route at `index` in the config.
+    pub(crate) fn by_index(&self, index: usize) -> Option<&Route> {
+        self.routes.iter().find(|r| r.index == index)
+    }
+
     /// The route for a request's `Host` (port ignored, any case) and path.
     pub(crate) fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let host = host.map(strip_port);

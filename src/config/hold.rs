@@ -21,6 +21,8 @@ pub struct RawHold {
     pub max_body: usize,
     /// Most channels one hold may name (Pushpin: 20).
     pub max_channels: usize,
+    /// Most bytes published to a stream and not yet taken by its client; past it the client is disconnected.
+    pub max_stream_queue: usize,
 }
 
 impl Default for RawHold {
@@ -31,6 +33,7 @@ impl Default for RawHold {
             max_timeout_secs: 3600,
             max_body: 100_000,
             max_channels: crate::grip::DEFAULT_MAX_CHANNELS,
+            max_stream_queue: 1024 * 1024,
         }
     }
 }
@@ -48,6 +51,8 @@ pub struct HoldConfig {
     pub max_body: usize,
     /// Most channels per hold.
     pub max_channels: usize,
+    /// Most bytes queued for one stream client.
+    pub max_stream_queue: usize,
 }
 
 impl HoldConfig {
@@ -63,6 +68,7 @@ impl HoldConfig {
 pub(super) fn validate(h: &RawHold) -> Result<HoldConfig, ConfigError> {
     positive("hold.max_body", h.max_body)?;
     positive("hold.max_channels", h.max_channels)?;
+    positive("hold.max_stream_queue", h.max_stream_queue)?;
     min_max(
         (
             "hold.min_timeout_secs",
@@ -82,6 +88,7 @@ pub(super) fn validate(h: &RawHold) -> Result<HoldConfig, ConfigError> {
         max_timeout: Duration::from_secs(h.max_timeout_secs),
         max_body: h.max_body,
         max_channels: h.max_channels,
+        max_stream_queue: h.max_stream_queue,
     })
 }
 

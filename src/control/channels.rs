@@ -1,6 +1,6 @@
-//! Channel introspection: `GET /channels/<name>` answers `{"channel", "held", "last_id"}` (an unknown channel is
-//! held 0, last id null: never a 404, so a backend can poll it until its client is parked), and
-//! `GET /channels?limit=N&offset=M` a page of the busiest channels, most held clients first. The list costs one
+//! Channel introspection: `GET /channels/<name>` answers `{"channel", "held", "streams", "last_id"}` (response
+//! holds and streams apart; an unknown channel is held 0, last id null: never a 404, so a backend can poll it until
+//! its client is parked), and `GET /channels?limit=N&offset=M` a page of the busiest channels, most clients first. The list costs one
 //! pass over the channel map and a heap of at most `offset + limit` entries.
 
 use std::cmp::{Ordering, Reverse};
@@ -39,6 +39,7 @@ pub(crate) fn serve(registry: &Registry, path: &str, query: Option<&str>) -> Res
             &json!({
                 "channel": name,
                 "held": registry.held_on(&name),
+                "streams": registry.streams_on(&name),
                 "last_id": registry.last_id(&name),
             }),
         ),
@@ -109,7 +110,9 @@ impl Page {
 /// One channel in the list. Ordered by busyness: more held clients first, then by name (so pages are stable).
 #[derive(Debug, PartialEq, Eq)]
 struct Entry {
+    /// Response holds plus streams: what the list is ordered by.
     held: usize,
+    streams: usize,
     name: Box<str>,
     last_id: Option<Box<str>>,
 }
@@ -143,7 +146,8 @@ pub(crate) fn list(registry: &Registry, page: Page) -> serde_json::Value {
     // replaces. Names are copied only for channels that enter it.
     let mut heap: BinaryHeap<Reverse<Entry>> = BinaryHeap::with_capacity(keep.min(1024));
     let mut total = 0usize;
-    registry.for_each_channel(|name, held, last_id| {
+    registry.for_each_channel(|name, responses, streams, last_id| {
+        let held = responses + streams;
         total += 1;
         if keep == 0 {
             return;
@@ -158,6 +162,7 @@ pub(crate) fn list(registry: &Registry, page: Page) -> serde_json::Value {
         }
         heap.push(Reverse(Entry {
             held,
+            streams,
             name: name.into(),
             last_id: last_id.map(Into::into),
         }));
@@ -167,7 +172,9 @@ pub(crate) fn list(registry: &Registry, page: Page) -> serde_json::Value {
         .into_sorted_vec()
         .into_iter()
         .skip(page.offset)
-        .map(|Reverse(e)| json!({ "channel": e.name, "held": e.held, "last_id": e.last_id }))
+        .map(|Reverse(e)| {
+            json!({ "channel": e.name, "held": e.held - e.streams, "streams": e.streams, "last_id": e.last_id })
+        })
         .collect();
     json!({
         "total": total,

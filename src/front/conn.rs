@@ -363,6 +363,25 @@ impl Conn {
         version: Version,
         keep_alive: bool,
     ) -> io::Result<bool> {
+        if let Some(marker) = resp.extensions().get::<super::Streaming>().cloned() {
+            if !is_head {
+                let peer = self.stream.peer_addr().ok();
+                let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let ended = super::stream::write(
+                    &mut self.stream,
+                    resp,
+                    marker,
+                    version,
+                    self.limits.write_timeout,
+                    peer,
+                )
+                .await?;
+                if let super::stream::Ended::ClientGone = ended {
+                    tracing::debug!(client.addr = %peer, "stream client went away");
+                }
+                return Ok(false);
+            }
+        }
         let resp = match resp.extensions().get::<PreEncoded>() {
             // A release shared by many clients: its bytes are ready when the connection is what they were made for.
             Some(pre) if version == Version::HTTP_11 && !is_head && keep_alive => {

@@ -3,6 +3,7 @@
 
 mod body;
 mod conn;
+mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 pub use body::RequestBody;
+pub(crate) use stream::Streaming;
 
 /// Per-connection bounds.
 #[derive(Debug, Clone, Copy)]

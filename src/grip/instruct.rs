@@ -35,6 +35,19 @@ struct WireHold<'a> {
     #[serde(borrow, default)]
     channels: Vec<WireChannel<'a>>,
     timeout: Option<u64>,
+    #[serde(borrow, rename = "keep-alive")]
+    keep_alive: Option<WireKeepAlive<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireKeepAlive<'a> {
+    #[serde(borrow)]
+    data: Str<'a>,
+    #[serde(borrow)]
+    format: Option<Str<'a>>,
+    timeout: Option<u64>,
+    #[serde(borrow)]
+    mode: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -103,10 +116,28 @@ fn hold(h: WireHold<'_>, max_channels: usize) -> Result<Hold, GripError> {
     let channels = channels.finish().map_err(|reason| {
         GripError::new("instruct hold.channels", "[]", format!("a hold {reason}"))
     })?;
+    let keep_alive = match (&mode, h.keep_alive) {
+        (HoldMode::Stream, Some(k)) => Some(
+            super::stream::keep_alive(
+                &k.data.0,
+                k.format.as_ref().map(|f| f.0.as_ref()),
+                k.timeout,
+                k.mode.as_ref().map(|m| m.0.as_ref()),
+            )
+            .map_err(|reason| GripError::new("instruct hold.keep-alive", &k.data.0, reason))?,
+        ),
+        _ => None,
+    };
     Ok(Hold {
         mode,
         channels,
         timeout: h.timeout.map(Duration::from_secs),
+        stream: keep_alive.map(|k| {
+            Box::new(super::stream::StreamInstruction {
+                keep_alive: Some(k),
+                ..Default::default()
+            })
+        }),
     })
 }
 

@@ -5,6 +5,7 @@ pub(crate) mod instruct;
 pub(crate) mod json;
 pub(crate) mod parse;
 pub(crate) mod sig;
+pub(crate) mod stream;
 
 use std::time::Duration;
 
@@ -131,6 +132,8 @@ pub(crate) struct Hold {
     pub channels: Vec<ChannelSub>,
     /// The timeout the origin asked for, before the configured floor and ceiling are applied.
     pub timeout: Option<Duration>,
+    /// Keep-alive and links of a stream hold, when any were given.
+    pub stream: Option<Box<stream::StreamInstruction>>,
 }
 
 /// A response in parts: the held (timeout) response, or a published `http-response`.

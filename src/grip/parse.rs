@@ -57,11 +57,16 @@ pub(crate) fn from_headers(
         None => None,
         Some(v) => Some(status(text("Grip-Status", v.as_bytes())?)?),
     };
+    let stream = match mode {
+        HoldMode::Stream => Some(super::stream::from_headers(headers)?).filter(|s| !s.is_empty()),
+        HoldMode::Response => None,
+    };
     Ok(Some(HeaderInstruction {
         hold: Hold {
             mode,
             channels,
             timeout,
+            stream: stream.map(Box::new),
         },
         status,
     }))

@@ -125,6 +125,15 @@ pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
 /// The last chunk, with no trailers.
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// `data` as one whole chunk (size line, data, CRLF). Empty data would end the body, so it is refused by callers.
+pub(crate) fn chunk(data: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(data.len() + 20);
+    chunk_header(&mut out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

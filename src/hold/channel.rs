@@ -10,7 +10,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::Delivery;
+use super::feed::Feed;
+use super::{Delivery, Release};
 use crate::item::Item;
 
 /// Where a parked client is told what happened. A hold on several channels puts the same slot in each; the first
@@ -19,6 +20,9 @@ pub(crate) type Slot = Arc<Mutex<Option<oneshot::Sender<Delivery>>>>;
 
 /// Parked clients by waiter id.
 pub(crate) type Waiters = HashMap<u64, Slot>;
+
+/// Streams subscribed, by subscription id.
+pub(crate) type Streams = HashMap<u64, Arc<Feed>>;
 
 /// Ids remembered per channel for duplicate detection: bounds the memory and the scan of a busy channel.
 const RECENT_IDS_MAX: usize = 32;
@@ -45,7 +49,7 @@ pub(crate) enum ParkOutcome {
 /// What a publish did to a channel: items to deliver now, in order, each with the waiters it takes.
 #[derive(Default)]
 pub(crate) struct Published {
-    pub(crate) deliveries: Vec<(Arc<Item>, Waiters)>,
+    pub(crate) deliveries: Vec<(Arc<Release>, Waiters)>,
     /// The item was queued to wait for its predecessor until this instant.
     pub(crate) queued_until: Option<Instant>,
     /// The item was a duplicate and dropped.
@@ -56,6 +60,8 @@ pub(crate) struct Published {
 pub(crate) struct Channel {
     /// Parked clients.
     pub(crate) waiters: Waiters,
+    /// Streams subscribed: each takes every `http-stream` item, in publish order, and stays.
+    pub(crate) streams: Streams,
     /// Id of the last item published here, if known.
     pub(crate) last_id: Option<Box<str>>,
     /// When `last_id` was set: for expiry and least-recently-published eviction.
@@ -70,6 +76,7 @@ impl Channel {
     pub(crate) fn new() -> Self {
         Channel {
             waiters: HashMap::new(),
+            streams: HashMap::new(),
             last_id: None,
             published_at: Instant::now(),
             pending: VecDeque::new(),
@@ -85,6 +92,22 @@ impl Channel {
             }
         }
         self.waiters.insert(waiter, slot.clone());
+        ParkOutcome::Parked
+    }
+
+    /// As [`Channel::park`], for a stream: checks the prev-id (unless `None`), then subscribes the feed.
+    pub(crate) fn subscribe(
+        &mut self,
+        id: u64,
+        feed: &Arc<Feed>,
+        prev_id: Option<&str>,
+    ) -> ParkOutcome {
+        if let (Some(last), Some(prev)) = (self.last_id.as_deref(), prev_id) {
+            if last != prev {
+                return ParkOutcome::Stale;
+            }
+        }
+        self.streams.insert(id, feed.clone());
         ParkOutcome::Parked
     }
 
@@ -142,7 +165,16 @@ impl Channel {
             } else {
                 HashMap::new()
             };
-            out.deliveries.push((item, waiters));
+            let release = Arc::new(Release::new(item));
+            // Streams get the item here, under the entry lock, so that every stream sees the channel's items in the
+            // order they were applied (a push never waits: a feed past its bound ends instead).
+            if release.item.http_stream.is_some() {
+                let len = release.stream_len();
+                for feed in self.streams.values() {
+                    feed.push(&release, len);
+                }
+            }
+            out.deliveries.push((release, waiters));
             if let Some(last) = self.last_id.as_deref() {
                 if let Some(pos) = self
                     .pending
@@ -173,9 +205,14 @@ impl Channel {
         false
     }
 
-    /// Nothing worth keeping: no waiters, no last id, nothing pending.
+    /// Nothing worth keeping: no waiters, no streams, no last id, nothing pending.
     pub(crate) fn is_idle(&self) -> bool {
-        self.waiters.is_empty() && self.last_id.is_none() && self.pending.is_empty()
+        !self.has_clients() && self.last_id.is_none() && self.pending.is_empty()
+    }
+
+    /// Whether any client (held response or stream) is on the channel.
+    pub(crate) fn has_clients(&self) -> bool {
+        !self.waiters.is_empty() || !self.streams.is_empty()
     }
 }
 
@@ -201,7 +238,7 @@ mod tests {
     fn ids(p: &Published) -> Vec<String> {
         p.deliveries
             .iter()
-            .map(|(i, _)| i.id.as_deref().unwrap_or("-").to_owned())
+            .map(|(r, _)| r.item.id.as_deref().unwrap_or("-").to_owned())
             .collect()
     }
 

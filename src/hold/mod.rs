@@ -2,6 +2,7 @@
 //! `Registry` is a cheap handle (an `Arc` inside); a parked request owns a `Parked` guard that unparks on drop.
 
 mod channel;
+mod feed;
 mod release;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -16,13 +17,13 @@ use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
 use crate::item::Item;
 use channel::{Channel, ParkOutcome, Slot};
+pub(crate) use feed::{Fed, Feed, FeedEnd};
 pub(crate) use release::Release;
 
 /// Hands each item to the waiters it took, in order. Runs with no map guard held.
-fn deliver(deliveries: Vec<(Arc<Item>, channel::Waiters)>) -> usize {
+fn deliver(deliveries: Vec<(Arc<Release>, channel::Waiters)>) -> usize {
     let mut delivered = 0;
-    for (item, waiters) in deliveries {
-        let release = Arc::new(Release::new(item));
+    for (release, waiters) in deliveries {
         for slot in waiters.into_values() {
             delivered += usize::from(tell(&slot, Delivery::Item(release.clone())));
         }
@@ -100,8 +101,10 @@ struct Inner {
     channels: DashMap<Box<str>, Channel>,
     /// Source of waiter ids; unique for the process lifetime.
     next_waiter: AtomicU64,
-    /// Parked clients (live `Parked` guards).
+    /// Held clients (live `Parked` and `Subscription` guards).
     held: AtomicUsize,
+    /// Live `Subscription` guards (streams).
+    streams: AtomicUsize,
     /// Woken whenever `held` changes, for tests and tools that wait for parks.
     held_changed: Notify,
     /// Places taken against `max_held`: parked clients plus parks in progress. Reserved before a park inserts
@@ -135,6 +138,7 @@ impl Registry {
                 channels: DashMap::new(),
                 next_waiter: AtomicU64::new(1),
                 held: AtomicUsize::new(0),
+                streams: AtomicUsize::new(0),
                 held_changed: Notify::new(),
                 watchers: AtomicUsize::new(0),
                 reserved: AtomicUsize::new(0),
@@ -200,6 +204,53 @@ impl Registry {
             subs: subs.into(),
             slot,
             rx,
+        })
+    }
+
+    /// Subscribes a stream to `subs`, with a feed holding at most `queue_limit` bytes. The prev-ids are checked as
+    /// [`Registry::park`] checks them (unless `check_prev_id` is false). Streams count toward `max_held`.
+    pub(crate) fn subscribe(
+        &self,
+        subs: &[ChannelSub],
+        check_prev_id: bool,
+        queue_limit: usize,
+    ) -> Result<Subscription, ParkError> {
+        if self.is_closed() {
+            return Err(ParkError::Closed);
+        }
+        if self.inner.reserved.fetch_add(1, Ordering::AcqRel) >= self.inner.max_held {
+            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+            return Err(ParkError::Full);
+        }
+        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let feed = Arc::new(Feed::new(queue_limit));
+        for (i, sub) in subs.iter().enumerate() {
+            let outcome = self.with_channel(&sub.name, |c| {
+                c.subscribe(id, &feed, sub.prev_id.as_deref().filter(|_| check_prev_id))
+            });
+            if let ParkOutcome::Stale = outcome {
+                self.forget_if_idle(&sub.name);
+                self.unsubscribe(subs[..i].iter().map(|s| &*s.name), id);
+                self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+                return Err(ParkError::Stale {
+                    channel: sub.name.clone(),
+                    prev_id: sub.prev_id.clone().unwrap_or_default(),
+                });
+            }
+        }
+        if self.is_closed() {
+            self.unsubscribe(subs.iter().map(|s| &*s.name), id);
+            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+            return Err(ParkError::Closed);
+        }
+        self.inner.streams.fetch_add(1, Ordering::Relaxed);
+        self.inner.held.fetch_add(1, Ordering::SeqCst);
+        self.notify_held();
+        Ok(Subscription {
+            registry: self.clone(),
+            id,
+            channels: subs.iter().map(|s| s.name.clone()).collect(),
+            feed,
         })
     }
 
@@ -270,8 +321,11 @@ impl Registry {
 
     fn release_all(&self, delivery: Delivery, forget_ids: bool) -> usize {
         let mut slots = Vec::new();
+        let mut feeds: std::collections::HashMap<*const Feed, Arc<Feed>> = Default::default();
         for mut entry in self.inner.channels.iter_mut() {
             slots.extend(std::mem::take(&mut entry.waiters).into_values());
+            // Streams stay subscribed: a shutdown ends their feeds, a recovery asks them to catch up.
+            feeds.extend(entry.streams.values().map(|f| (Arc::as_ptr(f), f.clone())));
             if forget_ids {
                 entry.last_id = None;
             }
@@ -279,10 +333,17 @@ impl Registry {
         if forget_ids {
             self.inner.channels.retain(|_, c| !c.is_idle());
         }
-        slots
-            .iter()
-            .filter(|slot| tell(slot, delivery.clone()))
-            .count()
+        for feed in feeds.values() {
+            match delivery {
+                Delivery::Shutdown => feed.end(FeedEnd::Shutdown),
+                _ => feed.recover(),
+            }
+        }
+        feeds.len()
+            + slots
+                .iter()
+                .filter(|slot| tell(slot, delivery.clone()))
+                .count()
     }
 
     /// Whether `close()` was called.
@@ -290,17 +351,31 @@ impl Registry {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    /// Parked clients now.
+    /// Clients held now: response holds and streams.
     pub fn held(&self) -> usize {
         self.inner.held.load(Ordering::SeqCst)
     }
 
-    /// Clients parked on one channel now.
+    /// Streams open now (they are also counted in [`Registry::held`]).
+    pub fn streams(&self) -> usize {
+        self.inner.streams.load(Ordering::Relaxed)
+    }
+
+    /// Response holds parked on one channel now.
     pub fn held_on(&self, channel: &str) -> usize {
         self.inner
             .channels
             .get(channel)
             .map(|c| c.waiters.len())
+            .unwrap_or(0)
+    }
+
+    /// Streams subscribed to one channel now.
+    pub fn streams_on(&self, channel: &str) -> usize {
+        self.inner
+            .channels
+            .get(channel)
+            .map(|c| c.streams.len())
             .unwrap_or(0)
     }
 
@@ -317,12 +392,17 @@ impl Registry {
         self.inner.channels.len()
     }
 
-    /// Calls `f` with each channel entry's name, held clients and last id, for introspection (`GET /channels`).
-    /// `f` runs while a shard of the map is read-locked (parks and publishes on that shard wait): it must be quick,
-    /// and must not touch the registry.
-    pub(crate) fn for_each_channel(&self, mut f: impl FnMut(&str, usize, Option<&str>)) {
+    /// Calls `f` with each channel entry's name, response holds, streams and last id, for introspection
+    /// (`GET /channels`). `f` runs while a shard of the map is read-locked (parks and publishes on that shard wait):
+    /// it must be quick, and must not touch the registry.
+    pub(crate) fn for_each_channel(&self, mut f: impl FnMut(&str, usize, usize, Option<&str>)) {
         for entry in self.inner.channels.iter() {
-            f(entry.key(), entry.waiters.len(), entry.last_id.as_deref());
+            f(
+                entry.key(),
+                entry.waiters.len(),
+                entry.streams.len(),
+                entry.last_id.as_deref(),
+            );
         }
     }
 
@@ -374,14 +454,14 @@ impl Registry {
             .inner
             .channels
             .iter()
-            .filter(|e| e.waiters.is_empty())
+            .filter(|e| !e.has_clients())
             .map(|e| (e.published_at, e.key().clone()))
             .collect();
         idle.sort_unstable_by_key(|(at, _)| *at);
         for (_, name) in idle.into_iter().take(len - cap) {
             self.inner
                 .channels
-                .remove_if(&name, |_, c| c.waiters.is_empty());
+                .remove_if(&name, |_, c| !c.has_clients());
         }
     }
 
@@ -417,6 +497,15 @@ impl Registry {
 
     fn forget_if_idle(&self, name: &str) {
         self.inner.channels.remove_if(name, |_, c| c.is_idle());
+    }
+
+    fn unsubscribe<'a>(&self, channels: impl Iterator<Item = &'a str>, id: u64) {
+        for name in channels {
+            if let Some(mut c) = self.inner.channels.get_mut(name) {
+                c.streams.remove(&id);
+            }
+            self.forget_if_idle(name);
+        }
     }
 
     fn unpark(&self, subs: &[ChannelSub], id: u64) {
@@ -469,6 +558,52 @@ impl Drop for Parked {
         }
         self.registry.inner.held.fetch_sub(1, Ordering::SeqCst);
         self.registry.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.registry.notify_held();
+    }
+}
+
+/// A stream's subscription: its feed gets every `http-stream` item published to its channels until it is dropped
+/// (client gone, stream closed), which unsubscribes it everywhere.
+pub(crate) struct Subscription {
+    registry: Registry,
+    id: u64,
+    channels: Vec<Box<str>>,
+    feed: Arc<Feed>,
+}
+
+impl Subscription {
+    /// The feed items arrive in.
+    pub(crate) fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Moves the subscription to `subs` (a followed link held again): channels no longer named are left, new ones
+    /// joined without a prev-id check (items queued meanwhile settle what was missed), the feed kept, so nothing
+    /// published to a channel in both sets is lost or seen twice.
+    pub(crate) fn resubscribe(&mut self, subs: &[ChannelSub]) {
+        let (keep, leave): (Vec<Box<str>>, Vec<Box<str>>) = std::mem::take(&mut self.channels)
+            .into_iter()
+            .partition(|name| subs.iter().any(|s| s.name == *name));
+        self.registry
+            .unsubscribe(leave.iter().map(|n| &**n), self.id);
+        for sub in subs {
+            if !keep.contains(&sub.name) {
+                self.registry
+                    .with_channel(&sub.name, |c| c.subscribe(self.id, &self.feed, None));
+            }
+        }
+        self.channels = subs.iter().map(|s| s.name.clone()).collect();
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.registry
+            .unsubscribe(self.channels.iter().map(|n| &**n), self.id);
+        let inner = &self.registry.inner;
+        inner.streams.fetch_sub(1, Ordering::Relaxed);
+        inner.held.fetch_sub(1, Ordering::SeqCst);
+        inner.reserved.fetch_sub(1, Ordering::AcqRel);
         self.registry.notify_held();
     }
 }

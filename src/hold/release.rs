@@ -4,12 +4,13 @@
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use http::Response;
 
 use crate::body::{self, Body};
 use crate::grip::ResponseParts;
 use crate::h1::PreEncoded;
-use crate::item::Item;
+use crate::item::{HttpStream, Item};
 
 /// One item on its way to the clients of one channel.
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub(crate) struct Release {
     pub item: Arc<Item>,
     /// The held response of the first client that asked, and the release built from it.
     first: OnceLock<(Arc<ResponseParts>, PreEncoded)>,
+    /// The `http-stream` content framed as one HTTP/1.1 chunk, built by the first stream that writes it.
+    chunk: OnceLock<Bytes>,
 }
 
 impl Release {
@@ -26,6 +29,34 @@ impl Release {
         Release {
             item,
             first: OnceLock::new(),
+            chunk: OnceLock::new(),
+        }
+    }
+
+    /// The item's `http-stream` content as a stream writes it: framed as one chunk when `chunked`, else as is.
+    /// Framed once for every stream on the channel. `None`: the item has no content.
+    pub(crate) fn stream_bytes(&self, chunked: bool) -> Option<Bytes> {
+        let Some(HttpStream::Content(content)) = &self.item.http_stream else {
+            return None;
+        };
+        if content.is_empty() {
+            return None; // an empty chunk would end the response
+        }
+        if !chunked {
+            return Some(content.clone());
+        }
+        Some(
+            self.chunk
+                .get_or_init(|| crate::h1::encode::chunk(content))
+                .clone(),
+        )
+    }
+
+    /// Bytes of `http-stream` content this item adds to a stream's queue.
+    pub(crate) fn stream_len(&self) -> usize {
+        match &self.item.http_stream {
+            Some(HttpStream::Content(c)) => c.len(),
+            _ => 0,
         }
     }
 

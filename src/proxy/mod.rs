@@ -5,6 +5,7 @@ pub(crate) mod forward;
 pub(crate) mod headers;
 mod interned;
 mod path;
+mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -121,6 +122,8 @@ enum Outcome {
     Shutdown,
     /// Re-fetched too often; answered with the timeout response.
     RefetchLimit,
+    /// A stream hold: the response started and goes on.
+    Streaming,
 }
 
 /// Serves one client request. Never fails: errors become short responses, logged here once.
@@ -138,6 +141,7 @@ where
     B::Error: Into<BoxError>,
 {
     let started = Instant::now();
+    let chunked = req.version() == http::Version::HTTP_11;
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // Routed, and forwarded, by the normal form of its path: `/public/../private/x` is `/private/x` to the route
@@ -163,7 +167,7 @@ where
         .map_err(Box::new);
     async move {
         let result = match prepared {
-            Ok(prepared) => proxy(&state, prepared).await,
+            Ok(prepared) => proxy(&state, prepared, route_index, chunked).await,
             Err(e) => Err(*e),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -197,8 +201,10 @@ where
 }
 
 async fn proxy(
-    state: &ProxyState,
+    state: &Arc<ProxyState>,
     (replay, first): (Box<Replayable>, Box<Request<Body>>),
+    route_index: Option<u32>,
+    chunked: bool,
 ) -> Result<(Response<Body>, Outcome), ProxyError> {
     // Both boxed: neither is stored inline in this future, and the first request's box is freed once sent, so
     // a parked request keeps only what a re-send needs.
@@ -219,7 +225,12 @@ async fn proxy(
             Inspected::Respond(r) => return Ok((r, Outcome::Passed)),
             Inspected::Hold(hold, held) => (hold, held),
         };
-        match wait(state, &hold, &held, attempt > 0).await {
+        let waited = if hold.mode == HoldMode::Stream {
+            open_stream(state, &hold, &held, attempt > 0, route_index, chunked)
+        } else {
+            wait(state, &hold, &held, attempt > 0).await
+        };
+        match waited {
             Waited::Answer(r, outcome) => return Ok((r, outcome)),
             Waited::Fail(e) => return Err(e),
             Waited::Refetch(last) => grip_last = last,
@@ -363,12 +374,7 @@ fn hold_of(
     held: ResponseParts,
 ) -> Result<Inspected, ProxyError> {
     if hold.mode == HoldMode::Stream {
-        return Err(GripError::new(
-            "Grip-Hold",
-            "stream",
-            "stream holds are not supported (only response)",
-        )
-        .into());
+        stream::check(&hold)?;
     }
     Ok(Inspected::Hold(hold, state.held_responses.intern(held)))
 }
@@ -439,6 +445,40 @@ async fn wait(
         Waited::Answer(..) | Waited::Fail(_) => HoldEnd::TimedOut,
     });
     waited
+}
+
+/// Phase *park* for a stream hold: subscribe, and answer with the response that stays open. A hold behind the
+/// channel's last id is re-fetched first, as a response hold is, so that the stream starts where its client is.
+fn open_stream(
+    state: &Arc<ProxyState>,
+    hold: &grip::Hold,
+    held: &Arc<ResponseParts>,
+    retry: bool,
+    route_index: Option<u32>,
+    chunked: bool,
+) -> Waited {
+    let Some(route) = route_index.and_then(|i| state.routes.by_index(i as usize)) else {
+        return Waited::Fail(ProxyError::NoRoute);
+    };
+    let sub = match state
+        .registry
+        .subscribe(&hold.channels, !retry, state.hold.max_stream_queue)
+    {
+        Ok(sub) => sub,
+        Err(ParkError::Stale { channel, prev_id }) => {
+            tracing::debug!(%channel, %prev_id, "stream hold is behind the channel's last id: re-fetching");
+            return Waited::Refetch(grip_last(&channel, &prev_id));
+        }
+        Err(ParkError::Closed) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
+        Err(ParkError::Full) => {
+            state.metrics.hold_refused();
+            return Waited::Fail(ProxyError::HoldsExhausted);
+        }
+    };
+    state.metrics.stream_opened();
+    let base = stream::LinkBase::of(route);
+    let resp = stream::response(state.clone(), sub, hold, held, base, chunked);
+    Waited::Answer(resp, Outcome::Streaming)
 }
 
 /// What a parked client does with its delivery (`None`: the timeout).

@@ -288,6 +288,48 @@ impl RawConn {
         resp
     }
 
+    /// Reads a response head only (a stream's: its body is read piece by piece with [`RawConn::next_chunk`]).
+    pub(crate) async fn read_head(&mut self) -> Resp {
+        let (resp, head_len) = loop {
+            if let Some(parsed) = parse_head(&self.buf) {
+                break parsed;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a response head"
+            );
+        };
+        self.buf.drain(..head_len);
+        resp
+    }
+
+    /// Reads the next chunk of a chunked body: `None` for the last chunk (trailers read too). Panics if the
+    /// connection closes first. Not bounded: wrap it in `within`.
+    pub(crate) async fn next_chunk(&mut self) -> Option<Bytes> {
+        let line = self.read_line().await;
+        let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            while !self.read_line().await.is_empty() {}
+            return None;
+        }
+        let data = self.read_exact(size).await;
+        assert!(
+            self.read_line().await.is_empty(),
+            "chunk not followed by CRLF"
+        );
+        Some(data)
+    }
+
+    /// Reads until `n` bytes of a close-delimited body are here, and takes them.
+    pub(crate) async fn next_bytes(&mut self, n: usize) -> Bytes {
+        self.read_exact(n).await
+    }
+
+    /// The connection's socket, for tests that stop reading or shut a direction down.
+    pub(crate) fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     /// Whether the server closed the connection (reads until EOF; data is an error).
     pub(crate) async fn closed(&mut self) -> bool {
         !self.fill().await && self.buf.is_empty()

@@ -1,0 +1,168 @@
+//! Writing a stream response: the head, then each piece of the body as soon as it comes (pieces arrive framed, the
+//! same bytes for every client of a channel), while watching for the client leaving. What the client has not taken
+//! yet is bounded; a client that falls further behind, or takes nothing for the write timeout, is disconnected.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{Response, Version};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use crate::h1::{encode, socket, Framing};
+
+/// Marks a response whose body is a live stream. Its data frames are written exactly as given: already framed for
+/// `framing` (chunks, or raw bytes for a close-delimited HTTP/1.0 response).
+#[derive(Clone)]
+pub(crate) struct Streaming {
+    /// `Chunked` or `Close`.
+    pub framing: Framing,
+    /// Most bytes the client may leave untaken.
+    pub max_queued: usize,
+    /// Called when the client is disconnected for falling behind.
+    pub slow: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// How a stream ended, for the connection's log line.
+pub(crate) enum Ended {
+    /// The body ended (a close item, shutdown, a link answer without a hold): the response was ended properly.
+    Finished,
+    /// The client closed or reset the connection.
+    ClientGone,
+    /// The client fell more than `max_queued` behind.
+    TooSlow,
+}
+
+/// Writes a stream response to the end. `Err(TimedOut)`: the client took nothing for `write_timeout`.
+pub(crate) async fn write(
+    stream: &mut TcpStream,
+    resp: Response<Body>,
+    marker: Streaming,
+    version: Version,
+    write_timeout: Duration,
+    peer: SocketAddr,
+) -> io::Result<Ended> {
+    let (parts, mut body) = resp.into_parts();
+    let chunked = marker.framing == Framing::Chunked;
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| r.as_bytes());
+    let mut head = Vec::with_capacity(256);
+    encode::response_head(
+        &mut head,
+        parts.status,
+        reason,
+        &parts.headers,
+        marker.framing,
+        false,
+        version,
+    );
+    // Bytes the client has not taken yet.
+    let mut pending = BytesMut::from(&head[..]);
+    let mut deadline = tokio::time::Instant::now() + write_timeout;
+    let mut scratch = [0u8; 512];
+    loop {
+        // Write what can be written now, without waiting.
+        while !pending.is_empty() {
+            match stream.try_write(&pending) {
+                Ok(n) => {
+                    pending.advance(n);
+                    deadline = tokio::time::Instant::now() + write_timeout;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_gone(&e) => return Ok(Ended::ClientGone),
+                Err(e) => return Err(e),
+            }
+        }
+        if pending.is_empty() && pending.capacity() > 64 * 1024 {
+            pending = BytesMut::new(); // a burst is over: do not keep its buffer
+        }
+        if pending.len() > marker.max_queued {
+            (marker.slow)();
+            tracing::info!(client.addr = %peer, queued = pending.len(), limit = marker.max_queued, "stream client dropped: too far behind");
+            return Ok(Ended::TooSlow);
+        }
+        tokio::select! {
+            biased;
+            frame = body.frame() => match frame {
+                None => {
+                    if chunked {
+                        pending.extend_from_slice(encode::LAST_CHUNK);
+                    }
+                    finish(stream, &mut pending, write_timeout).await?;
+                    return Ok(Ended::Finished);
+                }
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if pending.is_empty() {
+                        // The common case: written straight from the shared bytes, copied only if the socket
+                        // takes part of them.
+                        match stream.try_write(&data) {
+                            Ok(n) => {
+                                pending.extend_from_slice(&data[n..]);
+                                deadline = tokio::time::Instant::now() + write_timeout;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => pending.extend_from_slice(&data),
+                            Err(e) if is_gone(&e) => return Ok(Ended::ClientGone),
+                            Err(e) => return Err(e),
+                        }
+                    } else {
+                        pending.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    (marker.slow)();
+                    tracing::info!(client.addr = %peer, error = %e, limit = marker.max_queued, "stream client dropped: too far behind");
+                    return Ok(Ended::TooSlow);
+                }
+            },
+            r = stream.writable(), if !pending.is_empty() => r?,
+            r = socket::read_ready(stream) => {
+                r?;
+                // Whatever the client sends now is not read as a request: the stream is this connection's last
+                // response. Only its end (EOF or a reset) matters.
+                match socket::try_read(stream, &mut scratch) {
+                    Ok(0) => return Ok(Ended::ClientGone),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Ok(Ended::ClientGone),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "stream client took nothing within proxy.write_timeout_secs",
+                ));
+            }
+        }
+    }
+}
+
+/// Writes the rest, bounded by the write timeout.
+async fn finish(stream: &mut TcpStream, pending: &mut BytesMut, limit: Duration) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(limit, stream.write_all(pending))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "stream client took nothing within proxy.write_timeout_secs",
+            )
+        })??;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}

@@ -1,0 +1,571 @@
+//! Stream holds: the response stays open, and what is published to its channels (`http-stream` items), keep-alive
+//! data and the answers of its `rel=next` link are appended as they come. [`StreamBody`] is that response's body;
+//! the connection writes its pieces as they are (already framed) and tells it nothing but that it is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body::{Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{read_held_body, ProxyState};
+use crate::body::{self, Body, BoxError};
+use crate::error::ProxyError;
+use crate::front::Streaming;
+use crate::grip::stream::{KeepAlive, KeepAliveMode, NextLink, StreamInstruction};
+use crate::grip::{self, instruct, Hold, HoldMode, ResponseParts};
+use crate::h1::{encode, Framing};
+use crate::hold::{Fed, FeedEnd, Release, Subscription};
+use crate::item::HttpStream;
+use crate::routes::Route;
+
+/// Failed link fetches are retried this many times (Pushpin's number), then the stream ends.
+const LINK_RETRIES: u32 = 5;
+/// The first retry waits this long, each next one twice as long, plus up to a second of jitter.
+const LINK_RETRY_BASE: Duration = Duration::from_secs(1);
+
+/// Where and how a stream's links are fetched: its route's origin and signer.
+pub(crate) struct LinkBase {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    signer: Arc<grip::sig::Signer>,
+}
+
+impl LinkBase {
+    pub(crate) fn of(route: &Route) -> Self {
+        LinkBase {
+            scheme: route.scheme.clone(),
+            authority: route.authority.clone(),
+            signer: route.signer.clone(),
+        }
+    }
+}
+
+/// Checks a stream hold before anything is sent: a channel with a prev-id needs a `rel=next` link, the only way a
+/// stream that misses an item can catch up (Pushpin starts such a stream, then ends it at once).
+pub(crate) fn check(hold: &Hold) -> Result<(), ProxyError> {
+    let has_next = hold.stream.as_ref().is_some_and(|s| s.next.is_some());
+    match hold.channels.iter().find(|c| c.prev_id.is_some()) {
+        Some(c) if !has_next => Err(grip::GripError::new(
+            "Grip-Channel",
+            &c.name,
+            "a stream hold with prev-id needs a Grip-Link with rel=next to catch up from",
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// The response that opens a stream: the held response's status and headers, its body as the first piece.
+pub(crate) fn response(
+    state: Arc<ProxyState>,
+    sub: Subscription,
+    hold: &Hold,
+    held: &ResponseParts,
+    base: LinkBase,
+    chunked: bool,
+) -> Response<Body> {
+    let mut headers = held.headers.clone();
+    headers.remove(header::CONTENT_LENGTH);
+    let framing = if chunked {
+        Framing::Chunked
+    } else {
+        Framing::Close
+    };
+    let seed = seed(&sub);
+    let mut body = StreamBody {
+        state,
+        sub,
+        chunked,
+        out: BytesMut::new(),
+        prev_ids: hold
+            .channels
+            .iter()
+            .map(|c| (c.name.clone(), c.prev_id.clone()))
+            .collect(),
+        extra: Box::new(Extra::default()),
+        base: Arc::new(base),
+        fetch: None,
+        retries: 0,
+        done: false,
+        rng: seed,
+    };
+    body.push_piece(&held.body);
+    body.apply_instruction(hold.stream.as_deref());
+    let metrics = body.state.metrics.clone();
+    let max_queued = body.state.hold.max_stream_queue;
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(body));
+    *resp.status_mut() = held.status;
+    *resp.headers_mut() = headers;
+    if let Some(reason) = &held.reason {
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.clone()) {
+            resp.extensions_mut().insert(phrase);
+        }
+    }
+    resp.extensions_mut().insert(Streaming {
+        framing,
+        max_queued,
+        slow: Arc::new(move || metrics.slow_stream_dropped()),
+    });
+    resp
+}
+
+/// A stream's keep-alive and links, set by the hold and by each link answer that holds again.
+#[derive(Default)]
+struct Extra {
+    keep_alive: Option<(KeepAlive, Bytes)>,
+    keep_alive_at: Option<Pin<Box<Sleep>>>,
+    next: Option<NextLink>,
+    next_at: Option<Pin<Box<Sleep>>>,
+    gone: Option<Box<str>>,
+    /// Items taken from the feed and not yet written (a link fetch came between).
+    queued: std::collections::VecDeque<Arc<Release>>,
+}
+
+/// A link answer, read whole.
+struct Fetched {
+    status: http::StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// The body of a stream response. Each poll hands the connection everything ready at once, framed for it.
+pub(crate) struct StreamBody {
+    state: Arc<ProxyState>,
+    sub: Subscription,
+    /// Chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+    chunked: bool,
+    /// Framed bytes ready to hand out.
+    out: BytesMut,
+    /// Each channel and the id the next item on it must name as its prev-id (`None`: any).
+    prev_ids: Vec<(Box<str>, Option<Box<str>>)>,
+    extra: Box<Extra>,
+    base: Arc<LinkBase>,
+    /// A link fetch under way, in its own task (its future is neither `Sync` nor small).
+    fetch: Option<AbortOnDropHandle<Result<Fetched, ProxyError>>>,
+    /// Failed fetches in a row.
+    retries: u32,
+    /// Ended: the last piece is out (close item, link answer without a hold, shutdown).
+    done: bool,
+    rng: u64,
+}
+
+impl StreamBody {
+    /// Adds a piece of content to what is handed out next (nothing for empty content: an empty chunk would end the
+    /// response).
+    fn push_piece(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.chunked {
+            self.out
+                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            self.out.extend_from_slice(data);
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            self.out.extend_from_slice(data);
+        }
+    }
+
+    /// Takes a hold's (or a link answer's) keep-alive and links; timers start over.
+    fn apply_instruction(&mut self, instr: Option<&StreamInstruction>) {
+        let now = Instant::now();
+        let e = &mut self.extra;
+        e.keep_alive = instr.and_then(|i| i.keep_alive.clone()).map(|k| {
+            let framed = if self.chunked {
+                encode::chunk(&k.data)
+            } else {
+                k.data.clone()
+            };
+            (k, framed)
+        });
+        e.next = instr.and_then(|i| i.next.clone());
+        if let Some(gone) = instr.and_then(|i| i.gone.clone()) {
+            e.gone = Some(gone);
+        }
+        e.keep_alive_at = None;
+        e.next_at = None;
+        self.arm_keep_alive(now);
+        if let Some(next) = &self.extra.next {
+            self.extra.next_at = Some(Box::pin(tokio::time::sleep_until(now + next.timeout)));
+        }
+    }
+
+    /// Sets the keep-alive timer to fire `timeout` from `from`, minus a jitter of up to a second (at most half the
+    /// timeout), so that streams opened together do not all wake together.
+    fn arm_keep_alive(&mut self, from: Instant) {
+        let Some((k, _)) = &self.extra.keep_alive else {
+            return;
+        };
+        let span = k.timeout.min(Duration::from_secs(2)) / 2;
+        let jitter =
+            Duration::from_nanos(next_random(&mut self.rng) % span.as_nanos().max(1) as u64);
+        let at = from + k.timeout - jitter;
+        match &mut self.extra.keep_alive_at {
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.extra.keep_alive_at = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Something was written: an idle keep-alive and the link timer start over.
+    fn wrote(&mut self) {
+        let now = Instant::now();
+        if matches!(&self.extra.keep_alive, Some((k, _)) if k.mode == KeepAliveMode::Idle) {
+            self.arm_keep_alive(now);
+        }
+        if let (Some(next), Some(at)) = (&self.extra.next, &mut self.extra.next_at) {
+            at.as_mut().reset(now + next.timeout);
+        }
+    }
+
+    /// Applies items in order until one needs the origin (a gap, a hint): the rest wait in `queued`.
+    fn apply_items(&mut self) {
+        while let Some(release) = self.extra.queued.pop_front() {
+            if self.fetch.is_some() || self.done {
+                self.extra.queued.push_front(release);
+                return;
+            }
+            let item = &release.item;
+            let Some(slot) = self
+                .prev_ids
+                .iter_mut()
+                .find(|(name, _)| *name == item.channel)
+            else {
+                continue; // a channel left by a followed link
+            };
+            if let Some(expected) = slot.1.as_deref() {
+                if item.prev_id.as_deref() != Some(expected) {
+                    tracing::debug!(channel = %item.channel, expected, prev_id = ?item.prev_id, "stream missed an item: fetching its next link");
+                    // What was queued after the gap is the link answer's to give.
+                    self.extra.queued.clear();
+                    self.start_fetch();
+                    return;
+                }
+                slot.1 = item.id.clone();
+            }
+            match &item.http_stream {
+                Some(HttpStream::Content(_)) => {
+                    if let Some(bytes) = release.stream_bytes(self.chunked) {
+                        self.out.extend_from_slice(&bytes);
+                        self.state.metrics.stream_item();
+                    }
+                }
+                Some(HttpStream::Close) => {
+                    self.done = true;
+                    return;
+                }
+                Some(HttpStream::Hint) => {
+                    self.extra.queued.clear();
+                    self.start_fetch();
+                    return;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Starts fetching the `rel=next` link, if there is one and no fetch is under way.
+    fn start_fetch(&mut self) {
+        if self.fetch.is_some() {
+            return;
+        }
+        let Some(next) = &self.extra.next else {
+            tracing::debug!("stream has no rel=next link to catch up from; going on");
+            return;
+        };
+        let uri = next.uri.clone();
+        let last: Vec<(Box<str>, Box<str>)> = self
+            .prev_ids
+            .iter()
+            .filter_map(|(c, p)| p.clone().map(|p| (c.clone(), p)))
+            .collect();
+        let delay = if self.retries == 0 {
+            Duration::ZERO
+        } else {
+            LINK_RETRY_BASE * 2u32.pow(self.retries - 1)
+                + Duration::from_millis(next_random(&mut self.rng) % 1000)
+        };
+        let state = self.state.clone();
+        let base = self.base.clone();
+        self.fetch = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            fetch_link(&state, &base, &uri, &last).await
+        })));
+    }
+
+    /// Takes a link answer: its body is appended; a stream hold goes on with its channels and links, an answer
+    /// with only a link fetches that one, any other ends the stream.
+    fn take_answer(&mut self, answer: Result<Fetched, ProxyError>) {
+        let fetched = match answer {
+            Ok(f) if f.status.is_success() => f,
+            Ok(f) => {
+                return self.fetch_failed(&format!("status {}", f.status.as_u16()));
+            }
+            Err(e) => return self.fetch_failed(&e.to_string()),
+        };
+        self.retries = 0;
+        let parsed = parse_answer(&self.state, &fetched);
+        let (body, hold, links) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream's link answer has invalid GRIP instructions: ending the stream");
+                self.done = true;
+                return;
+            }
+        };
+        self.push_piece(&body);
+        match hold {
+            Some(hold) if hold.mode == HoldMode::Stream => {
+                self.sub.resubscribe(&hold.channels);
+                self.prev_ids = hold
+                    .channels
+                    .iter()
+                    .map(|c| (c.name.clone(), c.prev_id.clone()))
+                    .collect();
+                self.apply_instruction(hold.stream.as_deref());
+                // Items queued meanwhile that do not follow the new hold are what its answer already gave.
+                let prev_ids = &self.prev_ids;
+                self.extra.queued.retain(|r| {
+                    prev_ids.iter().any(|(c, p)| {
+                        *c == r.item.channel
+                            && (p.is_none() || r.item.prev_id.as_deref() == p.as_deref())
+                    })
+                });
+            }
+            Some(_) => {
+                tracing::warn!("stream's link answered with a response hold: ending the stream");
+                self.done = true;
+            }
+            None if links.next.is_some() => {
+                self.extra.next = links.next;
+                self.start_fetch();
+            }
+            None => self.done = true,
+        }
+    }
+
+    fn fetch_failed(&mut self, why: &str) {
+        self.retries += 1;
+        if self.retries > LINK_RETRIES {
+            tracing::warn!(
+                error = why,
+                "stream's next link kept failing: ending the stream"
+            );
+            self.done = true;
+            return;
+        }
+        tracing::debug!(
+            error = why,
+            retry = self.retries,
+            "stream's next link failed: retrying"
+        );
+        self.start_fetch();
+    }
+}
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if !this.out.is_empty() {
+                this.wrote();
+                return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(fetch) = &mut this.fetch {
+                match Pin::new(fetch).poll(cx) {
+                    Poll::Ready(answer) => {
+                        this.fetch = None;
+                        let answer = answer.unwrap_or_else(|e| {
+                            Err(ProxyError::OriginProtocol(
+                                format!("link fetch task: {e}").into(),
+                            ))
+                        });
+                        this.take_answer(answer);
+                        this.apply_items();
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            } else {
+                match this.sub.feed().poll_take(cx) {
+                    Poll::Ready(Fed::Items(items)) => {
+                        this.extra.queued.extend(items);
+                        this.apply_items();
+                        continue;
+                    }
+                    Poll::Ready(Fed::Recover) => {
+                        this.start_fetch();
+                        continue;
+                    }
+                    Poll::Ready(Fed::End(FeedEnd::Shutdown)) => {
+                        this.done = true;
+                        continue;
+                    }
+                    Poll::Ready(Fed::End(FeedEnd::Overflow)) => {
+                        return Poll::Ready(Some(
+                            Err("more published than the client took".into()),
+                        ));
+                    }
+                    Poll::Pending => {}
+                }
+                let link_due = this
+                    .extra
+                    .next_at
+                    .as_mut()
+                    .is_some_and(|at| at.as_mut().poll(cx).is_ready());
+                if link_due {
+                    let timeout = this.extra.next.as_ref().map(|n| n.timeout);
+                    if let (Some(at), Some(timeout)) = (&mut this.extra.next_at, timeout) {
+                        at.as_mut().reset(Instant::now() + timeout);
+                    }
+                    this.start_fetch();
+                    continue;
+                }
+            }
+            if let Some(at) = &mut this.extra.keep_alive_at {
+                if at.as_mut().poll(cx).is_ready() {
+                    if let Some((_, framed)) = &this.extra.keep_alive {
+                        this.out.extend_from_slice(framed);
+                        this.state.metrics.keep_alive_sent();
+                    }
+                    let now = Instant::now();
+                    this.arm_keep_alive(now);
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        // Told only when the client went away (or was dropped as too slow), not when the stream ended itself.
+        let Some(gone) = self.extra.gone.take().filter(|_| !self.done) else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let state = self.state.clone();
+        let base = self.base.clone();
+        handle.spawn(async move {
+            let req = match link_request(&base, &gone, Method::POST, &[]) {
+                Ok(req) => req,
+                Err(e) => return tracing::debug!(error = %e, "cannot build the gone link request"),
+            };
+            match state.forwarder.send(req).await {
+                Ok(resp) => tracing::debug!(status = resp.status().as_u16(), link = %gone, "told the origin a stream client is gone"),
+                Err(e) => tracing::debug!(error = %e, link = %gone, "gone link failed"),
+            }
+        });
+    }
+}
+
+/// `GET`s a stream's `rel=next` link, signed, with `Grip-Last` for each channel that has an id, and reads the answer
+/// whole (bounded as a held body).
+async fn fetch_link(
+    state: &ProxyState,
+    base: &LinkBase,
+    uri: &str,
+    last: &[(Box<str>, Box<str>)],
+) -> Result<Fetched, ProxyError> {
+    let req = link_request(base, uri, Method::GET, last)?;
+    let resp = state.forwarder.send(req).await?;
+    let (parts, body) = resp.into_parts();
+    let body = read_held_body(state, body).await?;
+    Ok(Fetched {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+fn link_request(
+    base: &LinkBase,
+    uri: &str,
+    method: Method,
+    last: &[(Box<str>, Box<str>)],
+) -> Result<Request<Body>, ProxyError> {
+    let target: Uri = if uri.starts_with('/') {
+        Uri::builder()
+            .scheme(base.scheme.clone())
+            .authority(base.authority.clone())
+            .path_and_query(uri)
+            .build()
+    } else {
+        uri.parse().map_err(http::Error::from)
+    }
+    .map_err(|_| grip::GripError::new("Grip-Link", uri, "not a valid URI"))?;
+    let mut req = Request::new(body::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = target;
+    let h = req.headers_mut();
+    h.insert(HeaderName::from_static("grip-sig"), base.signer.header());
+    for (channel, id) in last {
+        if let Ok(v) = HeaderValue::from_str(&format!("{channel}; last-id={id}")) {
+            h.append(HeaderName::from_static("grip-last"), v);
+        }
+    }
+    Ok(req)
+}
+
+/// A link answer's body (the instruct body's response body, for an instruct answer), its hold, and its links.
+fn parse_answer(
+    state: &ProxyState,
+    f: &Fetched,
+) -> Result<(Bytes, Option<Hold>, StreamInstruction), grip::GripError> {
+    let is_instruct = f
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with(instruct::CONTENT_TYPE));
+    let links = grip::stream::from_headers(&f.headers)?;
+    if is_instruct {
+        let i = instruct::from_body(&f.body, state.hold.max_channels)?;
+        return Ok((i.response.body, i.hold, links));
+    }
+    let hold = grip::parse::from_headers(&f.headers, state.hold.max_channels)?.map(|h| h.hold);
+    Ok((f.body.clone(), hold, links))
+}
+
+/// A seed for a stream's jitter: its subscription's address and the time, mixed.
+fn seed(sub: &Subscription) -> u64 {
+    let addr = sub as *const Subscription as u64;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    addr ^ nanos.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15
+}
+
+/// splitmix64: enough randomness for timer jitter.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
