@@ -88,6 +88,45 @@ async fn a_client_held_on_one_instance_is_released_by_a_publish_to_the_other() {
 }
 
 #[tokio::test]
+async fn a_stream_on_one_instance_gets_http_stream_items_published_to_the_other_in_order() {
+    let redis = redis_or_skip!(
+        "a_stream_on_one_instance_gets_http_stream_items_published_to_the_other_in_order"
+    );
+    let origin = Origin::start(|_: &Recorded| {
+        Reply::text("open\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "live")
+    })
+    .await;
+    let (a, b) = two_instances(origin.addr(), &redis).await;
+    let mut conn = RawConn::open(a.addr()).await;
+    conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    within(LIMIT, conn.read_head()).await;
+    assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
+    a.wait_held(1).await;
+    for (n, to) in [(1, &b), (2, &a), (3, &b)] {
+        let item = serde_json::json!({"channel": "live", "id": n.to_string(),
+            "formats": {"http-stream": {"content": format!("{n}\n")}}});
+        assert_eq!(publish(to, items(&[item])).await.status, 200);
+    }
+    let mut got = String::new();
+    while got.len() < 6 {
+        got.push_str(
+            std::str::from_utf8(&within(LIMIT, conn.next_chunk()).await.unwrap()).unwrap(),
+        );
+    }
+    assert_eq!(got, "1\n2\n3\n");
+    publish(
+        &b,
+        items(&[serde_json::json!({"channel": "live", "http-stream": {"action": "close"}})]),
+    )
+    .await;
+    assert_eq!(within(LIMIT, conn.next_chunk()).await, None);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_item_published_straight_into_redis_releases_clients_on_both_instances() {
     let redis =
         redis_or_skip!("an_item_published_straight_into_redis_releases_clients_on_both_instances");

@@ -60,8 +60,27 @@ async fn after_a_stale_retry_the_same_prev_id_parks_instead_of_looping() {
         Some("2"),
         "the last id is kept; the retried hold parked unchecked"
     );
+    // An item without prev-id cannot show that this client (after 1) missed nothing: it is re-fetched with what it
+    // last had, and parks again as its origin still answers.
     publish(&proxy, items(&[numbered("c", 3, None, "3")])).await;
-    assert_eq!(client.response().await.text(), "3");
+    let again = origin.nth(2).await;
+    assert_eq!(again.header("grip-last"), Some("c; last-id=1"));
+    proxy.wait_held(1).await;
+    assert!(!client.is_finished());
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn an_item_without_prev_id_re_fetches_a_client_held_after_an_id() {
+    let origin = Origin::start(catch_up_or(|_| Reply::hold("c; prev-id=1"))).await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let client = Pending::get(proxy.addr(), "/");
+    proxy.wait_held(1).await;
+    publish(&proxy, items(&[numbered("c", 7, None, "seven")])).await;
+    assert_eq!(
+        within(LIMIT, client.response()).await.text(),
+        "caught up from c; last-id=1"
+    );
     assert_eq!(origin.count(), 2);
 }
 

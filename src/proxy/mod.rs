@@ -500,10 +500,12 @@ fn answer(
         // The registry releases response holds only with items that carry an http-response.
         return Waited::Answer(held.to_response(), Outcome::TimedOut);
     };
-    if let (Some(item_prev), Some(mine)) = (item.prev_id.as_deref(), parked.prev_id(&item.channel))
-    {
-        if item_prev != mine {
-            tracing::debug!(channel = %item.channel, item_prev, mine, "item does not follow this hold: re-fetching");
+    // A client held after `mine` takes only the item that names `mine` as its predecessor. Any other item, one
+    // without a prev-id too (it cannot show that nothing came in between), sends the request to the origin again
+    // with what the client last had, as Pushpin does.
+    if let Some(mine) = parked.prev_id(&item.channel) {
+        if item.prev_id.as_deref() != Some(mine) {
+            tracing::debug!(channel = %item.channel, item_prev = ?item.prev_id, mine, "item does not follow this hold: re-fetching");
             return Waited::Refetch(grip_last(&item.channel, mine));
         }
     }
