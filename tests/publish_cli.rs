@@ -74,6 +74,44 @@ async fn publishes_content_headers_and_code_to_a_held_client() {
 }
 
 #[tokio::test]
+async fn stream_appends_to_streams_only_and_close_ends_them() {
+    let origin = Origin::start(|req: &Recorded| match req.path() {
+        "/poll" => Reply::hold("live"),
+        _ => Reply::text("")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "live"),
+    })
+    .await;
+    let proxy = Proxy::to(origin.addr())
+        .toml("[hold]\nmin_timeout_secs = 1\ndefault_timeout_secs = 60")
+        .start()
+        .await;
+    let mut stream = RawConn::open(proxy.addr()).await;
+    stream.write(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    within(LIMIT, stream.read_head()).await;
+    let poll = Pending::get(proxy.addr(), "/poll");
+    proxy.wait_held(2).await;
+
+    let out = run(publish_cmd(
+        Some(proxy.control_addr()),
+        &["--stream", "live", "piece"],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(within(LIMIT, stream.next_chunk()).await.unwrap(), "piece\n");
+    assert!(!poll.is_finished(), "the response hold stays held");
+
+    let out = run(publish_cmd(
+        Some(proxy.control_addr()),
+        &["--close", "live"],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(within(LIMIT, stream.next_chunk()).await, None);
+    proxy.wait_held(1).await;
+}
+
+#[tokio::test]
 async fn content_comes_from_standard_input_when_not_given() {
     let origin = Origin::start(|_| Reply::hold("c")).await;
     let proxy = Proxy::start(origin.addr()).await;

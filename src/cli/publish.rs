@@ -39,8 +39,9 @@ pub const EXIT_USAGE: u8 = 2;
 CONTENT is sent as the body of held responses (and as http-stream content), with a newline added unless \
 --no-eol is given; without CONTENT, standard input is sent as it is.
 
---close publishes an http-stream close action: it ends stream holds, which grip-proxy does not make yet \
-(only response holds), so with grip-proxy alone it releases nobody.
+By default the item carries both formats: http-response (releases response holds) and http-stream (appended to \
+streams). --stream sends the http-stream format only, so response holds on the channel stay held. --close \
+publishes an http-stream close action: it ends the streams on the channel.
 
 Exit codes: 0 published, 1 refused or failed (the reason on stderr), 2 usage.")]
 pub struct Args {
@@ -66,9 +67,12 @@ pub struct Args {
     /// Send a hint: held clients are re-fetched from their origin instead of given content.
     #[arg(long, conflicts_with = "close")]
     pub hint: bool,
-    /// Publish an http-stream close action (stream holds are not supported by grip-proxy yet).
+    /// Publish an http-stream close action: ends the streams on the channel.
     #[arg(long)]
     pub close: bool,
+    /// Publish the http-stream format only (streams get CONTENT; response holds stay held).
+    #[arg(long)]
+    pub stream: bool,
     /// Deliver at once, even if the item's predecessor (--prev-id) has not arrived.
     #[arg(long = "no-seq")]
     pub no_seq: bool,
@@ -199,7 +203,9 @@ pub fn item(args: &Args, content: Option<&[u8]>) -> Result<Value, CliError> {
     if args.close {
         formats.insert("http-stream".into(), json!({ "action": "close" }));
     } else if args.hint {
-        formats.insert("http-response".into(), json!({ "action": "hint" }));
+        if !args.stream {
+            formats.insert("http-response".into(), json!({ "action": "hint" }));
+        }
         formats.insert("http-stream".into(), json!({ "action": "hint" }));
     } else {
         let content = content.unwrap_or_default();
@@ -225,7 +231,9 @@ pub fn item(args: &Args, content: Option<&[u8]>) -> Result<Value, CliError> {
                 stream.insert("content-bin".into(), json!(b64));
             }
         }
-        formats.insert("http-response".into(), Value::Object(response));
+        if !args.stream {
+            formats.insert("http-response".into(), Value::Object(response));
+        }
         formats.insert("http-stream".into(), Value::Object(stream));
     }
     let mut item = Map::new();
@@ -561,6 +569,12 @@ mod tests {
         );
         let hint = item_of(&["--hint", "news"]);
         assert_eq!(hint["formats"]["http-response"], json!({"action": "hint"}));
+        let stream = item_of(&["--stream", "news", "piece"]);
+        assert_eq!(
+            stream["formats"],
+            json!({"http-stream": {"content": "piece\n"}}),
+            "--stream: the http-stream format only"
+        );
         let close = item_of(&["--close", "news"]);
         assert_eq!(
             close["formats"],
