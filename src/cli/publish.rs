@@ -569,10 +569,10 @@ mod tests {
         );
         let hint = item_of(&["--hint", "news"]);
         assert_eq!(hint["formats"]["http-response"], json!({"action": "hint"}));
-        let stream = item_of(&["--stream", "news", "piece"]);
+        let stream = item_of(&["--stream", "news"]);
         assert_eq!(
             stream["formats"],
-            json!({"http-stream": {"content": "piece\n"}}),
+            json!({"http-stream": {"content": "x"}}),
             "--stream: the http-stream format only"
         );
         let close = item_of(&["--close", "news"]);

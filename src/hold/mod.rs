@@ -693,6 +693,66 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn streams_subscribe_stay_through_publishes_and_leave_on_drop() {
+        let r = registry(10);
+        let mut s = r
+            .subscribe(&[sub("a", None), sub("b", None)], true, 1024)
+            .unwrap();
+        assert_eq!((r.held(), r.streams(), r.streams_on("a")), (1, 1, 1));
+        let mut stream_item = Item::test_response("a", Some("1"), None, "");
+        stream_item.http_stream = Some(crate::item::HttpStream::Content("x".into()));
+        r.publish(&Arc::new(stream_item.clone()));
+        stream_item.channel = "b".into();
+        r.publish(&Arc::new(stream_item));
+        let waker = std::task::Waker::noop();
+        let fed = s
+            .feed()
+            .poll_take(&mut std::task::Context::from_waker(waker));
+        assert!(
+            matches!(fed, std::task::Poll::Ready(Fed::Items(i)) if i.len() == 2),
+            "both channels, and it stays"
+        );
+        assert_eq!(r.streams_on("a"), 1);
+        s.resubscribe(&[sub("b", None), sub("c", None)]);
+        assert_eq!(
+            (r.streams_on("a"), r.streams_on("b"), r.streams_on("c")),
+            (0, 1, 1)
+        );
+        assert_eq!(
+            r.subscribe(&[sub("a", Some("0"))], true, 1024).err(),
+            Some(ParkError::Stale {
+                channel: "a".into(),
+                prev_id: "0".into()
+            }),
+            "the same prev-id rule as a response hold"
+        );
+        assert_eq!(
+            r.subscribe(&[sub("d", None)], true, 1024).map(|_| ()).err(),
+            None,
+            "a second held client fits max_held = 2"
+        );
+        let _second = r.park(&[sub("e", None)], true).unwrap();
+        assert_eq!(
+            r.subscribe(&[sub("d", None)], true, 1024).err(),
+            Some(ParkError::Full),
+            "streams count toward max_held"
+        );
+        r.close();
+        let fed = s
+            .feed()
+            .poll_take(&mut std::task::Context::from_waker(waker));
+        assert!(matches!(
+            fed,
+            std::task::Poll::Ready(Fed::End(FeedEnd::Shutdown))
+        ));
+        drop(s);
+        assert_eq!(
+            (r.streams(), r.streams_on("b"), r.streams_on("c")),
+            (0, 0, 0)
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sweep_bounds_last_ids() {
         let r = registry(3);
