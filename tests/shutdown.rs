@@ -189,6 +189,42 @@ async fn sigterm_answers_held_clients_with_their_timeout_response_and_exits_0() 
 }
 
 #[tokio::test]
+async fn sigterm_ends_each_stream_with_its_last_chunk_and_exits() {
+    let origin = Origin::start(|_| {
+        Reply::text("open\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "live")
+    })
+    .await;
+    let mut proxy = Running::start(origin.addr(), Some("[shutdown]\ngrace_secs = 30\n")).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut conn = RawConn::open(proxy.listen).await;
+        conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(within(LIMIT, conn.read_head()).await.status, 200);
+        assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
+        streams.push(conn);
+    }
+    proxy.signal("TERM");
+    let signalled = Instant::now();
+    for conn in &mut streams {
+        assert_eq!(
+            within(LIMIT, conn.next_chunk()).await,
+            None,
+            "the last chunk"
+        );
+        assert!(within(LIMIT, conn.closed()).await);
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let status = proxy.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{}", proxy.log());
+}
+
+#[tokio::test]
 async fn in_flight_requests_finish_within_the_grace_period_and_new_connections_are_refused() {
     let origin =
         Origin::start(|_| Reply::text("late but whole").delay(Duration::from_millis(1500))).await;
