@@ -46,24 +46,27 @@ pub(crate) async fn write(
     write_timeout: Duration,
     peer: SocketAddr,
 ) -> io::Result<Ended> {
-    let (parts, mut body) = resp.into_parts();
     let chunked = marker.framing == Framing::Chunked;
-    let reason = parts
-        .extensions
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|r| r.as_bytes());
-    let mut head = Vec::with_capacity(256);
-    encode::response_head(
-        &mut head,
-        parts.status,
-        reason,
-        &parts.headers,
-        marker.framing,
-        false,
-        version,
-    );
-    // Bytes the client has not taken yet.
-    let mut pending = BytesMut::from(&head[..]);
+    // Bytes the client has not taken yet: the head first. Built in a block so that neither the head's parts nor
+    // its buffer stay in this future for the life of the stream.
+    let (mut pending, mut body) = {
+        let (parts, body) = resp.into_parts();
+        let reason = parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| r.as_bytes());
+        let mut head = Vec::with_capacity(256);
+        encode::response_head(
+            &mut head,
+            parts.status,
+            reason,
+            &parts.headers,
+            marker.framing,
+            false,
+            version,
+        );
+        (BytesMut::from(&head[..]), body)
+    };
     let mut deadline = tokio::time::Instant::now() + write_timeout;
     let mut scratch = [0u8; 512];
     loop {
@@ -79,8 +82,8 @@ pub(crate) async fn write(
                 Err(e) => return Err(e),
             }
         }
-        if pending.is_empty() && pending.capacity() > 64 * 1024 {
-            pending = BytesMut::new(); // a burst is over: do not keep its buffer
+        if pending.is_empty() && pending.capacity() > 0 {
+            pending = BytesMut::new(); // caught up: an idle stream keeps no buffer
         }
         if pending.len() > marker.max_queued {
             (marker.slow)();

@@ -83,7 +83,7 @@ pub(crate) fn response(
         state,
         sub,
         chunked,
-        out: BytesMut::new(),
+        ready: Vec::new(),
         prev_ids: hold
             .channels
             .iter()
@@ -141,8 +141,9 @@ pub(crate) struct StreamBody {
     sub: Subscription,
     /// Chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
     chunked: bool,
-    /// Framed bytes ready to hand out.
-    out: BytesMut,
+    /// Framed pieces ready to hand out, in order. Published items' pieces are the bytes every stream of the channel
+    /// shares; one alone is handed out as it is, several are joined.
+    ready: Vec<Bytes>,
     /// Each channel and the id the next item on it must name as its prev-id (`None`: any).
     prev_ids: Vec<(Box<str>, Option<Box<str>>)>,
     extra: Box<Extra>,
@@ -163,14 +164,24 @@ impl StreamBody {
         if data.is_empty() {
             return;
         }
-        if self.chunked {
-            self.out
-                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            self.out.extend_from_slice(data);
-            self.out.extend_from_slice(b"\r\n");
+        self.ready.push(if self.chunked {
+            encode::chunk(data)
         } else {
-            self.out.extend_from_slice(data);
+            Bytes::copy_from_slice(data)
+        });
+    }
+
+    /// What is ready, as one piece.
+    fn take_ready(&mut self) -> Bytes {
+        let mut ready = std::mem::take(&mut self.ready);
+        if ready.len() == 1 {
+            return ready.pop().unwrap_or_default();
         }
+        let mut joined = BytesMut::with_capacity(ready.iter().map(Bytes::len).sum());
+        for piece in &ready {
+            joined.extend_from_slice(piece);
+        }
+        joined.freeze()
     }
 
     /// Takes a hold's (or a link answer's) keep-alive and links; timers start over.
@@ -252,7 +263,7 @@ impl StreamBody {
             match &item.http_stream {
                 Some(HttpStream::Content(_)) => {
                     if let Some(bytes) = release.stream_bytes(self.chunked) {
-                        self.out.extend_from_slice(&bytes);
+                        self.ready.push(bytes);
                         self.state.metrics.stream_item();
                     }
                 }
@@ -379,9 +390,10 @@ impl http_body::Body for StreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if !this.out.is_empty() {
+            if !this.ready.is_empty() {
                 this.wrote();
-                return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+                // Taken whole: an idle stream keeps no buffer.
+                return Poll::Ready(Some(Ok(Frame::data(this.take_ready()))));
             }
             if this.done {
                 return Poll::Ready(None);
@@ -440,7 +452,7 @@ impl http_body::Body for StreamBody {
             if let Some(at) = &mut this.extra.keep_alive_at {
                 if at.as_mut().poll(cx).is_ready() {
                     if let Some((_, framed)) = &this.extra.keep_alive {
-                        this.out.extend_from_slice(framed);
+                        this.ready.push(framed.clone());
                         this.state.metrics.keep_alive_sent();
                     }
                     let now = Instant::now();
