@@ -289,6 +289,16 @@ async fn a_stream_hold_with_prev_id_and_no_next_link_is_refused_before_anything_
     let resp = proxy.get("/s").await;
     assert_eq!(resp.status, 502);
     assert_eq!(proxy.registry().held(), 0);
+
+    // A status that cannot carry a body cannot start a stream either.
+    let origin = Origin::start(|_: &Recorded| {
+        Reply::status(204)
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "c")
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr()).await;
+    assert_eq!(proxy.get("/s").await.status, 502);
 }
 
 #[tokio::test]

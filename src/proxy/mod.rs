@@ -374,7 +374,7 @@ fn hold_of(
     held: ResponseParts,
 ) -> Result<Inspected, ProxyError> {
     if hold.mode == HoldMode::Stream {
-        stream::check(&hold)?;
+        stream::check(&hold, held.status)?;
     }
     Ok(Inspected::Hold(hold, state.held_responses.intern(held)))
 }

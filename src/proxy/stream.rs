@@ -47,9 +47,21 @@ impl LinkBase {
     }
 }
 
-/// Checks a stream hold before anything is sent: a channel with a prev-id needs a `rel=next` link, the only way a
-/// stream that misses an item can catch up (Pushpin starts such a stream, then ends it at once).
-pub(crate) fn check(hold: &Hold) -> Result<(), ProxyError> {
+/// Checks a stream hold before anything is sent: its status must allow a body, and a channel with a prev-id needs
+/// a `rel=next` link, the only way a stream that misses an item can catch up (Pushpin starts such a stream, then
+/// ends it at once).
+pub(crate) fn check(hold: &Hold, status: http::StatusCode) -> Result<(), ProxyError> {
+    if status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED {
+        return Err(grip::GripError::new(
+            "Grip-Hold",
+            "stream",
+            format!(
+                "a stream cannot have status {} (it has no body)",
+                status.as_u16()
+            ),
+        )
+        .into());
+    }
     let has_next = hold.stream.as_ref().is_some_and(|s| s.next.is_some());
     match hold.channels.iter().find(|c| c.prev_id.is_some()) {
         Some(c) if !has_next => Err(grip::GripError::new(
