@@ -300,28 +300,28 @@ async fn one_channel_shows_its_held_clients_and_last_id_and_an_unknown_one_is_em
     let proxy = Proxy::start(origin.addr()).await;
     assert_eq!(
         control_json(&proxy, "/channels/news").await,
-        json!({"channel": "news", "held": 0, "last_id": null})
+        json!({"channel": "news", "held": 0, "streams": 0, "last_id": null})
     );
 
     let first = Pending::get(proxy.addr(), "/news");
     proxy.wait_held(1).await;
     assert_eq!(
         control_json(&proxy, "/channels/news").await,
-        json!({"channel": "news", "held": 1, "last_id": null})
+        json!({"channel": "news", "held": 1, "streams": 0, "last_id": null})
     );
     publish(&proxy, items(&[numbered("news", 7, None, "seven\n")])).await;
     assert_eq!(first.response().await.text(), "seven\n");
     proxy.wait_held(0).await;
     assert_eq!(
         control_json(&proxy, "/channels/news").await,
-        json!({"channel": "news", "held": 0, "last_id": "7"})
+        json!({"channel": "news", "held": 0, "streams": 0, "last_id": "7"})
     );
 
     // Names are percent-decoded: a channel with a space and a slash.
     publish(&proxy, items(&[numbered("a b/c", 1, None, "x")])).await;
     assert_eq!(
         control_json(&proxy, "/channels/a%20b%2Fc").await,
-        json!({"channel": "a b/c", "held": 0, "last_id": "1"})
+        json!({"channel": "a b/c", "held": 0, "streams": 0, "last_id": "1"})
     );
 }
 
@@ -341,10 +341,10 @@ async fn the_channel_list_is_busiest_first_paged_and_bounded() {
     assert_eq!(
         all["channels"],
         json!([
-            {"channel": "busy", "held": 3, "last_id": null},
-            {"channel": "mid", "held": 2, "last_id": null},
-            {"channel": "quiet", "held": 1, "last_id": null},
-            {"channel": "idle", "held": 0, "last_id": "3"},
+            {"channel": "busy", "held": 3, "streams": 0, "last_id": null},
+            {"channel": "mid", "held": 2, "streams": 0, "last_id": null},
+            {"channel": "quiet", "held": 1, "streams": 0, "last_id": null},
+            {"channel": "idle", "held": 0, "streams": 0, "last_id": "3"},
         ])
     );
     let page = control_json(&proxy, "/channels?limit=2&offset=1").await;

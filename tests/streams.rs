@@ -513,3 +513,39 @@ async fn channels_and_metrics_count_streams_apart() {
     }
     assert!(text.contains("grip_proxy_stream_items_total"), "{text}");
 }
+
+#[tokio::test]
+async fn a_recovery_makes_a_linked_stream_catch_up_and_cuts_off_one_that_cannot() {
+    let origin = Origin::start(|req: &Recorded| match req.path() {
+        "/linked" => Reply::text("start\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "r")
+            .header("Grip-Link", "</next>; rel=next"),
+        "/next" => Reply::text("what you missed\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "r"),
+        _ => Reply::text("start\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "r"),
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let (mut linked, _) = open(&proxy, "/linked", 1).await;
+    let (mut plain, _) = open(&proxy, "/plain", 2).await;
+    next(&mut linked).await;
+    next(&mut plain).await;
+    let req = request("POST", "/recover").body(empty()).unwrap();
+    assert_eq!(
+        within(LIMIT, send(proxy.control_addr(), req)).await.status,
+        200
+    );
+    assert_eq!(
+        next(&mut linked).await.as_deref(),
+        Some("what you missed\n")
+    );
+    // The stream without a link is cut off without its last chunk: its client sees a broken stream and reconnects.
+    assert!(within(LIMIT, plain.closed()).await);
+    proxy.wait_held(1).await;
+    publish(&proxy, items(&[chunk("r", "after\n")])).await;
+    assert_eq!(next(&mut linked).await.as_deref(), Some("after\n"));
+}

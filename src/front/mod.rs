@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 pub use body::RequestBody;
-pub(crate) use stream::Streaming;
+pub(crate) use stream::{StreamAbort, Streaming};
 
 /// Per-connection bounds.
 #[derive(Debug, Clone, Copy)]

@@ -27,6 +27,18 @@ pub(crate) struct Streaming {
     pub slow: Arc<dyn Fn() + Send + Sync>,
 }
 
+/// Why a stream's body gave up: the error its body yields. The response is cut off (no last chunk), so that the
+/// client sees a broken stream, reconnects, and catches up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StreamAbort {
+    /// More was published than the client took (`hold.max_stream_queue`).
+    #[error("more published than the client took")]
+    TooSlow,
+    /// Items may have been missed (a recovery) and the stream has no link to catch up from.
+    #[error("items may have been missed, and the stream has no rel=next link")]
+    Missed,
+}
+
 /// How a stream ended, for the connection's log line.
 pub(crate) enum Ended {
     /// The body ended (a close item, shutdown, a link answer without a hold): the response was ended properly.
@@ -35,6 +47,8 @@ pub(crate) enum Ended {
     ClientGone,
     /// The client fell more than `max_queued` behind.
     TooSlow,
+    /// The stream's body gave up for another reason (logged).
+    Aborted,
 }
 
 /// Writes a stream response to the end. `Err(TimedOut)`: the client took nothing for `write_timeout`.
@@ -119,9 +133,13 @@ pub(crate) async fn write(
                     }
                 }
                 Some(Err(e)) => {
-                    (marker.slow)();
-                    tracing::info!(client.addr = %peer, error = %e, limit = marker.max_queued, "stream client dropped: too far behind");
-                    return Ok(Ended::TooSlow);
+                    if e.downcast_ref::<StreamAbort>() == Some(&StreamAbort::TooSlow) {
+                        (marker.slow)();
+                        tracing::info!(client.addr = %peer, limit = marker.max_queued, "stream client dropped: too far behind");
+                        return Ok(Ended::TooSlow);
+                    }
+                    tracing::info!(client.addr = %peer, error = %e, "stream cut off");
+                    return Ok(Ended::Aborted);
                 }
             },
             r = stream.writable(), if !pending.is_empty() => r?,

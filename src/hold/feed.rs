@@ -104,6 +104,17 @@ impl Feed {
         }
     }
 
+    /// Takes the queued items only (none if the feed overflowed), leaving a recovery request or the end for
+    /// [`Feed::poll_take`].
+    pub(crate) fn take_items(&self) -> VecDeque<Arc<Release>> {
+        let mut s = self.state.lock();
+        if s.end == Some(FeedEnd::Overflow) {
+            return VecDeque::new();
+        }
+        s.bytes = 0;
+        std::mem::take(&mut s.queue)
+    }
+
     /// Takes what is there: queued items first, then a recovery request, then the end. `Pending` (and woken later)
     /// when there is nothing.
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Fed> {

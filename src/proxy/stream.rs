@@ -17,7 +17,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{read_held_body, ProxyState};
 use crate::body::{self, Body, BoxError};
 use crate::error::ProxyError;
-use crate::front::Streaming;
+use crate::front::{StreamAbort, Streaming};
 use crate::grip::stream::{KeepAlive, KeepAliveMode, NextLink, StreamInstruction};
 use crate::grip::{self, instruct, Hold, HoldMode, ResponseParts};
 use crate::h1::{encode, Framing};
@@ -414,6 +414,9 @@ impl http_body::Body for StreamBody {
                 match Pin::new(fetch).poll(cx) {
                     Poll::Ready(answer) => {
                         this.fetch = None;
+                        // Items published during the fetch are judged against what the answer says.
+                        let meanwhile = this.sub.feed().take_items();
+                        this.extra.queued.extend(meanwhile);
                         let answer = answer.unwrap_or_else(|e| {
                             Err(ProxyError::OriginProtocol(
                                 format!("link fetch task: {e}").into(),
@@ -433,7 +436,16 @@ impl http_body::Body for StreamBody {
                         continue;
                     }
                     Poll::Ready(Fed::Recover) => {
-                        this.start_fetch();
+                        if this.extra.next.is_some() {
+                            this.start_fetch();
+                        } else {
+                            // Items may have been missed and nothing can fill the gap: the client is disconnected
+                            // (it reconnects and catches up from the origin) rather than given a stream with a hole.
+                            tracing::info!(
+                                "stream without a rel=next link may have missed items: ending it"
+                            );
+                            return Poll::Ready(Some(Err(Box::new(StreamAbort::Missed))));
+                        }
                         continue;
                     }
                     Poll::Ready(Fed::End(FeedEnd::Shutdown)) => {
@@ -441,9 +453,7 @@ impl http_body::Body for StreamBody {
                         continue;
                     }
                     Poll::Ready(Fed::End(FeedEnd::Overflow)) => {
-                        return Poll::Ready(Some(
-                            Err("more published than the client took".into()),
-                        ));
+                        return Poll::Ready(Some(Err(Box::new(StreamAbort::TooSlow))));
                     }
                     Poll::Pending => {}
                 }
