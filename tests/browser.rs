@@ -271,6 +271,7 @@ impl Browser {
             let panes = self
                 .eval(session, "document.querySelector('main').innerText")
                 .await;
+            let panes = panes.as_str().unwrap_or_default();
             panic!(
                 "version {version} ({text:?}) not shown in both panes; the page shows:\n{panes}"
             );
