@@ -57,11 +57,15 @@ fn chromium_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// Whether this process runs as root (its real uid, from /proc: no command needed).
 fn running_as_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            == Some("0")
+    })
 }
 
 /// Headless Chromium, spoken to over the DevTools protocol on a pipe. Dropping it kills the browser's process
