@@ -5,7 +5,9 @@
 //! - `curl -i http://127.0.0.1:7999/value` answers at once with the value and its ETag;
 //! - `curl -i -H 'If-None-Match: "1"' http://127.0.0.1:7999/value` waits (held by the proxy) ...
 //! - ... until `curl -X POST -d 'new value' http://127.0.0.1:7999/value` changes the value: the origin publishes
-//!   it, and every waiting client gets it at once; after 30 s without a change a waiting client gets `304`.
+//!   it, and every waiting client gets it at once; after 30 s without a change a waiting client gets `304`;
+//! - http://127.0.0.1:7999/ in a browser shows each change as it arrives, over Server-Sent Events (a stream hold)
+//!   and by long-polling side by side, with a form to change the value.
 //!
 //! The origin (examples/value_origin, also run on its own by the `origin` example) is an ordinary HTTP server:
 //! it only adds GRIP headers to its "nothing new" answer, and publishes to the control API when its data changes.
@@ -46,6 +48,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "try: curl -i -H 'If-None-Match: \"1\"' http://{}/value",
+        app.proxy_addr()
+    );
+    println!(
+        "or open http://{}/ in a browser: the value's updates over SSE and by long-polling",
         app.proxy_addr()
     );
 

@@ -1,5 +1,6 @@
 //! The example origin on its own (no proxy in this process), for docker-compose.yml and for trying several
-//! grip-proxy instances: `/value` as in the `demo` example, publishing each change to one control API.
+//! grip-proxy instances: `/value`, `/events` and the page at `/` as in the `demo` example, publishing each change
+//! to one control API.
 //!
 //! Run: `cargo run --example origin -- --listen 127.0.0.1:8080 --publish http://127.0.0.1:5561/publish/`.
 //! With instances sharing a Redis bus, publishing to one of them reaches the clients held on all (docs/scaling.md).

@@ -1,7 +1,10 @@
 //! The Python GRIP client libraries against grip-proxy, unchanged: an origin written with `gripcontrol`
 //! (examples/python/origin.py: holds with `create_hold_response` and `create_grip_channel_header`, checks
 //! `Grip-Sig` with `validate_sig`, publishes with `GripPubControl`) behind the proxy, and `GripPubControl`
-//! publishing (examples/python/publish.py) with no credentials, a JWT, a bearer key and Basic.
+//! publishing (examples/python/publish.py) with no credentials, a JWT, a bearer key and Basic; and streams: the
+//! origin's Server-Sent Events held open with `create_hold_stream` (or `Grip-Hold: stream`), read through the
+//! proxy by the `sseclient-py` library (examples/python/sse_client.py), while `GripPubControl` publishes
+//! `HttpStreamFormat` items.
 //!
 //! They need a Python with the pinned packages of examples/python/requirements.txt: `GRIP_PROXY_PYTHON`, else
 //! `target/pyenv/bin/python` (`scripts/test` and `.ci/run` create it). Without one the tests say loudly that
@@ -16,9 +19,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
+use serde_json::{json, Value};
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
 /// The `Grip-Sig` key shared by the proxy's route and the origin.
@@ -306,4 +310,120 @@ async fn grippubcontrol_publishes_with_a_jwt_a_bearer_key_or_basic_and_is_refuse
         bodies.push(client.response().await.text().to_owned());
     }
     assert_eq!(bodies, ["by jwt", "by bearer", "by basic"]);
+}
+
+/// examples/python/sse_client.py reading a URL: what it printed, a JSON object a line.
+struct SseClient {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl SseClient {
+    fn start(python: &Path, url: &str) -> SseClient {
+        let mut child = Command::new(python)
+            .arg(example("sse_client.py"))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        SseClient { child, lines }
+    }
+
+    /// The next line it printed (the response head, then one event each), or `None` once the stream ended.
+    async fn next(&mut self) -> Option<Value> {
+        within(LIMIT, self.lines.next_line())
+            .await
+            .unwrap()
+            .map(|line| serde_json::from_str(&line).unwrap())
+    }
+
+    /// Waits for the client to exit after the end of the stream; returns its exit code.
+    async fn exit_code(mut self) -> Option<i32> {
+        within(LIMIT, self.child.wait()).await.unwrap().code()
+    }
+}
+
+/// An event as sse_client.py prints it.
+fn sse(id: Option<&str>, event: &str, data: &str) -> Value {
+    json!({"id": id, "event": event, "data": data})
+}
+
+#[tokio::test]
+async fn an_sse_client_reads_through_the_proxy_in_order_what_grippubcontrol_publishes_to_streams() {
+    let python = python_or_skip!(
+        "an_sse_client_reads_through_the_proxy_in_order_what_grippubcontrol_publishes_to_streams"
+    );
+    let port = free_port();
+    let proxy = proxy_to_port(port).start().await;
+    let _origin = PyOrigin::start(&python, port, proxy.control_addr(), 55).await;
+    let grip_url = format!("http://{}", proxy.control_addr());
+
+    // One stream held by a create_hold_stream instruct body, one by Grip-Hold: stream headers.
+    let mut clients = [
+        SseClient::start(&python, &format!("http://{}/events", proxy.addr())),
+        SseClient::start(
+            &python,
+            &format!("http://{}/events?via=headers", proxy.addr()),
+        ),
+    ];
+    let mut received: [Vec<Value>; 2] = Default::default();
+    for (client, got) in clients.iter_mut().zip(&mut received) {
+        assert_eq!(
+            client.next().await,
+            Some(json!({"status": 200, "content-type": "text/event-stream"}))
+        );
+        got.push(client.next().await.unwrap()); // the value now, from the origin
+    }
+    proxy.wait_held(2).await;
+    assert_eq!(proxy.registry().streams_on("value"), 2);
+
+    // The origin publishes one item with an HttpResponseFormat and an HttpStreamFormat (an SSE event).
+    let post = proxy
+        .send(
+            request("POST", "/value")
+                .body(full("second value\nin two lines\n"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(post.status, 200, "{}", post.text());
+    for (client, got) in clients.iter_mut().zip(&mut received) {
+        got.push(client.next().await.unwrap());
+    }
+
+    // publish_http_stream: two items in one batch, each an SSE event of its own.
+    let out = publish_py(
+        &python,
+        &grip_url,
+        &[
+            "--stream",
+            "value",
+            "event: note\ndata: one\n\n",
+            "value",
+            "id: x\ndata: two\ndata: lines\n\n",
+        ],
+    )
+    .await;
+    assert_published(&out);
+    for (client, got) in clients.iter_mut().zip(&mut received) {
+        got.push(client.next().await.unwrap());
+        got.push(client.next().await.unwrap());
+    }
+
+    // HttpStreamFormat(close=True) ends both streams: each client sees the end and exits.
+    assert_published(&publish_py(&python, &grip_url, &["--close", "value"]).await);
+    let expected = [
+        sse(Some("1"), "message", "first value"),
+        sse(Some("2"), "message", "second value\nin two lines"),
+        sse(None, "note", "one"),
+        sse(Some("x"), "message", "two\nlines"),
+    ];
+    for (mut client, got) in clients.into_iter().zip(received) {
+        assert_eq!(client.next().await, None, "the stream ended");
+        assert_eq!(client.exit_code().await, Some(0));
+        assert_eq!(got, expected);
+    }
+    proxy.wait_held(0).await;
 }

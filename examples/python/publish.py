@@ -2,6 +2,12 @@
 """Publishes items with gripcontrol's GripPubControl, as a backend does.
 
     python3 publish.py CHANNEL BODY [CHANNEL BODY ...] [--id ID] [--prev-id ID] [--basic USER:PASSWORD]
+    python3 publish.py --stream CHANNEL CONTENT [CHANNEL CONTENT ...]
+    python3 publish.py --close CHANNEL [CHANNEL ...]
+
+Each BODY is an HttpResponseFormat (publish_http_response: it releases the clients held on CHANNEL). With
+--stream, each CONTENT is an HttpStreamFormat instead (publish_http_stream: appended to the streams open on
+CHANNEL, such as an SSE event); --close publishes HttpStreamFormat(close=True), which ends those streams.
 
 GRIP_URL is the control API (default http://127.0.0.1:5561), with credentials as the client libraries read
 them: ?iss=ISS&key=KEY signs a JWT (HS256, one hour), ?key=KEY sends a static bearer key; --basic sets Basic
@@ -14,7 +20,7 @@ import argparse
 import os
 import sys
 
-from gripcontrol import GripPubControl, HttpResponseFormat, parse_grip_uri
+from gripcontrol import GripPubControl, HttpResponseFormat, HttpStreamFormat, parse_grip_uri
 
 
 def main():
@@ -23,8 +29,13 @@ def main():
     parser.add_argument("--id")
     parser.add_argument("--prev-id")
     parser.add_argument("--basic", metavar="USER:PASSWORD")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--stream", action="store_true", help="publish http-stream content")
+    kind.add_argument("--close", action="store_true", help="close the streams of each CHANNEL")
     args = parser.parse_args()
-    if len(args.pairs) % 2:
+    if args.close:
+        args.pairs = [part for channel in args.pairs for part in (channel, None)]
+    elif len(args.pairs) % 2:
         parser.error("give CHANNEL BODY pairs")
 
     publisher = GripPubControl(parse_grip_uri(os.environ.get("GRIP_URL", "http://127.0.0.1:5561")))
@@ -39,10 +50,14 @@ def main():
         if not ok:
             failures.append(message)
 
+    ids = {"id": args.id, "prev_id": args.prev_id, "callback": done}
     for channel, body in zip(args.pairs[::2], args.pairs[1::2]):
-        publisher.publish_http_response(
-            channel, HttpResponseFormat(body=body), id=args.id, prev_id=args.prev_id, callback=done
-        )
+        if args.close:
+            publisher.publish_http_stream(channel, HttpStreamFormat(close=True), **ids)
+        elif args.stream:
+            publisher.publish_http_stream(channel, HttpStreamFormat(body), **ids)
+        else:
+            publisher.publish_http_response(channel, HttpResponseFormat(body=body), **ids)
     publisher.finish()
     if failures:
         print(f"publish failed: {failures[0]}", file=sys.stderr)

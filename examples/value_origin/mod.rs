@@ -1,6 +1,14 @@
-//! The example origin shared by the `demo` and `origin` examples: an ordinary HTTP server holding one value at
-//! `/value`. A client that already has the current version (`If-None-Match`) is answered with GRIP headers, so
-//! the proxy holds it on channel `value`; a POST stores a new value and publishes it to the proxy's control API.
+//! The example origin shared by the `demo` and `origin` examples: an ordinary HTTP server holding one value.
+//!
+//! - `GET /value`: the value and its version (`ETag`). A client that already has the current version
+//!   (`If-None-Match`) is answered with GRIP headers, so the proxy holds it on channel `value` (long-polling).
+//! - `GET /events`: Server-Sent Events. The origin answers with the current value as a first event and
+//!   `Grip-Hold: stream`, so the proxy keeps the response open on channel `value` (an `EventSource` reads it).
+//! - `POST /value`: stores a new value and publishes it to the proxy's control API as one item with two formats:
+//!   `http-response` (releases the long-polling clients) and `http-stream` (an SSE event appended to every
+//!   stream).
+//! - `GET /` (or `/live.html`): a page showing the value's updates both ways side by side, with a form to change
+//!   it (live.html beside this file).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -45,18 +53,72 @@ pub(crate) async fn serve(listener: TcpListener, control: String) {
     }
 }
 
+/// The page served at `/` and `/live.html`: plain HTML and inline JavaScript, nothing loaded from elsewhere.
+const PAGE: &str = include_str!("live.html");
+
 async fn handle(
     state: Arc<Mutex<State>>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() != "/value" {
-        return Ok(reply(StatusCode::NOT_FOUND, "not found\n"));
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/value") => get(&state, &req),
+        (&Method::POST, "/value") => post(&state, req).await,
+        (_, "/value") => reply(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n"),
+        (&Method::GET, "/events") => events(&state),
+        (&Method::GET, "/" | "/live.html") => {
+            let mut resp = reply(StatusCode::OK, PAGE);
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                "text/html; charset=utf-8".parse().expect("static"),
+            );
+            h.insert(header::CACHE_CONTROL, "no-cache".parse().expect("static"));
+            resp
+        }
+        _ => reply(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+/// An SSE stream: the current value as its first event, then (held open by the proxy on channel `value`) each
+/// event published. An SSE comment is written after 20 s without an event, so that idle connections stay up.
+///
+/// A change published between this answer and the proxy subscribing the stream is not seen by it; the
+/// long-poll side has `prev-id` for that, a stream would need a `Grip-Link: rel=next` to catch up from.
+fn events(state: &Mutex<State>) -> Response<Full<Bytes>> {
+    let first = {
+        let s = state.lock();
+        format!("retry: 2000\n{}", sse_event(s.version, &s.value))
+    };
+    let mut resp = reply(StatusCode::OK, &first);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        "text/event-stream".parse().expect("static"),
+    );
+    h.insert(header::CACHE_CONTROL, "no-cache".parse().expect("static"));
+    h.insert("Grip-Hold", "stream".parse().expect("static"));
+    h.insert("Grip-Channel", "value".parse().expect("static"));
+    // `\n` here is two characters, backslash and n: the proxy decodes the cstring into ":" and two newlines.
+    h.insert(
+        "Grip-Keep-Alive",
+        r":\n\n; format=cstring; timeout=20"
+            .parse()
+            .expect("static"),
+    );
+    resp
+}
+
+/// One SSE event: the version as its `id`, the value as its `data` (one `data:` line per line of the value).
+fn sse_event(version: u64, value: &str) -> String {
+    let mut event = format!("id: {version}\n");
+    let value = value.strip_suffix('\n').unwrap_or(value);
+    for line in value.split('\n') {
+        event.push_str("data: ");
+        event.push_str(&line.replace('\r', "")); // a CR would end the SSE line
+        event.push('\n');
     }
-    match *req.method() {
-        Method::GET => Ok(get(&state, &req)),
-        Method::POST => Ok(post(&state, req).await),
-        _ => Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n")),
-    }
+    event.push('\n');
+    event
 }
 
 /// A client that already has the current version is told "nothing new" with GRIP headers: the proxy holds it on
@@ -88,7 +150,7 @@ fn get(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     resp
 }
 
-/// A new value: store it, then publish it so every held client gets it now.
+/// A new value: store it, then publish it so every held client and every stream gets it now.
 async fn post(state: &Mutex<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
@@ -105,10 +167,13 @@ async fn post(state: &Mutex<State>, req: Request<Incoming>) -> Response<Full<Byt
         "channel": "value",
         "id": version.to_string(),
         "prev-id": (version - 1).to_string(),
-        "formats": { "http-response": {
-            "headers": { "ETag": format!("\"{version}\"") },
-            "body": value,
-        }},
+        "formats": {
+            "http-response": {
+                "headers": { "ETag": format!("\"{version}\"") },
+                "body": value,
+            },
+            "http-stream": { "content": sse_event(version, &value) },
+        },
     }]});
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let publish = Request::post(control)
