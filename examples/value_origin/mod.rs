@@ -64,7 +64,7 @@ async fn handle(
         (&Method::GET, "/value") => get(&state, &req),
         (&Method::POST, "/value") => post(&state, req).await,
         (_, "/value") => reply(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n"),
-        (&Method::GET, "/events") => events(&state),
+        (&Method::GET, "/events") => events(&state, &req),
         (&Method::GET, "/" | "/live.html") => {
             let mut resp = reply(StatusCode::OK, PAGE);
             let h = resp.headers_mut();
@@ -82,14 +82,33 @@ async fn handle(
 /// An SSE stream: the current value as its first event, then (held open by the proxy on channel `value`) each
 /// event published. An SSE comment is written after 20 s without an event, so that idle connections stay up.
 ///
-/// A change published between this answer and the proxy subscribing the stream is not seen by it; the
-/// long-poll side has `prev-id` for that, a stream would need a `Grip-Link: rel=next` to catch up from.
-fn events(state: &Mutex<State>) -> Response<Full<Bytes>> {
-    let first = {
+/// The stream is held after the current version (`prev-id`), with a `rel=next` link: if a change is published
+/// between this answer and the proxy subscribing the stream, or the stream misses one, the proxy asks the link
+/// (`/events?after=N`), which answers what came after N (here: the current value, if newer) and holds again.
+fn events(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let after = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("after=")))
+        .and_then(|n| n.parse::<u64>().ok());
+    // A reconnecting EventSource says which event it had last.
+    let reconnected = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|n| n.parse::<u64>().ok());
+    let (version, body) = {
         let s = state.lock();
-        format!("retry: 2000\n{}", sse_event(s.version, &s.value))
+        let body = match after {
+            // A link fetch: only what the stream has not had.
+            Some(n) if n >= s.version => String::new(),
+            Some(_) => sse_event(s.version, &s.value),
+            None if reconnected.is_some_and(|n| n >= s.version) => "retry: 2000\n".to_owned(),
+            None => format!("retry: 2000\n{}", sse_event(s.version, &s.value)),
+        };
+        (s.version, body)
     };
-    let mut resp = reply(StatusCode::OK, &first);
+    let mut resp = reply(StatusCode::OK, &body);
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -97,7 +116,18 @@ fn events(state: &Mutex<State>) -> Response<Full<Bytes>> {
     );
     h.insert(header::CACHE_CONTROL, "no-cache".parse().expect("static"));
     h.insert("Grip-Hold", "stream".parse().expect("static"));
-    h.insert("Grip-Channel", "value".parse().expect("static"));
+    h.insert(
+        "Grip-Channel",
+        format!("value; prev-id={version}")
+            .parse()
+            .expect("channel and number"),
+    );
+    h.insert(
+        "Grip-Link",
+        format!("</events?after={version}>; rel=next")
+            .parse()
+            .expect("a path and a number"),
+    );
     // `\n` here is two characters, backslash and n: the proxy decodes the cstring into ":" and two newlines.
     h.insert(
         "Grip-Keep-Alive",
