@@ -82,7 +82,6 @@ pub(crate) async fn write(
         (BytesMut::from(&head[..]), body)
     };
     let mut deadline = tokio::time::Instant::now() + write_timeout;
-    let mut scratch = [0u8; 512];
     loop {
         // Write what can be written now, without waiting.
         while !pending.is_empty() {
@@ -145,13 +144,8 @@ pub(crate) async fn write(
             r = stream.writable(), if !pending.is_empty() => r?,
             r = socket::read_ready(stream) => {
                 r?;
-                // Whatever the client sends now is not read as a request: the stream is this connection's last
-                // response. Only its end (EOF or a reset) matters.
-                match socket::try_read(stream, &mut scratch) {
-                    Ok(0) => return Ok(Ended::ClientGone),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Ok(Ended::ClientGone),
+                if client_left(stream) {
+                    return Ok(Ended::ClientGone);
                 }
             }
             _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
@@ -177,6 +171,19 @@ async fn finish(stream: &mut TcpStream, pending: &mut BytesMut, limit: Duration)
         })??;
     let _ = stream.shutdown().await;
     Ok(())
+}
+
+/// Reads what the client sent and drops it: the stream is this connection's last response, so nothing more is read
+/// as a request; only the connection's end (EOF or a reset) matters. A plain function, so that its buffer is on
+/// the stack only while it runs, never in the stream's future.
+fn client_left(stream: &TcpStream) -> bool {
+    let mut scratch = [0u8; 512];
+    match socket::try_read(stream, &mut scratch) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
 }
 
 fn is_gone(e: &io::Error) -> bool {
