@@ -509,6 +509,27 @@ pub(crate) fn svg(r: &Results) -> String {
         .iter()
         .map(|f| (f.n as f64, f.latency.p50_ms))
         .collect();
+    let stream_mem: Vec<(f64, f64)> = r
+        .streams
+        .rounds
+        .iter()
+        .map(|f| (f.n as f64, f.kib_per_held))
+        .collect();
+    let stream_last: Vec<(f64, f64)> = r
+        .streams
+        .rounds
+        .iter()
+        .map(|f| (f.n as f64, f.fanout_ms))
+        .collect();
+    let mut mem_series = vec![("(RSS held - idle) / N", "#1f77b4", mem)];
+    let mut time_series = vec![
+        ("last client", "#d62728", last),
+        ("per-client p50", "#2ca02c", p50),
+    ];
+    if !stream_mem.is_empty() {
+        mem_series.push(("streams", "#9467bd", stream_mem));
+        time_series.push(("last stream", "#ff7f0e", stream_last));
+    }
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -521,7 +542,7 @@ pub(crate) fn svg(r: &Results) -> String {
         &Panel {
             title: &format!("{:?}: memory per held client", r.target),
             unit: "KiB per held client",
-            series: vec![("(RSS held - idle) / N", "#1f77b4", mem)],
+            series: mem_series,
             target: Some(MEM_KIB_TARGET),
         },
     );
@@ -531,10 +552,7 @@ pub(crate) fn svg(r: &Results) -> String {
         &Panel {
             title: &format!("{:?}: fan-out time", r.target),
             unit: "ms after publish",
-            series: vec![
-                ("last client", "#d62728", last),
-                ("per-client p50", "#2ca02c", p50),
-            ],
+            series: time_series,
             target: None,
         },
     );

@@ -3,7 +3,7 @@
 
 use crate::children::{LineChild, Result};
 use crate::plan::{Plan, Results};
-use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks};
+use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks_with_reaped};
 use crate::scenarios::{Ctx, StreamPlan};
 use crate::target::{free_port, Kind, Target};
 use std::net::SocketAddr;
@@ -164,6 +164,9 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
 
 async fn measure_only(ctx: &mut Ctx, opts: &Options) -> Result<()> {
     let only = &opts.only[..];
+    let me = std::process::id();
+    let (busy0, total0) = machine_cpu_ticks();
+    let ours0 = tree_cpu_ticks_with_reaped(me);
     ctx.warm_up().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss_kib = ctx.rss_kib();
@@ -193,6 +196,13 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options) -> Result<()> {
         ctx.publish_api(1).await?;
         ctx.publish_api(100).await?;
     }
+    let (busy1, total1) = machine_cpu_ticks();
+    let foreign = (busy1.saturating_sub(busy0))
+        .saturating_sub(tree_cpu_ticks_with_reaped(me).saturating_sub(ours0));
+    eprintln!(
+        "other processes used {:.0}% of the machine's CPU meanwhile",
+        100.0 * foreign as f64 / total1.saturating_sub(total0).max(1) as f64
+    );
     Ok(())
 }
 
@@ -200,7 +210,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     let proxy_processes = process_names(&ctx.target.processes());
     let me = std::process::id();
     let (busy0, total0) = machine_cpu_ticks();
-    let ours0 = tree_cpu_ticks(me);
+    let ours0 = tree_cpu_ticks_with_reaped(me);
     eprintln!("warming up");
     ctx.warm_up().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -230,7 +240,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
     let (busy1, total1) = machine_cpu_ticks();
-    let ours = tree_cpu_ticks(me).saturating_sub(ours0);
+    let ours = tree_cpu_ticks_with_reaped(me).saturating_sub(ours0);
     let foreign = busy1.saturating_sub(busy0).saturating_sub(ours);
     let foreign_cpu_percent = 100.0 * foreign as f64 / total1.saturating_sub(total0).max(1) as f64;
     if foreign_cpu_percent > 5.0 {
