@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 /// The target for fan-out to 10,000 streams on one channel (the long-poll one at that N).
 const STREAM_FANOUT_TARGET_MS: f64 = 50.0;
-/// The target for sustained deliveries to streams.
+/// The target for sustained deliveries to 10,000 streams.
 const STREAM_SUSTAINED_TARGET: f64 = 200_000.0;
 
 /// The long-poll round of the same N in the same run.
@@ -89,9 +89,18 @@ pub(super) fn sustained_rows(s: &mut String, r: &Results) {
     let Some(su) = &r.streams.sustained else {
         return;
     };
+    // The target is set for 10,000 streams (not for the short mode's 1,000).
+    let (target, ok) = if su.streams == 10_000 {
+        (
+            format!("≥ {}/s", thousands(STREAM_SUSTAINED_TARGET)),
+            meets(su.deliveries_per_s >= STREAM_SUSTAINED_TARGET),
+        )
+    } else {
+        ("—".to_string(), "—")
+    };
     let _ = writeln!(
         s,
-        "| 3s | Sustained stream deliveries/s ({} streams, {} channels, publishing back to back, {:.1} s window) | {}/s ({} publish requests/s offered {}/s; long-poll re-polling {}/s: ×{:.2}) | ≥ {}/s | {} |",
+        "| 3s | Sustained stream deliveries/s ({} streams, {} channels, publishing back to back, {:.1} s window) | {}/s ({} publish requests/s offered {}/s; long-poll re-polling {}/s: ×{:.2}) | {target} | {ok} |",
         thousands(su.streams as f64),
         su.channels,
         su.window_s,
@@ -99,9 +108,7 @@ pub(super) fn sustained_rows(s: &mut String, r: &Results) {
         thousands(su.publish_batches_per_s),
         thousands(su.offered_per_s),
         thousands(r.sustained.deliveries_per_s),
-        su.deliveries_per_s / r.sustained.deliveries_per_s.max(1e-9),
-        thousands(STREAM_SUSTAINED_TARGET),
-        meets(su.deliveries_per_s >= STREAM_SUSTAINED_TARGET)
+        su.deliveries_per_s / r.sustained.deliveries_per_s.max(1e-9)
     );
 }
 
