@@ -9,6 +9,8 @@ use tokio::net::TcpStream;
 pub(crate) const PUBLISHED_BODY: &[u8] = b"hello\n";
 /// Body of the origin's hold response, delivered if a hold times out.
 pub(crate) const TIMEOUT_BODY: &[u8] = b"timeout\n";
+/// Body of the origin's stream hold: the first piece (chunk) of every stream.
+pub(crate) const STREAM_START: &[u8] = b"start\n";
 
 /// What a client learned from one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,22 @@ pub(crate) fn publish_body<S: AsRef<str>>(channels: &[S]) -> Vec<u8> {
             serde_json::json!({
                 "channel": c.as_ref(),
                 "formats": {"http-response": {"code": 200, "body": body}}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "items": items })).unwrap_or_default()
+}
+
+/// A GRIP publish body with one `http-stream` item per channel, whose content is
+/// [`PUBLISHED_BODY`] (one chunk appended to every stream on the channel).
+pub(crate) fn stream_publish_body<S: AsRef<str>>(channels: &[S]) -> Vec<u8> {
+    let content = std::str::from_utf8(PUBLISHED_BODY).unwrap_or("hello\n");
+    let items: Vec<serde_json::Value> = channels
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "channel": c.as_ref(),
+                "formats": {"http-stream": {"content": content}}
             })
         })
         .collect();

@@ -40,7 +40,8 @@ struct Cli {
     /// Output directory for results.json, report.md, plot.svg and logs (default: target/bench).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Measure only these figures (comma-separated: fanout, sustained, passthrough, publish) and print them,
+    /// Measure only these figures (comma-separated: fanout, sustained, passthrough, publish,
+    /// stream-memory, stream-fanout, stream-sustained) and print them,
     /// without writing the report: for quick before/after comparisons while working on one path.
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<run::Figure>,

@@ -1,6 +1,8 @@
 //! The origin server (`grip-bench origin`): a small keep-alive HTTP/1.1 server with GRIP hold
-//! responses on `/hold/<channel>`, `hello` on `/plain` and request counters on `/stats`.
+//! responses on `/hold/<channel>`, stream holds on `/stream/<channel>`, `hello` on `/plain` and
+//! request counters on `/stats`.
 
+use crate::http::STREAM_START;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Default)]
 struct Counters {
     hold: AtomicU64,
+    stream: AtomicU64,
     plain: AtomicU64,
     other: AtomicU64,
 }
@@ -120,6 +123,16 @@ fn respond(path: &str, counters: &Counters, out: &mut Vec<u8>) {
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: response\r\nGrip-Channel: {channel}\r\nGrip-Timeout: 120\r\nContent-Length: 8\r\n\r\ntimeout\n"
         );
         counters.hold.fetch_add(1, Ordering::Relaxed);
+    } else if let Some(channel) = path.strip_prefix("/stream/") {
+        // The body is the stream's first piece; no Grip-Keep-Alive, so every later chunk is a
+        // published item.
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: stream\r\nGrip-Channel: {channel}\r\nContent-Length: {}\r\n\r\n",
+            STREAM_START.len()
+        );
+        out.extend_from_slice(STREAM_START);
+        counters.stream.fetch_add(1, Ordering::Relaxed);
     } else if path == "/plain" {
         out.extend_from_slice(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n",
@@ -127,8 +140,9 @@ fn respond(path: &str, counters: &Counters, out: &mut Vec<u8>) {
         counters.plain.fetch_add(1, Ordering::Relaxed);
     } else if path == "/stats" {
         let body = format!(
-            "{{\"hold\":{},\"plain\":{},\"other\":{}}}",
+            "{{\"hold\":{},\"stream\":{},\"plain\":{},\"other\":{}}}",
             counters.hold.load(Ordering::Relaxed),
+            counters.stream.load(Ordering::Relaxed),
             counters.plain.load(Ordering::Relaxed),
             counters.other.load(Ordering::Relaxed)
         );

@@ -15,6 +15,12 @@ pub(crate) struct Plan {
     pub sustained_channels: usize,
     /// Interval between publish batches in the sustained test.
     pub sustained_publish_interval_ms: u64,
+    /// Streams per stream memory round, on one channel (ascending).
+    pub stream_memory_n: Vec<usize>,
+    /// Streams of the stream fan-out figure (one of the memory rounds in a whole run).
+    pub stream_fanout_n: usize,
+    pub stream_sustained_streams: usize,
+    pub stream_sustained_channels: usize,
     pub warmup_window_ms: u64,
     pub window_ms: u64,
     pub passthrough_conns: usize,
@@ -39,6 +45,10 @@ impl Plan {
                 sustained_clients: 1_000,
                 sustained_channels: 100,
                 sustained_publish_interval_ms: 5,
+                stream_memory_n: vec![500, 1_000],
+                stream_fanout_n: 1_000,
+                stream_sustained_streams: 1_000,
+                stream_sustained_channels: 100,
                 warmup_window_ms: 300,
                 window_ms: 1_500,
                 passthrough_conns: 50,
@@ -56,6 +66,10 @@ impl Plan {
                 sustained_clients: 10_000,
                 sustained_channels: 100,
                 sustained_publish_interval_ms: 20,
+                stream_memory_n: vec![10_000, 19_000],
+                stream_fanout_n: 10_000,
+                stream_sustained_streams: 10_000,
+                stream_sustained_channels: 100,
                 warmup_window_ms: 1_000,
                 window_ms: 5_000,
                 passthrough_conns: 50,
@@ -136,6 +150,47 @@ pub(crate) struct PublishRun {
     pub non200: u64,
     pub errors: u64,
     pub reconnects: u64,
+}
+
+/// The stream figures, measured on a grip-proxy instance of their own, started fresh for them
+/// (so that memory the long-poll rounds left in the allocator does not hide what streams take).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct StreamFigures {
+    /// Why they were not measured.
+    pub skipped: Option<String>,
+    /// RSS of that instance after its warm-up: the base of memory per stream.
+    pub idle_rss_kib: u64,
+    /// N streams on one channel, then one item published to it (memory and fan-out).
+    pub rounds: Vec<FanoutRound>,
+    pub sustained: Option<StreamSustained>,
+}
+
+/// Chunks delivered per second to streams on many channels while items are published back to
+/// back.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct StreamSustained {
+    pub streams: usize,
+    pub channels: usize,
+    pub window_s: f64,
+    /// Published chunks the clients read within the window.
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    /// Publish requests (one item per channel) answered 200 within the window, per second.
+    pub publish_batches_per_s: f64,
+    /// Deliveries those publishes asked for (batches × streams), per second.
+    pub offered_per_s: f64,
+    pub publish_batches: u64,
+    pub publish_failures: u64,
+    /// Published chunks read in all (after the window too: the backlog).
+    pub chunks_total: u64,
+    pub other_chunks: u64,
+    /// Streams that ended or broke before they were dropped.
+    pub ended: u64,
+    pub connect_failed: u64,
+    /// CPU time over the window, in cores (1.0 = one core busy all the time).
+    pub proxy_cores: f64,
+    pub workers_cores: f64,
+    pub orchestrator_cores: f64,
 }
 
 /// Single-client delivery latency over one path: a client is held, one item is published,
@@ -219,6 +274,7 @@ pub(crate) struct Results {
     pub publish_single: PublishRun,
     pub publish_batched: PublishRun,
     pub bus: BusFigures,
+    pub streams: StreamFigures,
     /// RSS of the proxy (KiB) after each phase, once it is idle again.
     pub rss_after_phase_kib: Vec<(String, u64)>,
     /// Share of the machine's CPU used by processes other than this benchmark's (its

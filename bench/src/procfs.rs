@@ -80,23 +80,41 @@ pub(crate) fn tree_cpu_ticks(root: u32) -> u64 {
         .sum()
 }
 
+/// Like `tree_cpu_ticks`, plus the CPU time of `root`'s children that have exited and been
+/// waited for (cutime+cstime: e.g. proxy instances started and stopped for one figure).
+pub(crate) fn tree_cpu_ticks_with_reaped(root: u32) -> u64 {
+    let reaped = fs::read_to_string(format!("/proc/{root}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 16 and 17 (cutime, cstime) are rest[13] and rest[14].
+            Some(f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    tree_cpu_ticks(root) + reaped
+}
+
 /// CPU time (ns) the threads of the whole process tree of `root` have run, from each thread's
 /// `/proc/PID/task/TID/schedstat` (nanosecond resolution, unlike the clock ticks of `stat`).
 pub(crate) fn tree_cpu_ns(root: u32) -> u64 {
+    process_tree(root).into_iter().map(process_cpu_ns).sum()
+}
+
+/// CPU time (ns) the threads of one process have run (its children left out).
+pub(crate) fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
     let mut total = 0;
-    for pid in process_tree(root) {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let path = task.path().join("schedstat");
-            if let Some(ns) = std::fs::read_to_string(path).ok().and_then(|s| {
-                s.split_whitespace()
-                    .next()
-                    .and_then(|f| f.parse::<u64>().ok())
-            }) {
-                total += ns;
-            }
+    for task in tasks.flatten() {
+        let path = task.path().join("schedstat");
+        if let Some(ns) = std::fs::read_to_string(path).ok().and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+        }) {
+            total += ns;
         }
     }
     total

@@ -1,4 +1,9 @@
-//! Output: the Markdown tables, results.json and a hand-written SVG plot.
+//! Output: the Markdown tables, results.json and a hand-written SVG plot (the stream rows are in
+//! `streams`).
+
+mod streams;
+
+pub(crate) use streams::stream_comparison;
 
 use crate::plan::{FanoutRound, Ratios, Results};
 use crate::stats::Percentiles;
@@ -74,6 +79,7 @@ pub(crate) fn markdown(r: &Results) -> String {
             meets(f.kib_per_held <= MEM_KIB_TARGET)
         );
     }
+    streams::memory_rows(&mut s, r);
     for f in &r.fanout {
         let (target, ok) = match fanout_target_ms(f.n) {
             Some(t) => (format!("≤ {t} ms"), meets(f.fanout_ms <= t)),
@@ -90,6 +96,7 @@ pub(crate) fn markdown(r: &Results) -> String {
             f.latency.max_ms
         );
     }
+    streams::fanout_rows(&mut s, r);
     let su = &r.sustained;
     let _ = writeln!(
         s,
@@ -101,6 +108,7 @@ pub(crate) fn markdown(r: &Results) -> String {
         thousands(SUSTAINED_TARGET),
         meets(su.deliveries_per_s >= SUSTAINED_TARGET)
     );
+    streams::sustained_rows(&mut s, r);
     let p = &r.passthrough;
     let _ = writeln!(
         s,
@@ -159,6 +167,7 @@ pub(crate) fn markdown(r: &Results) -> String {
             f.proxy_cpu_ms * 1e3 / f.n.max(1) as f64
         );
     }
+    streams::details(&mut s, r);
     let _ = writeln!(
         s,
         "\nSustained: {} deliveries in {:.1} s, {}/s re-polls reached the origin, {} publish batches ({} failed), {} errors, {} other responses, {} reconnects.",
@@ -500,6 +509,27 @@ pub(crate) fn svg(r: &Results) -> String {
         .iter()
         .map(|f| (f.n as f64, f.latency.p50_ms))
         .collect();
+    let stream_mem: Vec<(f64, f64)> = r
+        .streams
+        .rounds
+        .iter()
+        .map(|f| (f.n as f64, f.kib_per_held))
+        .collect();
+    let stream_last: Vec<(f64, f64)> = r
+        .streams
+        .rounds
+        .iter()
+        .map(|f| (f.n as f64, f.fanout_ms))
+        .collect();
+    let mut mem_series = vec![("(RSS held - idle) / N", "#1f77b4", mem)];
+    let mut time_series = vec![
+        ("last client", "#d62728", last),
+        ("per-client p50", "#2ca02c", p50),
+    ];
+    if !stream_mem.is_empty() {
+        mem_series.push(("streams", "#9467bd", stream_mem));
+        time_series.push(("last stream", "#ff7f0e", stream_last));
+    }
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -512,7 +542,7 @@ pub(crate) fn svg(r: &Results) -> String {
         &Panel {
             title: &format!("{:?}: memory per held client", r.target),
             unit: "KiB per held client",
-            series: vec![("(RSS held - idle) / N", "#1f77b4", mem)],
+            series: mem_series,
             target: Some(MEM_KIB_TARGET),
         },
     );
@@ -522,10 +552,7 @@ pub(crate) fn svg(r: &Results) -> String {
         &Panel {
             title: &format!("{:?}: fan-out time", r.target),
             unit: "ms after publish",
-            series: vec![
-                ("last client", "#d62728", last),
-                ("per-client p50", "#2ca02c", p50),
-            ],
+            series: time_series,
             target: None,
         },
     );

@@ -3,8 +3,8 @@
 
 use crate::children::{LineChild, Result};
 use crate::plan::{Plan, Results};
-use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks};
-use crate::scenarios::Ctx;
+use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks_with_reaped};
+use crate::scenarios::{Ctx, StreamPlan};
 use crate::target::{free_port, Kind, Target};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,36 @@ pub(crate) enum Figure {
     Sustained,
     Passthrough,
     Publish,
+    /// Memory per open stream (rounds on a fresh instance).
+    StreamMemory,
+    /// One item to N streams on one channel.
+    StreamFanout,
+    /// Chunks delivered per second to streams on many channels.
+    StreamSustained,
+}
+
+impl StreamPlan {
+    /// The stream rounds and tests a run (or `--only`, if not empty) asks for.
+    fn of(plan: &Plan, only: &[Figure]) -> Self {
+        let all = only.is_empty();
+        let mut rounds = Vec::new();
+        if all || only.contains(&Figure::StreamMemory) {
+            rounds.extend(&plan.stream_memory_n);
+        }
+        if all || only.contains(&Figure::StreamFanout) {
+            rounds.push(plan.stream_fanout_n);
+        }
+        rounds.sort_unstable();
+        rounds.dedup();
+        Self {
+            rounds,
+            sustained: all || only.contains(&Figure::StreamSustained),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rounds.is_empty() && !self.sustained
+    }
 }
 
 /// Run the whole benchmark; every child is stopped before this returns (also on error).
@@ -97,7 +127,7 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
     let mut ctx = Ctx::new(target, origin_addr, workers, plan.clone());
     if !opts.only.is_empty() {
         // Each figure prints its own progress line; nothing is written.
-        let result = measure_only(&mut ctx, &opts.only).await;
+        let result = measure_only(&mut ctx, opts).await;
         for w in ctx.workers.drain(..) {
             w.stop().await;
         }
@@ -132,18 +162,32 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
     }
 }
 
-async fn measure_only(ctx: &mut Ctx, only: &[Figure]) -> Result<()> {
+async fn measure_only(ctx: &mut Ctx, opts: &Options) -> Result<()> {
+    let only = &opts.only[..];
+    let me = std::process::id();
+    let (busy0, total0) = machine_cpu_ticks();
+    let ours0 = tree_cpu_ticks_with_reaped(me);
     ctx.warm_up().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss_kib = ctx.rss_kib();
     eprintln!("idle RSS {:.1} MiB", idle_rss_kib as f64 / 1024.0);
+    let mut fanout = Vec::new();
     if only.contains(&Figure::Fanout) {
         for n in ctx.plan.fanout_n.clone() {
-            ctx.fanout_round(n, "fan", idle_rss_kib).await?;
+            fanout.push(ctx.fanout_round(n, "fan", idle_rss_kib).await?);
         }
     }
+    let mut sustained = None;
     if only.contains(&Figure::Sustained) {
-        ctx.sustained().await?;
+        sustained = Some(ctx.sustained().await?);
+    }
+    let streams = StreamPlan::of(&ctx.plan, only);
+    if !streams.is_empty() {
+        let f = ctx.stream_figures(opts, &streams).await?;
+        eprint!(
+            "{}",
+            crate::report::stream_comparison(&f, &fanout, sustained.as_ref())
+        );
     }
     if only.contains(&Figure::Passthrough) {
         ctx.passthrough().await?;
@@ -152,6 +196,13 @@ async fn measure_only(ctx: &mut Ctx, only: &[Figure]) -> Result<()> {
         ctx.publish_api(1).await?;
         ctx.publish_api(100).await?;
     }
+    let (busy1, total1) = machine_cpu_ticks();
+    let foreign = (busy1.saturating_sub(busy0))
+        .saturating_sub(tree_cpu_ticks_with_reaped(me).saturating_sub(ours0));
+    eprintln!(
+        "other processes used {:.0}% of the machine's CPU meanwhile",
+        100.0 * foreign as f64 / total1.saturating_sub(total0).max(1) as f64
+    );
     Ok(())
 }
 
@@ -159,7 +210,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     let proxy_processes = process_names(&ctx.target.processes());
     let me = std::process::id();
     let (busy0, total0) = machine_cpu_ticks();
-    let ours0 = tree_cpu_ticks(me);
+    let ours0 = tree_cpu_ticks_with_reaped(me);
     eprintln!("warming up");
     ctx.warm_up().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -175,6 +226,10 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     }
     let sustained = ctx.sustained().await?;
     phases.push(("sustained".into(), ctx.rss_kib()));
+    eprintln!("streams, on an instance of their own");
+    let streams = ctx
+        .stream_figures(opts, &StreamPlan::of(&ctx.plan, &[]))
+        .await?;
     let passthrough = ctx.passthrough().await?;
     phases.push(("pass-through".into(), ctx.rss_kib()));
     let publish_single = ctx.publish_api(1).await?;
@@ -185,7 +240,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
     let (busy1, total1) = machine_cpu_ticks();
-    let ours = tree_cpu_ticks(me).saturating_sub(ours0);
+    let ours = tree_cpu_ticks_with_reaped(me).saturating_sub(ours0);
     let foreign = busy1.saturating_sub(busy0).saturating_sub(ours);
     let foreign_cpu_percent = 100.0 * foreign as f64 / total1.saturating_sub(total0).max(1) as f64;
     if foreign_cpu_percent > 5.0 {
@@ -205,6 +260,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
         publish_single,
         publish_batched,
         bus,
+        streams,
         rss_after_phase_kib: phases,
         foreign_cpu_percent,
         notes: ctx.notes.clone(),

@@ -1,4 +1,9 @@
-//! The five measurements, run by the orchestrator against a started proxy, origin and workers.
+//! The five measurements, run by the orchestrator against a started proxy, origin and workers
+//! (the stream figures are in `streams`).
+
+mod streams;
+
+pub(crate) use streams::StreamPlan;
 
 use crate::children::{broadcast, LineChild, Result};
 use crate::http::{
@@ -24,6 +29,16 @@ pub(crate) struct Ctx {
     pub notes: Vec<String>,
     /// Whether the proxy answers `GET /channels/<name>` on its control port (None: unknown).
     channels_endpoint: Option<bool>,
+}
+
+/// A round's clients, held and measured, before the publish.
+struct Parked {
+    n: usize,
+    channel: String,
+    connect_failed: usize,
+    retried: u64,
+    park_ms: f64,
+    held_rss_kib: u64,
 }
 
 /// Split `n` clients over `w` workers: (count, offset) per worker.
@@ -244,12 +259,12 @@ impl Ctx {
 
     /// POST one publish body to the control port `control`; returns (time sent, time
     /// acknowledged).
-    async fn publish(&self, control: SocketAddr, channels: &[String]) -> Result<(u64, u64)> {
+    async fn publish(&self, control: SocketAddr, body: &[u8]) -> Result<(u64, u64)> {
         let mut s = TcpStream::connect(control)
             .await
             .map_err(|e| format!("connect to control port: {e}"))?;
         let _ = s.set_nodelay(true);
-        let req = post_request(&control.to_string(), "/publish/", &publish_body(channels));
+        let req = post_request(&control.to_string(), "/publish/", body);
         let t0 = now_ns();
         s.write_all(&req)
             .await
@@ -341,23 +356,63 @@ impl Ctx {
         let failed = self
             .open_clients("hold", n, &prefix, 1, 240_000 + release_ms)
             .await?;
-        let (parked, retried) = self
+        let (held, retried) = self
             .wait_held(n, h0, &channel, Duration::from_secs(60 + n as u64 / 200))
             .await?;
-        if parked + (failed as u64) < n as u64 {
+        if held + (failed as u64) < n as u64 {
             self.note(format!(
-                "N={n}: only {parked} clients parked before the publish"
+                "N={n}: only {held} clients parked before the publish"
             ));
         }
-        let park_ms = started.elapsed().as_secs_f64() * 1e3;
-        let held_rss_kib = self.rss_kib();
+        let parked = Parked {
+            n,
+            channel,
+            connect_failed: failed,
+            retried,
+            park_ms: started.elapsed().as_secs_f64() * 1e3,
+            held_rss_kib: self.rss_kib(),
+        };
+        let body = publish_body(std::slice::from_ref(&parked.channel));
+        let round = self
+            .release_round(parked, idle_rss, publish_to, &body)
+            .await?;
+        if tag != "warm" {
+            let label = if tag == "fan" {
+                String::new()
+            } else {
+                format!(" ({tag})")
+            };
+            eprintln!(
+                "fan-out{label} N={n}: parked in {:.0} ms, {:.2} KiB/held, fan-out {:.1} ms (p50 {:.1} p99 {:.1}), proxy CPU {:.1} ms ({:.2} µs/client)",
+                round.park_ms, round.kib_per_held, round.fanout_ms, round.latency.p50_ms, round.latency.p99_ms,
+                round.proxy_cpu_ms, round.proxy_cpu_ms * 1e3 / n.max(1) as f64
+            );
+        }
+        Ok(round)
+    }
 
+    /// The rest of a fan-out round once its clients are parked (and RSS read): publish `body`
+    /// to the control port `publish_to`, time every client's answer, close the clients.
+    async fn release_round(
+        &mut self,
+        parked: Parked,
+        idle_rss: u64,
+        publish_to: SocketAddr,
+        body: &[u8],
+    ) -> Result<FanoutRound> {
+        let Parked {
+            n,
+            channel,
+            connect_failed: failed,
+            retried,
+            park_ms,
+            held_rss_kib,
+        } = parked;
+        let release_ms = 60_000 + n as u64 * 3;
         let cmds = vec!["arm".to_string(); self.workers.len()];
         broadcast(&mut self.workers, &cmds, Duration::from_secs(10)).await?;
         let cpu0 = self.proxy_cpu_ns();
-        let (t0, t_ack) = self
-            .publish(publish_to, std::slice::from_ref(&channel))
-            .await?;
+        let (t0, t_ack) = self.publish(publish_to, body).await?;
         let cmds = vec![format!("collect {release_ms}"); self.workers.len()];
         let replies = broadcast(
             &mut self.workers,
@@ -423,18 +478,6 @@ impl Ctx {
             rss_after_release_kib: rss_after,
             proxy_cpu_ms,
         };
-        if tag != "warm" {
-            let label = if tag == "fan" {
-                String::new()
-            } else {
-                format!(" ({tag})")
-            };
-            eprintln!(
-                "fan-out{label} N={n}: parked in {:.0} ms, {:.2} KiB/held, fan-out {:.1} ms (p50 {:.1} p99 {:.1}), proxy CPU {:.1} ms ({:.2} µs/client)",
-                park_ms, round.kib_per_held, fanout_ms, latency.p50_ms, latency.p99_ms,
-                proxy_cpu_ms, proxy_cpu_ms * 1e3 / n.max(1) as f64
-            );
-        }
         Ok(round)
     }
 
@@ -480,12 +523,18 @@ impl Ctx {
         let t_end = t_start + window.as_nanos() as u64;
         let stop_at = start + warm + window;
         let interval = Duration::from_millis(self.plan.sustained_publish_interval_ms);
-        let publisher = tokio::spawn(publish_batches(self.target.control, req, interval, stop_at));
+        let publisher = tokio::spawn(publish_batches(
+            self.target.control,
+            req,
+            interval,
+            stop_at,
+            (start + warm, stop_at),
+        ));
         tokio::time::sleep_until(start + warm).await;
         let holds_start = self.origin_holds().await?;
         tokio::time::sleep_until(stop_at).await;
         let holds_end = self.origin_holds().await?;
-        let (batches, pub_failures) = publisher.await.map_err(|e| format!("publisher: {e}"))?;
+        let (batches, pub_failures, _) = publisher.await.map_err(|e| format!("publisher: {e}"))?;
 
         let cmds = vec![format!("repoll_stop {t_start} {t_end}"); self.workers.len()];
         let replies = broadcast(&mut self.workers, &cmds, Duration::from_secs(60)).await?;
@@ -630,19 +679,27 @@ impl Ctx {
     }
 }
 
-/// Publisher of the sustained test: one batch per `interval` until `stop_at` (bounded count).
+/// Publisher of the sustained tests: one batch per `interval` until `stop_at` (a bounded count),
+/// or with a zero interval each batch as soon as the previous one is answered (bounded by
+/// `stop_at` and the 10 s bound on each answer). Returns the batches answered 200, the failed
+/// ones, and those answered 200 within `window`.
 async fn publish_batches(
     control: SocketAddr,
     req: Vec<u8>,
     interval: Duration,
     stop_at: Instant,
-) -> (u64, u64) {
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let max_batches = (stop_at
-        .saturating_duration_since(Instant::now())
-        .as_millis()
-        / interval.as_millis().max(1)) as u64
-        + 10;
+    window: (Instant, Instant),
+) -> (u64, u64, u64) {
+    let (mut ok, mut failed, mut in_window) = (0u64, 0u64, 0u64);
+    let max_batches = if interval.is_zero() {
+        u64::MAX
+    } else {
+        (stop_at
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            / interval.as_millis().max(1)) as u64
+            + 10
+    };
     let mut conn: Option<(TcpStream, RespReader)> = None;
     let mut next = Instant::now();
     while Instant::now() < stop_at && ok + failed < max_batches {
@@ -656,6 +713,8 @@ async fn publish_batches(
                 }
                 Err(_) => {
                     failed += 1;
+                    // Back to back or not, a refused connect waits before the next try.
+                    next = next.max(Instant::now() + Duration::from_millis(20));
                     continue;
                 }
             }
@@ -670,6 +729,10 @@ async fn publish_batches(
         match tokio::time::timeout(Duration::from_secs(10), res).await {
             Ok(Ok(r)) if r.status == 200 => {
                 ok += 1;
+                let now = Instant::now();
+                if now >= window.0 && now < window.1 {
+                    in_window += 1;
+                }
                 if r.close {
                     conn = None;
                 }
@@ -677,10 +740,11 @@ async fn publish_batches(
             _ => {
                 failed += 1;
                 conn = None;
+                next = next.max(Instant::now() + Duration::from_millis(20));
             }
         }
     }
-    (ok, failed)
+    (ok, failed, in_window)
 }
 
 /// Find a held-client count in a `/channels/<name>` answer.

@@ -14,6 +14,15 @@
 //! - `repoll ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: like hold, but
 //!   each client re-requests on its connection after every response (reconnecting if closed).
 //! - `repoll_stop T_START T_END` -> `repolled IN_WINDOW TOTAL OTHER ERRORS RECONNECTS`.
+//! - `stream ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: open COUNT
+//!   streams, client i on `GET /stream/PREFIX{(OFFSET+i)%NCHAN}`; `status` counts a stream as
+//!   waiting once its first piece is read; `collect` reports each client's first published chunk.
+//! - `stream_count ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: like
+//!   `stream`, but every published chunk is counted (no `collect`).
+//! - `stream_window T_START T_END` -> `window`: count chunks read in [T_START, T_END) from now.
+//! - `stream_stop` -> `streamed IN_WINDOW TOTAL OTHER ENDED FAILED`: drop the streams; published
+//!   chunks read in the window and in all, other chunks, streams that ended or broke early,
+//!   streams that could not be opened.
 //! - `load ADDR CONNS DURATION_MS PATH` -> `loaded OK NON200 ERRORS RECONNECTS`: keep-alive
 //!   GET loop per connection.
 //! - `publish ADDR CONNS DURATION_MS ITEMS` -> `published REQS ITEMS NON200 ERRORS RECONNECTS`:
@@ -21,6 +30,8 @@
 //! - `quit`: exit.
 //!
 //! `collected` and `repolled` may end with ` | DESCRIPTION` of one unexpected response.
+
+mod streams;
 
 use crate::http::{get_request, post_request, publish_body, BodyKind, RespReader};
 use crate::sys::now_ns;
@@ -66,10 +77,23 @@ struct HoldState {
     done: AtomicUsize,
 }
 
+/// What the clients of a group do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// Long-poll once (`hold`).
+    Hold,
+    /// Long-poll again after every response (`repoll`).
+    Repoll,
+    /// Open a stream (`stream`, `stream_count`).
+    Stream(streams::Mode),
+}
+
 #[derive(Default)]
 struct Group {
     set: JoinSet<()>,
     state: Arc<HoldState>,
+    /// Chunk counters of `stream_count` clients.
+    counts: Arc<streams::Counts>,
     rx: Option<mpsc::UnboundedReceiver<Ev>>,
     early: Vec<Ev>,
     count: usize,
@@ -92,8 +116,16 @@ async fn command_loop(id: usize) -> io::Result<()> {
     while let Some(line) = lines.next_line().await? {
         let args: Vec<&str> = line.split_whitespace().collect();
         let reply = match args.first().copied() {
-            Some("hold") => start_group(&mut group, &args, false).await,
-            Some("repoll") => start_group(&mut group, &args, true).await,
+            Some("hold") => start_group(&mut group, &args, Clients::Hold).await,
+            Some("repoll") => start_group(&mut group, &args, Clients::Repoll).await,
+            Some("stream") => {
+                start_group(&mut group, &args, Clients::Stream(streams::Mode::FirstItem)).await
+            }
+            Some("stream_count") => {
+                start_group(&mut group, &args, Clients::Stream(streams::Mode::Count)).await
+            }
+            Some("stream_window") => stream_window(&group, &args),
+            Some("stream_stop") => stream_stop(&mut group).await,
             Some("collect") => collect(&mut group, &args).await,
             Some("status") => Ok(format!(
                 "status {} {} {} {}",
@@ -131,8 +163,9 @@ fn arg<T: std::str::FromStr>(args: &[&str], i: usize) -> Result<T, String> {
         .ok_or_else(|| format!("bad or missing argument {i}"))
 }
 
-/// `hold`/`repoll`: open the clients and reply once every first request is sent.
-async fn start_group(group: &mut Group, args: &[&str], repoll: bool) -> Result<String, String> {
+/// `hold`/`repoll`/`stream`/`stream_count`: open the clients and reply once every first request
+/// is sent.
+async fn start_group(group: &mut Group, args: &[&str], kind: Clients) -> Result<String, String> {
     close(group).await;
     let addr: SocketAddr = arg(args, 1)?;
     let count: usize = arg(args, 2)?;
@@ -145,24 +178,45 @@ async fn start_group(group: &mut Group, args: &[&str], repoll: bool) -> Result<S
     let mut by_channel: Vec<Option<Arc<[u8]>>> = vec![None; nchan];
     let (tx, mut rx) = mpsc::unbounded_channel();
     group.state = Arc::new(HoldState::default());
+    group.counts = Arc::new(streams::Counts::default());
+    let route = if matches!(kind, Clients::Stream(_)) {
+        "stream"
+    } else {
+        "hold"
+    };
     let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     for i in 0..count {
         let ch = (offset + i) % nchan;
         let req = by_channel[ch]
-            .get_or_insert_with(|| Arc::from(get_request(&host, &format!("/hold/{prefix}{ch}"))))
+            .get_or_insert_with(|| Arc::from(get_request(&host, &format!("/{route}/{prefix}{ch}"))))
             .clone();
         let (tx, sem) = (tx.clone(), sem.clone());
-        if repoll {
-            group.set.spawn(repoll_client(addr, req, tx, sem, deadline));
-        } else {
-            group.set.spawn(hold_client(
-                addr,
-                req,
-                tx,
-                sem,
-                group.state.clone(),
-                deadline,
-            ));
+        match kind {
+            Clients::Repoll => {
+                group.set.spawn(repoll_client(addr, req, tx, sem, deadline));
+            }
+            Clients::Hold => {
+                group.set.spawn(hold_client(
+                    addr,
+                    req,
+                    tx,
+                    sem,
+                    group.state.clone(),
+                    deadline,
+                ));
+            }
+            Clients::Stream(mode) => {
+                group.set.spawn(streams::stream_client(
+                    addr,
+                    req,
+                    tx,
+                    sem,
+                    group.state.clone(),
+                    group.counts.clone(),
+                    mode,
+                    deadline,
+                ));
+            }
         }
     }
     drop(tx);
@@ -443,6 +497,49 @@ async fn repoll_stop(group: &mut Group, args: &[&str]) -> Result<String, String>
         "repolled {in_window} {total} {other} {errors} {reconnects}{}",
         sample_suffix(sample)
     ))
+}
+
+/// `stream_window`: from now on, count the published chunks read in the window.
+fn stream_window(group: &Group, args: &[&str]) -> Result<String, String> {
+    let t_start: u64 = arg(args, 1)?;
+    let t_end: u64 = arg(args, 2)?;
+    // Start first: (start, 0) is an empty window, never a window from 0.
+    group.counts.window_start.store(t_start, Relaxed);
+    group.counts.window_end.store(t_end, Relaxed);
+    Ok("window".to_string())
+}
+
+/// `stream_stop`: drop the counting streams and report their counts.
+async fn stream_stop(group: &mut Group) -> Result<String, String> {
+    group.set.abort_all();
+    while group.set.join_next().await.is_some() {}
+    let mut rx = group.rx.take().ok_or("no clients")?;
+    let mut sample: Option<String> = None;
+    let mut events = std::mem::take(&mut group.early);
+    while let Ok(ev) = rx.try_recv() {
+        events.push(ev);
+    }
+    let mut ended = 0u64;
+    for ev in events {
+        match ev {
+            Ev::Error | Ev::Resp { .. } => ended += 1,
+            Ev::OtherSample(o) => {
+                sample.get_or_insert(o);
+            }
+            _ => {}
+        }
+    }
+    let c = &group.counts;
+    let reply = format!(
+        "streamed {} {} {} {ended} {}{}",
+        c.in_window.load(Relaxed),
+        c.total.load(Relaxed),
+        c.other.load(Relaxed),
+        group.failed,
+        sample_suffix(sample)
+    );
+    close(group).await;
+    Ok(reply)
 }
 
 /// ` | description` of an unexpected response, appended to a reply line.
