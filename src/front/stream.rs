@@ -148,7 +148,8 @@ pub(crate) async fn write(
                     return Ok(Ended::ClientGone);
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
+            // In an async block: the timer is made only when the branch is enabled (a backlog), not on every turn.
+            _ = async { tokio::time::sleep_until(deadline).await }, if !pending.is_empty() => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "stream client took nothing within proxy.write_timeout_secs",

@@ -22,8 +22,8 @@ pub(crate) enum FeedEnd {
 /// What a stream's connection finds when it looks at its feed.
 #[derive(Debug)]
 pub(crate) enum Fed {
-    /// Items, oldest first.
-    Items(VecDeque<Arc<Release>>),
+    /// Items, oldest first, moved into the caller's queue.
+    Items,
     /// Recovery: what the stream waits for may have been missed (a bus outage, `POST /recover`).
     Recover,
     /// The feed ended; nothing more comes.
@@ -106,22 +106,25 @@ impl Feed {
 
     /// Takes the queued items only (none if the feed overflowed), leaving a recovery request or the end for
     /// [`Feed::poll_take`].
-    pub(crate) fn take_items(&self) -> VecDeque<Arc<Release>> {
+    pub(crate) fn take_items(&self, into: &mut VecDeque<Arc<Release>>) {
         let mut s = self.state.lock();
         if s.end == Some(FeedEnd::Overflow) {
-            return VecDeque::new();
+            return;
         }
-        s.bytes = 0;
-        std::mem::take(&mut s.queue)
+        s.take_into(into);
     }
 
     /// Takes what is there: queued items first, then a recovery request, then the end. `Pending` (and woken later)
     /// when there is nothing.
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Fed> {
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Arc<Release>>,
+    ) -> Poll<Fed> {
         let mut s = self.state.lock();
         if !s.queue.is_empty() && s.end != Some(FeedEnd::Overflow) {
-            s.bytes = 0;
-            return Poll::Ready(Fed::Items(std::mem::take(&mut s.queue)));
+            s.take_into(into);
+            return Poll::Ready(Fed::Items);
         }
         if std::mem::take(&mut s.recover) {
             return Poll::Ready(Fed::Recover);
@@ -134,6 +137,19 @@ impl Feed {
             _ => s.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+}
+
+impl State {
+    /// Moves the queue into `into`. An empty `into` is swapped with the queue, so that both keep their buffers
+    /// and a busy stream allocates nothing per item.
+    fn take_into(&mut self, into: &mut VecDeque<Arc<Release>>) {
+        self.bytes = 0;
+        if into.is_empty() {
+            std::mem::swap(&mut self.queue, into);
+        } else {
+            into.extend(self.queue.drain(..));
+        }
     }
 }
 
@@ -150,8 +166,10 @@ mod tests {
         Arc::new(Release::new(Arc::new(item)))
     }
 
-    fn take(feed: &Feed) -> Poll<Fed> {
-        feed.poll_take(&mut Context::from_waker(Waker::noop()))
+    fn take(feed: &Feed) -> Poll<(Fed, usize)> {
+        let mut into = VecDeque::new();
+        feed.poll_take(&mut Context::from_waker(Waker::noop()), &mut into)
+            .map(|fed| (fed, into.len()))
     }
 
     #[test]
@@ -182,7 +200,7 @@ mod tests {
         feed.push(&release("abc"), 3);
         feed.push(&release("de"), 2);
         assert!(
-            matches!(take(&feed), Poll::Ready(Fed::End(FeedEnd::Overflow))),
+            matches!(take(&feed), Poll::Ready((Fed::End(FeedEnd::Overflow), 0))),
             "past it: nothing of what was queued, only the end"
         );
         feed.push(&release("x"), 1);

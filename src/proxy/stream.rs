@@ -95,7 +95,7 @@ pub(crate) fn response(
         state,
         sub,
         chunked,
-        ready: Vec::new(),
+        ready: Ready::default(),
         prev_ids: hold
             .channels
             .iter()
@@ -140,6 +140,46 @@ struct Extra {
     queued: std::collections::VecDeque<Arc<Release>>,
 }
 
+/// Framed pieces ready to hand out, in order. Published items' pieces are the bytes every stream of the channel
+/// shares: one alone is handed out as it is (no copy, no allocation), several are joined.
+#[derive(Default)]
+enum Ready {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Joined(BytesMut),
+}
+
+impl Ready {
+    fn is_nothing(&self) -> bool {
+        matches!(self, Ready::Nothing)
+    }
+
+    fn push(&mut self, piece: Bytes) {
+        *self = match std::mem::take(self) {
+            Ready::Nothing => Ready::One(piece),
+            Ready::One(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + piece.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&piece);
+                Ready::Joined(joined)
+            }
+            Ready::Joined(mut joined) => {
+                joined.extend_from_slice(&piece);
+                Ready::Joined(joined)
+            }
+        };
+    }
+
+    fn take(&mut self) -> Bytes {
+        match std::mem::take(self) {
+            Ready::Nothing => Bytes::new(),
+            Ready::One(piece) => piece,
+            Ready::Joined(joined) => joined.freeze(),
+        }
+    }
+}
+
 /// A link answer, read whole.
 struct Fetched {
     status: http::StatusCode,
@@ -155,7 +195,7 @@ pub(crate) struct StreamBody {
     chunked: bool,
     /// Framed pieces ready to hand out, in order. Published items' pieces are the bytes every stream of the channel
     /// shares; one alone is handed out as it is, several are joined.
-    ready: Vec<Bytes>,
+    ready: Ready,
     /// Each channel and the id the next item on it must name as its prev-id (`None`: any).
     prev_ids: Vec<(Box<str>, Option<Box<str>>)>,
     extra: Box<Extra>,
@@ -181,19 +221,6 @@ impl StreamBody {
         } else {
             Bytes::copy_from_slice(data)
         });
-    }
-
-    /// What is ready, as one piece.
-    fn take_ready(&mut self) -> Bytes {
-        let mut ready = std::mem::take(&mut self.ready);
-        if ready.len() == 1 {
-            return ready.pop().unwrap_or_default();
-        }
-        let mut joined = BytesMut::with_capacity(ready.iter().map(Bytes::len).sum());
-        for piece in &ready {
-            joined.extend_from_slice(piece);
-        }
-        joined.freeze()
     }
 
     /// Takes a hold's (or a link answer's) keep-alive and links; timers start over.
@@ -402,10 +429,10 @@ impl http_body::Body for StreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if !this.ready.is_empty() {
+            if !this.ready.is_nothing() {
                 this.wrote();
                 // Taken whole: an idle stream keeps no buffer.
-                return Poll::Ready(Some(Ok(Frame::data(this.take_ready()))));
+                return Poll::Ready(Some(Ok(Frame::data(this.ready.take()))));
             }
             if this.done {
                 return Poll::Ready(None);
@@ -415,8 +442,7 @@ impl http_body::Body for StreamBody {
                     Poll::Ready(answer) => {
                         this.fetch = None;
                         // Items published during the fetch are judged against what the answer says.
-                        let meanwhile = this.sub.feed().take_items();
-                        this.extra.queued.extend(meanwhile);
+                        this.sub.feed().take_items(&mut this.extra.queued);
                         let answer = answer.unwrap_or_else(|e| {
                             Err(ProxyError::OriginProtocol(
                                 format!("link fetch task: {e}").into(),
@@ -429,9 +455,8 @@ impl http_body::Body for StreamBody {
                     Poll::Pending => {}
                 }
             } else {
-                match this.sub.feed().poll_take(cx) {
-                    Poll::Ready(Fed::Items(items)) => {
-                        this.extra.queued.extend(items);
+                match this.sub.feed().poll_take(cx, &mut this.extra.queued) {
+                    Poll::Ready(Fed::Items) => {
                         this.apply_items();
                         continue;
                     }
@@ -474,7 +499,8 @@ impl http_body::Body for StreamBody {
             if let Some(at) = &mut this.extra.keep_alive_at {
                 if at.as_mut().poll(cx).is_ready() {
                     if let Some((_, framed)) = &this.extra.keep_alive {
-                        this.ready.push(framed.clone());
+                        let framed = framed.clone();
+                        this.ready.push(framed);
                         this.state.metrics.keep_alive_sent();
                     }
                     let now = Instant::now();
