@@ -558,3 +558,33 @@ async fn a_recovery_makes_a_linked_stream_catch_up_and_cuts_off_one_that_cannot(
     publish(&proxy, items(&[chunk("r", "after\n")])).await;
     assert_eq!(next(&mut linked).await.as_deref(), Some("after\n"));
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_link_fetch_under_way() {
+    let origin = Origin::start(|req: &Recorded| match req.path() {
+        "/s" => Reply::text("start\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "c")
+            .header("Grip-Link", "</slow>; rel=next"),
+        _ => Reply::text("late\n").delay(Duration::from_secs(20)),
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let (mut conn, _) = open(&proxy, "/s", 1).await;
+    next(&mut conn).await;
+    publish(
+        &proxy,
+        items(&[json!({"channel": "c", "http-stream": {"action": "hint"}})]),
+    )
+    .await;
+    within(LIMIT, origin.nth(1)).await; // the link fetch is under way
+    let started = Instant::now();
+    let stopping = tokio::spawn(proxy.shutdown());
+    assert_eq!(next(&mut conn).await, None, "the last chunk, at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    within(LIMIT, stopping).await.unwrap();
+}

@@ -114,6 +114,19 @@ impl Feed {
         s.take_into(into);
     }
 
+    /// `Ready` once the feed has ended for a shutdown; else registers the waker (items may queue meanwhile).
+    pub(crate) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.state.lock();
+        if s.end == Some(FeedEnd::Shutdown) {
+            return Poll::Ready(());
+        }
+        match &s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// Takes what is there: queued items first, then a recovery request, then the end. `Pending` (and woken later)
     /// when there is nothing.
     pub(crate) fn poll_take(

@@ -452,7 +452,14 @@ impl http_body::Body for StreamBody {
                         this.apply_items();
                         continue;
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => {
+                        // A shutdown does not wait for the fetch: the stream ends now, with its last chunk.
+                        if this.sub.feed().poll_shutdown(cx).is_ready() {
+                            this.fetch = None;
+                            this.done = true;
+                            continue;
+                        }
+                    }
                 }
             } else {
                 match this.sub.feed().poll_take(cx, &mut this.extra.queued) {
