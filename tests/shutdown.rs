@@ -25,13 +25,46 @@ struct Running {
     listen: SocketAddr,
     log: Arc<Mutex<String>>,
     lines: watch::Receiver<usize>,
+    /// `true` once stderr has ended.
+    log_ended: watch::Receiver<bool>,
     config: Option<PathBuf>,
 }
 
 impl Running {
     /// Starts the binary in front of `origin` (with this config file text, if any) on free ports, and waits
-    /// until it accepts connections.
+    /// until it accepts connections. A port found free can be taken by another test before the binary binds it:
+    /// then the binary exits saying so, and it is started again on other ports.
     async fn start(origin: SocketAddr, config: Option<&str>) -> Running {
+        for _ in 0..5 {
+            let mut running = Running::spawn(origin, config);
+            let listen = running.listen;
+            let up = within(LIMIT, async {
+                loop {
+                    if TcpStream::connect(listen).await.is_ok() {
+                        return true;
+                    }
+                    if running.child.try_wait().unwrap().is_some() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            if up {
+                return running;
+            }
+            let exited = running.child.wait().await.unwrap();
+            running.wait_log_end().await;
+            let log = running.log();
+            assert!(
+                log.contains("in use"),
+                "grip-proxy exited early ({exited}):\n{log}"
+            );
+        }
+        panic!("no free ports for grip-proxy after 5 tries");
+    }
+
+    fn spawn(origin: SocketAddr, config: Option<&str>) -> Running {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let control = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_grip-proxy"));
@@ -61,6 +94,7 @@ impl Running {
         let (count, lines) = watch::channel(0);
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = log.clone();
+        let (ended, log_ended) = watch::channel(false);
         tokio::spawn(async move {
             while let Ok(Some(line)) = stderr.next_line().await {
                 let mut log = sink.lock();
@@ -68,17 +102,21 @@ impl Running {
                 log.push('\n');
                 count.send_modify(|n| *n += 1);
             }
+            ended.send_replace(true);
         });
-
-        let mut running = Running {
+        Running {
             child,
             listen,
             log,
             lines,
+            log_ended,
             config,
-        };
-        wait_listening(listen, &mut running.child).await;
-        running
+        }
+    }
+
+    /// Waits (within `LIMIT`) until the process's stderr has been read to its end.
+    async fn wait_log_end(&mut self) {
+        let _ = within(LIMIT, self.log_ended.wait_for(|ended| *ended)).await;
     }
 
     fn signal(&self, name: &str) {
