@@ -588,3 +588,30 @@ async fn shutdown_does_not_wait_for_a_link_fetch_under_way() {
     );
     within(LIMIT, stopping).await.unwrap();
 }
+
+#[tokio::test]
+async fn links_that_never_hold_again_are_followed_a_bounded_number_of_times() {
+    let origin = Origin::start(|req: &Recorded| match req.path() {
+        "/s" => Reply::text("start\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "c")
+            .header("Grip-Link", "</page>; rel=next"),
+        _ => Reply::text("p\n").header("Grip-Link", "</page>; rel=next"),
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let (mut conn, _) = open(&proxy, "/s", 1).await;
+    next(&mut conn).await;
+    publish(
+        &proxy,
+        items(&[json!({"channel": "c", "http-stream": {"action": "hint"}})]),
+    )
+    .await;
+    let mut pages = String::new();
+    while let Some(piece) = next(&mut conn).await {
+        pages.push_str(&piece);
+    }
+    // 100 pages followed, the 101st answer appended, then the end.
+    assert_eq!(pages, "p\n".repeat(101));
+    assert_eq!(origin.count(), 1 + 101);
+}

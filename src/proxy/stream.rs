@@ -27,6 +27,8 @@ use crate::routes::Route;
 
 /// Failed link fetches are retried this many times (Pushpin's number), then the stream ends.
 const LINK_RETRIES: u32 = 5;
+/// Link answers in a row that may give only a next link (pages of what was missed) before the stream ends.
+const LINK_PAGES: u32 = 100;
 /// The first retry waits this long, each next one twice as long, plus up to a second of jitter.
 const LINK_RETRY_BASE: Duration = Duration::from_secs(1);
 
@@ -105,6 +107,7 @@ pub(crate) fn response(
         base: Arc::new(base),
         fetch: None,
         retries: 0,
+        pages: 0,
         done: false,
         rng: seed,
     };
@@ -204,6 +207,8 @@ pub(crate) struct StreamBody {
     fetch: Option<AbortOnDropHandle<Result<Fetched, ProxyError>>>,
     /// Failed fetches in a row.
     retries: u32,
+    /// Link answers in a row that gave a next link without holding again.
+    pages: u32,
     /// Ended: the last piece is out (close item, link answer without a hold, shutdown).
     done: bool,
     rng: u64,
@@ -372,6 +377,7 @@ impl StreamBody {
         self.push_piece(&body);
         match hold {
             Some(hold) if hold.mode == HoldMode::Stream => {
+                self.pages = 0;
                 self.sub.resubscribe(&hold.channels);
                 self.prev_ids = hold
                     .channels
@@ -393,6 +399,17 @@ impl StreamBody {
                 self.done = true;
             }
             None if links.next.is_some() => {
+                // A page of what was missed, and where the next one is. Bounded: an origin that never holds again
+                // must not keep the proxy fetching in a loop.
+                self.pages += 1;
+                if self.pages > LINK_PAGES {
+                    tracing::warn!(
+                        pages = LINK_PAGES,
+                        "stream's links kept answering without holding again: ending the stream"
+                    );
+                    self.done = true;
+                    return;
+                }
                 self.extra.next = links.next;
                 self.start_fetch();
             }
