@@ -45,10 +45,25 @@ pub(crate) fn within<F: Future>(limit: Duration, fut: F) -> impl Future<Output =
     }
 }
 
-/// A port nothing listens on (bound, then released).
+/// A port nothing listens on (bound, then released), for a process or server the test starts on it.
 pub(crate) fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    // Ports a spawned binary will bind are taken below the kernel's ephemeral range (32768 and up on Linux), where
+    // `bind(127.0.0.1:0)` and outgoing connections never land: a port found free here cannot be handed to another
+    // test's listener or connection before the binary binds it. A counter keeps the tests of one binary apart;
+    // the start is spread by the process id, and a port in use by anything else is skipped.
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (offset.wrapping_add(n) % SPAN);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 // === Bodies ===
