@@ -1,6 +1,7 @@
 //! One channel's state: the clients parked on it, the id of the last item published to it, items waiting for a
 //! missing predecessor, and recent ids (duplicates). The park/publish ordering invariant lives here: both run
-//! under the channel's map-entry lock and do bounded work there.
+//! under the channel's map-entry lock and do bounded work there. A channel kept only for its last id is compact:
+//! the id and its time, everything else behind one pointer that is null then.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -58,30 +59,110 @@ pub(crate) struct Published {
 
 /// A channel entry in the registry map.
 pub(crate) struct Channel {
-    /// Parked clients.
-    pub(crate) waiters: Waiters,
-    /// Streams subscribed: each takes every `http-stream` item, in publish order, and stays.
-    pub(crate) streams: Streams,
     /// Id of the last item published here, if known.
     pub(crate) last_id: Option<Box<str>>,
-    /// When `last_id` was set: for expiry and least-recently-published eviction.
+    /// When `last_id` was set: for expiry, least-recently-published eviction and its duplicate window.
     pub(crate) published_at: Instant,
+    /// Clients, waiting items and older recent ids; `None` when there are none (a channel kept for its last id).
+    live: Option<Box<Live>>,
+}
+
+/// The parts of a channel that only a channel in use has.
+#[derive(Default)]
+struct Live {
+    /// Parked clients.
+    waiters: Waiters,
+    /// Streams subscribed: each takes every `http-stream` item, in publish order, and stays.
+    streams: Streams,
     /// Items whose `prev-id` is not the last id, waiting for their predecessor, oldest first.
     pending: VecDeque<(Arc<Item>, Instant)>,
-    /// Ids published within the duplicate window, oldest first, at most `RECENT_IDS_MAX`.
+    /// Ids seen within the duplicate window besides `last_id` (which is checked on its own), oldest first, at most
+    /// `RECENT_IDS_MAX`.
     recent_ids: VecDeque<(Box<str>, Instant)>,
+}
+
+impl Live {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+            && self.streams.is_empty()
+            && self.pending.is_empty()
+            && self.recent_ids.is_empty()
+    }
 }
 
 impl Channel {
     pub(crate) fn new() -> Self {
         Channel {
-            waiters: HashMap::new(),
-            streams: HashMap::new(),
             last_id: None,
             published_at: Instant::now(),
-            pending: VecDeque::new(),
-            recent_ids: VecDeque::new(),
+            live: None,
         }
+    }
+
+    fn live(&mut self) -> &mut Live {
+        self.live.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the live parts once nothing is in them.
+    fn tidy(&mut self) {
+        if self.live.as_ref().is_some_and(|l| l.is_empty()) {
+            self.live = None;
+        }
+    }
+
+    /// Response holds parked here.
+    pub(crate) fn waiter_count(&self) -> usize {
+        self.live.as_ref().map_or(0, |l| l.waiters.len())
+    }
+
+    /// Streams subscribed here.
+    pub(crate) fn stream_count(&self) -> usize {
+        self.live.as_ref().map_or(0, |l| l.streams.len())
+    }
+
+    /// The streams subscribed here.
+    pub(crate) fn streams(&self) -> impl Iterator<Item = &Arc<Feed>> {
+        self.live.iter().flat_map(|l| l.streams.values())
+    }
+
+    /// Takes every parked client out (a shutdown or recovery answers them all).
+    pub(crate) fn take_waiters(&mut self) -> Waiters {
+        let waiters = self
+            .live
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.waiters))
+            .unwrap_or_default();
+        self.tidy();
+        waiters
+    }
+
+    /// Removes a parked client.
+    pub(crate) fn remove_waiter(&mut self, id: u64) {
+        if let Some(l) = self.live.as_mut() {
+            l.waiters.remove(&id);
+        }
+        self.tidy();
+    }
+
+    /// Removes a stream.
+    pub(crate) fn remove_stream(&mut self, id: u64) {
+        if let Some(l) = self.live.as_mut() {
+            l.streams.remove(&id);
+        }
+        self.tidy();
+    }
+
+    /// Forgets recent ids older than `window` (sweeps call this, so that a quiet channel's live parts go).
+    pub(crate) fn forget_recent(&mut self, now: Instant, window: Duration) {
+        if let Some(l) = self.live.as_mut() {
+            while let Some((_, at)) = l.recent_ids.front() {
+                if now.saturating_duration_since(*at) < window {
+                    break;
+                }
+                l.recent_ids.pop_front();
+            }
+        }
+        self.tidy();
     }
 
     /// Checks the hold's prev-id against the last id, then inserts the waiter. Runs under the entry lock.
@@ -91,7 +172,7 @@ impl Channel {
                 return ParkOutcome::Stale;
             }
         }
-        self.waiters.insert(waiter, slot.clone());
+        self.live().waiters.insert(waiter, slot.clone());
         ParkOutcome::Parked
     }
 
@@ -107,7 +188,7 @@ impl Channel {
                 return ParkOutcome::Stale;
             }
         }
-        self.streams.insert(id, feed.clone());
+        self.live().streams.insert(id, feed.clone());
         ParkOutcome::Parked
     }
 
@@ -126,93 +207,122 @@ impl Channel {
             && seq.max_pending > 0
             && matches!((item.prev_id.as_deref(), self.last_id.as_deref()), (Some(p), Some(l)) if p != l);
         if out_of_order {
-            if self.pending.len() >= seq.max_pending {
-                if let Some((oldest, _)) = self.pending.pop_front() {
-                    self.apply_chain(oldest, now, &mut out);
+            // Remembered as seen now: it is not the last id until its predecessor comes.
+            if let Some(id) = item.id.as_deref() {
+                self.remember_recent(id, now);
+            }
+            if self.live().pending.len() >= seq.max_pending {
+                if let Some((oldest, _)) = self.live().pending.pop_front() {
+                    self.apply_chain(oldest, now, seq, &mut out);
                 }
             }
             let deadline = now + seq.wait;
-            self.pending.push_back((item.clone(), deadline));
+            self.live().pending.push_back((item.clone(), deadline));
             out.queued_until = Some(deadline);
             return out;
         }
-        self.apply_chain(item.clone(), now, &mut out);
+        self.apply_chain(item.clone(), now, seq, &mut out);
+        self.tidy();
         out
     }
 
     /// Sends out, in order, the waiting items whose time is up (each followed by what it was the predecessor of).
-    pub(crate) fn flush_expired(&mut self, now: Instant) -> Published {
+    pub(crate) fn flush_expired(&mut self, now: Instant, seq: Sequencing) -> Published {
         let mut out = Published::default();
-        while let Some((_, deadline)) = self.pending.front() {
-            if *deadline > now {
-                break;
+        loop {
+            let Some(l) = self.live.as_mut() else { break };
+            match l.pending.front() {
+                Some((_, deadline)) if *deadline <= now => {}
+                _ => break,
             }
-            if let Some((item, _)) = self.pending.pop_front() {
-                self.apply_chain(item, now, &mut out);
+            if let Some((item, _)) = l.pending.pop_front() {
+                self.apply_chain(item, now, seq, &mut out);
             }
         }
-        out.queued_until = self.pending.front().map(|(_, d)| *d);
+        out.queued_until = self
+            .live
+            .as_ref()
+            .and_then(|l| l.pending.front().map(|(_, d)| *d));
+        self.tidy();
         out
     }
 
-    fn apply_chain(&mut self, item: Arc<Item>, now: Instant, out: &mut Published) {
+    fn apply_chain(&mut self, item: Arc<Item>, now: Instant, seq: Sequencing, out: &mut Published) {
         let mut next = Some(item);
         while let Some(item) = next.take() {
+            // The id it replaces stays a duplicate for the rest of its window.
+            if let Some(previous) = self.last_id.take() {
+                let seen = self.published_at;
+                if now.saturating_duration_since(seen) < seq.duplicate_window
+                    && item.id.as_deref() != Some(&*previous)
+                {
+                    self.remember_recent_at(previous, seen);
+                }
+            }
             self.last_id = item.id.clone();
             self.published_at = now;
-            let waiters = if item.http_response.is_some() {
-                std::mem::take(&mut self.waiters)
-            } else {
-                HashMap::new()
+            let waiters = match self.live.as_mut() {
+                Some(l) if item.http_response.is_some() => std::mem::take(&mut l.waiters),
+                _ => HashMap::new(),
             };
             let release = Arc::new(Release::new(item));
             // Streams get the item here, under the entry lock, so that every stream sees the channel's items in the
             // order they were applied (a push never waits: a feed past its bound ends instead).
             if release.item.http_stream.is_some() {
                 let len = release.stream_len();
-                for feed in self.streams.values() {
+                for feed in self.streams() {
                     feed.push(&release, len);
                 }
             }
             out.deliveries.push((release, waiters));
-            if let Some(last) = self.last_id.as_deref() {
-                if let Some(pos) = self
+            if let (Some(last), Some(l)) = (self.last_id.as_deref(), self.live.as_mut()) {
+                if let Some(pos) = l
                     .pending
                     .iter()
                     .position(|(p, _)| p.prev_id.as_deref() == Some(last))
                 {
-                    next = self.pending.remove(pos).map(|(p, _)| p);
+                    next = l.pending.remove(pos).map(|(p, _)| p);
                 }
             }
         }
     }
 
-    /// Whether `id` was published within `window`; remembers it if not.
+    /// Whether `id` was published within `window`: it is the last id (seen when it was applied), or one of the
+    /// recent ids. An id not seen is remembered by whoever applies or queues it.
     fn seen_recently(&mut self, id: &str, now: Instant, window: Duration) -> bool {
-        while let Some((_, at)) = self.recent_ids.front() {
-            if now.saturating_duration_since(*at) < window {
-                break;
-            }
-            self.recent_ids.pop_front();
-        }
-        if self.recent_ids.iter().any(|(seen, _)| &**seen == id) {
+        if self.last_id.as_deref() == Some(id)
+            && now.saturating_duration_since(self.published_at) < window
+        {
             return true;
         }
-        if self.recent_ids.len() == RECENT_IDS_MAX {
-            self.recent_ids.pop_front();
+        self.forget_recent(now, window);
+        self.live
+            .as_ref()
+            .is_some_and(|l| l.recent_ids.iter().any(|(seen, _)| &**seen == id))
+    }
+
+    fn remember_recent(&mut self, id: &str, now: Instant) {
+        self.remember_recent_at(id.into(), now);
+    }
+
+    fn remember_recent_at(&mut self, id: Box<str>, at: Instant) {
+        let l = self.live();
+        if l.recent_ids.len() == RECENT_IDS_MAX {
+            l.recent_ids.pop_front();
         }
-        self.recent_ids.push_back((id.into(), now));
-        false
+        l.recent_ids.push_back((id, at));
     }
 
     /// Nothing worth keeping: no waiters, no streams, no last id, nothing pending.
     pub(crate) fn is_idle(&self) -> bool {
-        !self.has_clients() && self.last_id.is_none() && self.pending.is_empty()
+        !self.has_clients()
+            && self.last_id.is_none()
+            && self.live.as_ref().is_none_or(|l| l.pending.is_empty())
     }
 
     /// Whether any client (held response or stream) is on the channel.
     pub(crate) fn has_clients(&self) -> bool {
-        !self.waiters.is_empty() || !self.streams.is_empty()
+        self.waiter_count() > 0 || self.stream_count() > 0
     }
 }
 
@@ -267,10 +377,10 @@ mod tests {
             matches!(c.park(4, &s, None), ParkOutcome::Parked),
             "a retry parks unchecked"
         );
-        assert_eq!(c.waiters.len(), 2);
+        assert_eq!(c.waiter_count(), 2);
         let p = c.publish(&item(Some("3"), None), Instant::now(), SEQ);
         assert_eq!(p.deliveries[0].1.len(), 2);
-        assert!(c.waiters.is_empty());
+        assert_eq!(c.waiter_count(), 0);
         assert_eq!(c.last_id.as_deref(), Some("3"));
         c.publish(&item(None, None), Instant::now(), SEQ);
         assert!(c.is_idle());
@@ -287,7 +397,7 @@ mod tests {
         c.park(1, &s, None);
         let p = c.publish(&item(Some("1"), None), Instant::now(), SEQ);
         assert!(p.duplicate && p.deliveries.is_empty());
-        assert_eq!(c.waiters.len(), 1, "a duplicate takes no one");
+        assert_eq!(c.waiter_count(), 1, "a duplicate takes no one");
         assert!(
             !c.publish(&item(None, None), Instant::now(), SEQ).duplicate,
             "no id: never a duplicate"
@@ -297,6 +407,36 @@ mod tests {
             !c.publish(&item(Some("1"), None), Instant::now(), SEQ)
                 .duplicate,
             "outside the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_kept_for_its_last_id_is_compact_and_still_knows_its_duplicates() {
+        let mut c = Channel::new();
+        c.publish(&item(Some("1"), None), Instant::now(), SEQ);
+        assert!(c.live.is_none(), "one id: nothing but the id and its time");
+        c.publish(&item(Some("2"), Some("1")), Instant::now(), SEQ);
+        assert!(
+            c.publish(&item(Some("1"), None), Instant::now(), SEQ)
+                .duplicate,
+            "a superseded id is still a duplicate within the window"
+        );
+        assert!(
+            c.publish(&item(Some("2"), None), Instant::now(), SEQ)
+                .duplicate
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        c.forget_recent(Instant::now(), SEQ.duplicate_window);
+        assert!(c.live.is_none(), "the recent ids went with their window");
+        assert_eq!(c.last_id.as_deref(), Some("2"));
+        let (s, _rx) = slot();
+        c.park(1, &s, None);
+        c.remove_waiter(1);
+        assert!(c.live.is_none(), "a client that leaves leaves nothing");
+        assert!(
+            std::mem::size_of::<Channel>() <= 40,
+            "{}",
+            std::mem::size_of::<Channel>()
         );
     }
 
@@ -334,11 +474,11 @@ mod tests {
         c.publish(&item(Some("1"), None), now, SEQ);
         c.publish(&item(Some("5"), Some("4")), now, SEQ);
         assert!(c
-            .flush_expired(now + Duration::from_secs(4))
+            .flush_expired(now + Duration::from_secs(4), SEQ)
             .deliveries
             .is_empty());
         assert_eq!(
-            ids(&c.flush_expired(now + SEQ.wait)),
+            ids(&c.flush_expired(now + SEQ.wait, SEQ)),
             ["5"],
             "sent anyway after the wait"
         );

@@ -296,7 +296,7 @@ impl Registry {
                 .inner
                 .channels
                 .get_mut(&*channel)
-                .map(|mut c| c.flush_expired(Instant::now()));
+                .map(|mut c| c.flush_expired(Instant::now(), registry.inner.sequencing));
             if let Some(flushed) = flushed {
                 if !flushed.deliveries.is_empty() {
                     tracing::debug!(%channel, items = flushed.deliveries.len(), "predecessor never came: sending anyway");
@@ -323,9 +323,9 @@ impl Registry {
         let mut slots = Vec::new();
         let mut feeds: std::collections::HashMap<*const Feed, Arc<Feed>> = Default::default();
         for mut entry in self.inner.channels.iter_mut() {
-            slots.extend(std::mem::take(&mut entry.waiters).into_values());
+            slots.extend(entry.take_waiters().into_values());
             // Streams stay subscribed: a shutdown ends their feeds, a recovery asks them to catch up.
-            feeds.extend(entry.streams.values().map(|f| (Arc::as_ptr(f), f.clone())));
+            feeds.extend(entry.streams().map(|f| (Arc::as_ptr(f), f.clone())));
             if forget_ids {
                 entry.last_id = None;
             }
@@ -366,7 +366,7 @@ impl Registry {
         self.inner
             .channels
             .get(channel)
-            .map(|c| c.waiters.len())
+            .map(|c| c.waiter_count())
             .unwrap_or(0)
     }
 
@@ -375,7 +375,7 @@ impl Registry {
         self.inner
             .channels
             .get(channel)
-            .map(|c| c.streams.len())
+            .map(|c| c.stream_count())
             .unwrap_or(0)
     }
 
@@ -399,8 +399,8 @@ impl Registry {
         for entry in self.inner.channels.iter() {
             f(
                 entry.key(),
-                entry.waiters.len(),
-                entry.streams.len(),
+                entry.waiter_count(),
+                entry.stream_count(),
                 entry.last_id.as_deref(),
             );
         }
@@ -439,7 +439,9 @@ impl Registry {
     /// waiters stay.
     pub(crate) fn sweep(&self, now: Instant) {
         let ttl = self.inner.limits.ttl;
+        let window = self.inner.sequencing.duplicate_window;
         self.inner.channels.retain(|_, c| {
+            c.forget_recent(now, window);
             if c.last_id.is_some() && now.saturating_duration_since(c.published_at) >= ttl {
                 c.last_id = None;
             }
@@ -502,7 +504,7 @@ impl Registry {
     fn unsubscribe<'a>(&self, channels: impl Iterator<Item = &'a str>, id: u64) {
         for name in channels {
             if let Some(mut c) = self.inner.channels.get_mut(name) {
-                c.streams.remove(&id);
+                c.remove_stream(id);
             }
             self.forget_if_idle(name);
         }
@@ -511,7 +513,7 @@ impl Registry {
     fn unpark(&self, subs: &[ChannelSub], id: u64) {
         for sub in subs {
             if let Some(mut c) = self.inner.channels.get_mut(&*sub.name) {
-                c.waiters.remove(&id);
+                c.remove_waiter(id);
             }
             self.forget_if_idle(&sub.name);
         }
