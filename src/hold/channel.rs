@@ -229,11 +229,13 @@ impl Channel {
     /// Sends out, in order, the waiting items whose time is up (each followed by what it was the predecessor of).
     pub(crate) fn flush_expired(&mut self, now: Instant, seq: Sequencing) -> Published {
         let mut out = Published::default();
-        loop {
-            let Some(l) = self.live.as_mut() else { break };
-            match l.pending.front() {
-                Some((_, deadline)) if *deadline <= now => {}
-                _ => break,
+        while let Some(l) = self.live.as_mut() {
+            if !l
+                .pending
+                .front()
+                .is_some_and(|(_, deadline)| *deadline <= now)
+            {
+                break;
             }
             if let Some((item, _)) = l.pending.pop_front() {
                 self.apply_chain(item, now, seq, &mut out);
