@@ -230,10 +230,9 @@ impl Channel {
     pub(crate) fn flush_expired(&mut self, now: Instant, seq: Sequencing) -> Published {
         let mut out = Published::default();
         while let Some(l) = self.live.as_mut() {
-            if !l
-                .pending
+            if l.pending
                 .front()
-                .is_some_and(|(_, deadline)| *deadline <= now)
+                .is_none_or(|(_, deadline)| *deadline > now)
             {
                 break;
             }
