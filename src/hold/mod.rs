@@ -20,6 +20,9 @@ use channel::{Channel, ParkOutcome, Slot};
 pub(crate) use feed::{Fed, Feed, FeedEnd};
 pub(crate) use release::Release;
 
+/// The map's size is checked against its capacity once every this many publishes.
+const CAPACITY_CHECK_EVERY: u64 = 64;
+
 /// Hands each item to the waiters it took, in order. Runs with no map guard held.
 fn deliver(deliveries: Vec<(Arc<Release>, channel::Waiters)>) -> usize {
     let mut delivered = 0;
@@ -123,6 +126,8 @@ struct Inner {
     max_held: usize,
     /// Woken when the map grows past its capacity, so the sweeper runs early.
     over_capacity: Notify,
+    /// Items published, for checking the capacity now and then.
+    publishes: AtomicU64,
 }
 
 impl Registry {
@@ -151,6 +156,7 @@ impl Registry {
                 },
                 max_held,
                 over_capacity: Notify::new(),
+                publishes: AtomicU64::new(0),
             }),
         }
     }
@@ -276,7 +282,11 @@ impl Registry {
             tracing::debug!(channel = %item.channel, id = ?item.id, prev_id = ?item.prev_id, "item waits for its predecessor");
             self.flush_at(&item.channel, deadline);
         }
-        if self.inner.channels.len() > self.inner.limits.capacity {
+        // Counting the map's entries takes a read lock on every shard: done every `CAPACITY_CHECK_EVERY` publishes,
+        // the map may pass its capacity by that many entries before the sweeper is woken.
+        if self.inner.publishes.fetch_add(1, Ordering::Relaxed) % CAPACITY_CHECK_EVERY == 0
+            && self.inner.channels.len() > self.inner.limits.capacity
+        {
             self.inner.over_capacity.notify_one();
         }
         self.forget_if_idle(&item.channel);
