@@ -32,6 +32,15 @@ pub(crate) struct Plan {
     pub bus_rounds: usize,
     /// Rounds per path run first and not counted.
     pub bus_warmup_rounds: usize,
+    /// Distinct channels published to (one item with an id each, nobody subscribed) for memory
+    /// per remembered channel.
+    pub remembered_n: usize,
+    /// Items per publish request of that figure.
+    pub remembered_batch: usize,
+    /// Churn variant: rounds of `remembered_churn_clients` clients, each held on a new channel
+    /// and released by an item with an id.
+    pub remembered_churn_rounds: usize,
+    pub remembered_churn_clients: usize,
     /// Bound on the whole run.
     pub max_run: Duration,
 }
@@ -57,6 +66,10 @@ impl Plan {
                 bus_fanout_n: 200,
                 bus_rounds: 200,
                 bus_warmup_rounds: 20,
+                remembered_n: 10_000,
+                remembered_batch: 1_000,
+                remembered_churn_rounds: 33,
+                remembered_churn_clients: 300,
                 max_run: Duration::from_secs(240),
             }
         } else {
@@ -78,6 +91,10 @@ impl Plan {
                 bus_fanout_n: 1_000,
                 bus_rounds: 500,
                 bus_warmup_rounds: 20,
+                remembered_n: 100_000,
+                remembered_batch: 1_000,
+                remembered_churn_rounds: 333,
+                remembered_churn_clients: 300,
                 max_run: Duration::from_secs(900),
             }
         }
@@ -163,6 +180,44 @@ pub(crate) struct StreamFigures {
     /// N streams on one channel, then one item published to it (memory and fan-out).
     pub rounds: Vec<FanoutRound>,
     pub sustained: Option<StreamSustained>,
+}
+
+/// Figure 7: memory per remembered channel (a channel entry kept only for the last id published
+/// to it, for `prev-id` checks), each variant measured on a grip-proxy instance of its own.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct RememberedFigures {
+    /// Why they were not measured.
+    pub skipped: Option<String>,
+    pub publish: Option<Remembered>,
+    pub churn: Option<Remembered>,
+}
+
+/// Channels left remembered with no client, and the RSS they cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Remembered {
+    /// Channels the benchmark made remembered (items with an id published to them).
+    pub channels: usize,
+    /// Growth of `grip_proxy_channels` over the test (the divisor of `bytes_per_channel`).
+    pub counted: u64,
+    /// Mean length of the channel names and of the ids, in bytes.
+    pub name_len: f64,
+    pub id_len: f64,
+    /// RSS of the instance after its warm-up, just before the test, and once it was idle after.
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    /// (RSS after - RSS before) / counted, in bytes.
+    pub bytes_per_channel: f64,
+    /// `bytes_per_channel` minus the name's and the id's lengths.
+    pub beyond_strings: f64,
+    /// Publish requests (items per request) and the time they took in all.
+    pub requests: usize,
+    pub items_per_request: usize,
+    pub publish_ms: f64,
+    /// Churn only: clients per round, and clients that got the published body.
+    pub clients_per_round: usize,
+    pub released: usize,
+    /// Time until the gauge counted the channels and the proxy's CPU was idle.
+    pub settle_ms: f64,
 }
 
 /// Chunks delivered per second to streams on many channels while items are published back to
@@ -275,6 +330,7 @@ pub(crate) struct Results {
     pub publish_batched: PublishRun,
     pub bus: BusFigures,
     pub streams: StreamFigures,
+    pub remembered: RememberedFigures,
     /// RSS of the proxy (KiB) after each phase, once it is idle again.
     pub rss_after_phase_kib: Vec<(String, u64)>,
     /// Share of the machine's CPU used by processes other than this benchmark's (its

@@ -1,8 +1,10 @@
 //! Output: the Markdown tables, results.json and a hand-written SVG plot (the stream rows are in
-//! `streams`).
+//! `streams`, memory per remembered channel in `remembered`).
 
+mod remembered;
 mod streams;
 
+pub(crate) use remembered::remembered_lines;
 pub(crate) use streams::stream_comparison;
 
 use crate::plan::{FanoutRound, Ratios, Results};
@@ -135,6 +137,7 @@ pub(crate) fn markdown(r: &Results) -> String {
         );
     }
     bus_rows(&mut s, r);
+    remembered::rows(&mut s, r);
 
     let _ = writeln!(s, "\n### Held rounds (one channel, one publish)\n");
     let _ = writeln!(
@@ -193,6 +196,7 @@ pub(crate) fn markdown(r: &Results) -> String {
         );
     }
     bus_details(&mut s, r);
+    remembered::details(&mut s, r);
     let phases: Vec<String> = r
         .rss_after_phase_kib
         .iter()

@@ -34,6 +34,8 @@ pub(crate) enum Figure {
     StreamFanout,
     /// Chunks delivered per second to streams on many channels.
     StreamSustained,
+    /// Memory per channel remembered for its last id with no client (an instance of its own).
+    Remembered,
 }
 
 impl StreamPlan {
@@ -196,6 +198,10 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options) -> Result<()> {
         ctx.publish_api(1).await?;
         ctx.publish_api(100).await?;
     }
+    if only.contains(&Figure::Remembered) {
+        let f = ctx.remembered_figures(opts).await?;
+        eprint!("{}", crate::report::remembered_lines(&f));
+    }
     let (busy1, total1) = machine_cpu_ticks();
     let foreign = (busy1.saturating_sub(busy0))
         .saturating_sub(tree_cpu_ticks_with_reaped(me).saturating_sub(ours0));
@@ -236,6 +242,8 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     phases.push(("publish 1/request".into(), ctx.rss_kib()));
     let publish_batched = ctx.publish_api(100).await?;
     phases.push(("publish 100/request".into(), ctx.rss_kib()));
+    eprintln!("memory per remembered channel, on an instance of its own");
+    let remembered = ctx.remembered_figures(opts).await?;
     eprintln!("cross-instance delivery through the Redis bus");
     let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
@@ -261,6 +269,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
         publish_batched,
         bus,
         streams,
+        remembered,
         rss_after_phase_kib: phases,
         foreign_cpu_percent,
         notes: ctx.notes.clone(),

@@ -1,6 +1,7 @@
 //! The five measurements, run by the orchestrator against a started proxy, origin and workers
-//! (the stream figures are in `streams`).
+//! (the stream figures are in `streams`, memory per remembered channel in `remembered`).
 
+mod remembered;
 mod streams;
 
 pub(crate) use streams::StreamPlan;
