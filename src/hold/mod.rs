@@ -284,7 +284,11 @@ impl Registry {
         }
         // Counting the map's entries takes a read lock on every shard: done every `CAPACITY_CHECK_EVERY` publishes,
         // the map may pass its capacity by that many entries before the sweeper is woken.
-        if self.inner.publishes.fetch_add(1, Ordering::Relaxed) % CAPACITY_CHECK_EVERY == 0
+        if self
+            .inner
+            .publishes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CAPACITY_CHECK_EVERY)
             && self.inner.channels.len() > self.inner.limits.capacity
         {
             self.inner.over_capacity.notify_one();
