@@ -367,6 +367,7 @@ impl Conn {
             if !is_head {
                 let peer = self.stream.peer_addr().ok();
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let started = tokio::time::Instant::now();
                 let ended = super::stream::write(
                     &mut self.stream,
                     resp,
@@ -376,9 +377,13 @@ impl Conn {
                     peer,
                 )
                 .await?;
-                if let super::stream::Ended::ClientGone = ended {
-                    tracing::debug!(client.addr = %peer, "stream client went away");
-                }
+                // The request line was logged when the stream started; this one says how and when it ended.
+                tracing::info!(
+                    client.addr = %peer,
+                    ended = ended.label(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "stream ended"
+                );
                 return Ok(false);
             }
         }

@@ -51,6 +51,18 @@ pub(crate) enum Ended {
     Aborted,
 }
 
+impl Ended {
+    /// For the log line.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Ended::Finished => "finished",
+            Ended::ClientGone => "client_gone",
+            Ended::TooSlow => "too_slow",
+            Ended::Aborted => "aborted",
+        }
+    }
+}
+
 /// Writes a stream response to the end. `Err(TimedOut)`: the client took nothing for `write_timeout`.
 pub(crate) async fn write(
     stream: &mut TcpStream,
