@@ -148,7 +148,7 @@ impl Ctx {
             return None;
         }
         let addr = self.target.control.to_string();
-        let req = get_request(&addr, &format!("/channels/{channel}"));
+        let req = self.target.channel_info_request(channel)?;
         let r = tokio::time::timeout(Duration::from_secs(5), simple_request(&addr, &req)).await;
         let count = match r {
             Ok(Ok((200, body))) => serde_json::from_str::<serde_json::Value>(&body)
@@ -226,7 +226,8 @@ impl Ctx {
             // (error answers may come from the proxy itself, so retries are not counted).
             let expected = h0 + waiting;
             let h = self.origin_holds().await?;
-            if h < expected {
+            // Nchan holds its subscribers itself: nothing reaches the origin.
+            if h < expected && self.target.kind.is_grip() {
                 // Waiting clients whose request has not reached the origin yet (or a proxy that
                 // merges identical requests: then give up on this check after 5 s).
                 let od =
@@ -258,14 +259,14 @@ impl Ctx {
         }
     }
 
-    /// POST one publish body to the control port `control`; returns (time sent, time
-    /// acknowledged).
-    async fn publish(&self, control: SocketAddr, body: &[u8]) -> Result<(u64, u64)> {
+    /// Publish `body` (for Nchan: the published body to `channel`) on the control port
+    /// `control`; returns (time sent, time acknowledged).
+    async fn publish(&self, control: SocketAddr, channel: &str, body: &[u8]) -> Result<(u64, u64)> {
         let mut s = TcpStream::connect(control)
             .await
             .map_err(|e| format!("connect to control port: {e}"))?;
         let _ = s.set_nodelay(true);
-        let req = post_request(&control.to_string(), "/publish/", body);
+        let req = self.target.publish_request(control, channel, body);
         let t0 = now_ns();
         s.write_all(&req)
             .await
@@ -275,7 +276,7 @@ impl Ctx {
             .map_err(|_| "publish not answered within 30 s".to_string())?
             .map_err(|e| format!("publish: {e}"))?;
         let t1 = now_ns();
-        if status != 200 {
+        if !self.target.publish_accepted(status) {
             return Err(format!("publish answered {status}: {body:.200}"));
         }
         Ok((t0, t1))
@@ -292,9 +293,14 @@ impl Ctx {
     ) -> Result<usize> {
         let parts = split(n, self.workers.len());
         let addr = self.target.listen;
+        // Nchan's subscribers are on `/sub/<channel>` instead of the origin's `/hold/`.
+        let route = match (self.target.hold_route(), cmd) {
+            (Some(r), "hold" | "repoll") => format!(" {r}"),
+            _ => String::new(),
+        };
         let cmds: Vec<String> = parts
             .iter()
-            .map(|(c, off)| format!("{cmd} {addr} {c} {prefix} {nchan} {off} {max_ms}"))
+            .map(|(c, off)| format!("{cmd} {addr} {c} {prefix} {nchan} {off} {max_ms}{route}"))
             .collect();
         let replies = broadcast(&mut self.workers, &cmds, Duration::from_secs(150)).await?;
         let mut failed = 0;
@@ -325,7 +331,9 @@ impl Ctx {
     pub(crate) async fn warm_up(&mut self) -> Result<()> {
         let cmd = format!("load {} 10 500 /plain", self.target.listen);
         broadcast(&mut self.workers[..1], &[cmd], Duration::from_secs(30)).await?;
-        self.fanout_round(200, "warm", 0).await?;
+        if self.target.kind != crate::target::Kind::Nginx {
+            self.fanout_round(200, "warm", 0).await?;
+        }
         Ok(())
     }
 
@@ -413,7 +421,7 @@ impl Ctx {
         let cmds = vec!["arm".to_string(); self.workers.len()];
         broadcast(&mut self.workers, &cmds, Duration::from_secs(10)).await?;
         let cpu0 = self.proxy_cpu_ns();
-        let (t0, t_ack) = self.publish(publish_to, body).await?;
+        let (t0, t_ack) = self.publish(publish_to, &channel, body).await?;
         let cmds = vec![format!("collect {release_ms}"); self.workers.len()];
         let replies = broadcast(
             &mut self.workers,
