@@ -44,10 +44,10 @@ impl Figure {
         match (kind, self) {
             (Kind::GripProxy | Kind::Pushpin, _) => None,
             (_, Figure::Passthrough) => None,
-            (Kind::Nchan, Figure::Fanout) => None,
+            (Kind::Nchan, Figure::Fanout | Figure::Sustained) => None,
             (Kind::Nginx, _) => Some("plain nginx has no GRIP holds or publishes"),
             (Kind::Nchan, _) => {
-                Some("not measured against Nchan (only memory per held client, fan-out and pass-through are)")
+                Some("not measured against Nchan (only memory per held client, fan-out, sustained and pass-through are)")
             }
         }
     }

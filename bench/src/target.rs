@@ -193,14 +193,13 @@ impl Target {
     }
 
     /// A request for the held-client count of `channel`, if the target may answer one
-    /// (grip-proxy: `GET /channels/<name>` on the control port; Nchan: its channel info).
+    /// (`GET /channels/<name>` on the control port). None for nginx and Nchan: Nchan's channel
+    /// info counts only part of the subscribers held by a worker that does not own the channel.
     pub(crate) fn channel_info_request(&self, channel: &str) -> Option<Vec<u8>> {
         let host = self.control.to_string();
-        match self.kind {
-            Kind::Nchan => Some(nginx::channel_info_request(&host, channel)),
-            Kind::Nginx => None,
-            _ => Some(get_request(&host, &format!("/channels/{channel}"))),
-        }
+        self.kind
+            .is_grip()
+            .then(|| get_request(&host, &format!("/channels/{channel}")))
     }
 
     /// Path segment of held clients when it is not the origin's `hold` (Nchan: `sub`).

@@ -1,5 +1,5 @@
-//! Private, loopback-only nginx configs (plain keep-alive reverse proxy, or with Nchan) and the
-//! requests Nchan takes for publishing and channel info.
+//! Private, loopback-only nginx configs (plain keep-alive reverse proxy, or with Nchan) and
+//! Nchan's publish request.
 
 use crate::children::Result;
 use crate::http::PUBLISHED_BODY;
@@ -96,10 +96,4 @@ pub(crate) fn publish_request(host: &str, channel: &str) -> Vec<u8> {
     .into_bytes();
     r.extend_from_slice(PUBLISHED_BODY);
     r
-}
-
-/// `GET /pub/<channel>` asking for JSON channel info (with a `subscribers` count).
-pub(crate) fn channel_info_request(host: &str, channel: &str) -> Vec<u8> {
-    format!("GET /pub/{channel} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n")
-        .into_bytes()
 }
