@@ -153,9 +153,17 @@ impl Target {
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let child = cmd.spawn().map_err(|e| {
+            if let Some(dir) = &tmpdir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let hint = match kind {
+                Kind::Nginx => " (apt-get install -y nginx)",
+                Kind::Nchan => " (apt-get install -y nginx libnginx-mod-nchan)",
+                _ => "",
+            };
+            format!("start {}: {e}{hint}", bin.display())
+        })?;
         let mut t = Target {
             kind,
             listen,
