@@ -23,7 +23,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "grip-bench",
-    about = "Benchmark a GRIP long-poll proxy (grip-proxy or Pushpin)"
+    about = "Benchmark a GRIP long-poll proxy (grip-proxy or Pushpin; nginx and Nchan to compare)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,7 +34,8 @@ struct Cli {
     /// Proxy to measure.
     #[arg(long, value_enum, default_value = "grip-proxy")]
     target: target::Kind,
-    /// Proxy binary (default: target/release/grip-proxy, or /usr/bin/pushpin for --target pushpin).
+    /// Proxy binary (default: target/release/grip-proxy, /usr/bin/pushpin for --target pushpin,
+    /// /usr/sbin/nginx for --target nginx and nchan).
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
     /// Output directory for results.json, report.md, plot.svg and logs (default: target/bench).
@@ -68,10 +69,9 @@ fn main() -> ExitCode {
         Some(Sub::Worker { id }) => worker::run(id).map_err(|e| format!("worker: {e}")),
         None => {
             let root = run::workspace_root();
-            let proxy_bin = cli.proxy_bin.unwrap_or_else(|| match cli.target {
-                target::Kind::GripProxy => root.join("target/release/grip-proxy"),
-                target::Kind::Pushpin => PathBuf::from("/usr/bin/pushpin"),
-            });
+            let proxy_bin = cli
+                .proxy_bin
+                .unwrap_or_else(|| cli.target.default_bin(root));
             run::run(run::Options {
                 short: cli.short,
                 target: cli.target,

@@ -38,6 +38,21 @@ pub(crate) enum Figure {
     Remembered,
 }
 
+impl Figure {
+    /// Why this figure cannot be measured against `kind` (None: it can).
+    fn unsupported_by(self, kind: Kind) -> Option<&'static str> {
+        match (kind, self) {
+            (Kind::GripProxy | Kind::Pushpin, _) => None,
+            (_, Figure::Passthrough) => None,
+            (Kind::Nchan, Figure::Fanout | Figure::Sustained) => None,
+            (Kind::Nginx, _) => Some("plain nginx has no GRIP holds or publishes"),
+            (Kind::Nchan, _) => {
+                Some("not measured against Nchan (only memory per held client, fan-out, sustained and pass-through are)")
+            }
+        }
+    }
+}
+
 impl StreamPlan {
     /// The stream rounds and tests a run (or `--only`, if not empty) asks for.
     fn of(plan: &Plan, only: &[Figure]) -> Self {
@@ -127,9 +142,23 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
     }
 
     let mut ctx = Ctx::new(target, origin_addr, workers, plan.clone());
-    if !opts.only.is_empty() {
+    // nginx and Nchan: the figures that apply, as with --only (no report).
+    let only: Vec<Figure> = if opts.only.is_empty() && !opts.target.is_grip() {
+        eprintln!(
+            "note: a run against {:?} measures only the figures that apply and writes no report",
+            opts.target
+        );
+        <Figure as clap::ValueEnum>::value_variants()
+            .iter()
+            .copied()
+            .filter(|f| f.unsupported_by(opts.target).is_none())
+            .collect()
+    } else {
+        opts.only.clone()
+    };
+    if !only.is_empty() {
         // Each figure prints its own progress line; nothing is written.
-        let result = measure_only(&mut ctx, opts).await;
+        let result = measure_only(&mut ctx, opts, &only).await;
         for w in ctx.workers.drain(..) {
             w.stop().await;
         }
@@ -164,8 +193,16 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
     }
 }
 
-async fn measure_only(ctx: &mut Ctx, opts: &Options) -> Result<()> {
-    let only = &opts.only[..];
+async fn measure_only(ctx: &mut Ctx, opts: &Options, only: &[Figure]) -> Result<()> {
+    let mut only = only.to_vec();
+    only.retain(|f| match f.unsupported_by(opts.target) {
+        Some(why) => {
+            eprintln!("{f:?}: skipped ({why})");
+            false
+        }
+        None => true,
+    });
+    let only = &only[..];
     let me = std::process::id();
     let (busy0, total0) = machine_cpu_ticks();
     let ours0 = tree_cpu_ticks_with_reaped(me);

@@ -148,7 +148,7 @@ impl Ctx {
             return None;
         }
         let addr = self.target.control.to_string();
-        let req = get_request(&addr, &format!("/channels/{channel}"));
+        let req = self.target.channel_info_request(channel)?;
         let r = tokio::time::timeout(Duration::from_secs(5), simple_request(&addr, &req)).await;
         let count = match r {
             Ok(Ok((200, body))) => serde_json::from_str::<serde_json::Value>(&body)
@@ -226,7 +226,8 @@ impl Ctx {
             // (error answers may come from the proxy itself, so retries are not counted).
             let expected = h0 + waiting;
             let h = self.origin_holds().await?;
-            if h < expected {
+            // Nchan holds its subscribers itself: nothing reaches the origin.
+            if h < expected && self.target.kind.is_grip() {
                 // Waiting clients whose request has not reached the origin yet (or a proxy that
                 // merges identical requests: then give up on this check after 5 s).
                 let od =
@@ -258,14 +259,14 @@ impl Ctx {
         }
     }
 
-    /// POST one publish body to the control port `control`; returns (time sent, time
-    /// acknowledged).
-    async fn publish(&self, control: SocketAddr, body: &[u8]) -> Result<(u64, u64)> {
+    /// Publish `body` (for Nchan: the published body to `channel`) on the control port
+    /// `control`; returns (time sent, time acknowledged).
+    async fn publish(&self, control: SocketAddr, channel: &str, body: &[u8]) -> Result<(u64, u64)> {
         let mut s = TcpStream::connect(control)
             .await
             .map_err(|e| format!("connect to control port: {e}"))?;
         let _ = s.set_nodelay(true);
-        let req = post_request(&control.to_string(), "/publish/", body);
+        let req = self.target.publish_request(control, channel, body);
         let t0 = now_ns();
         s.write_all(&req)
             .await
@@ -275,7 +276,7 @@ impl Ctx {
             .map_err(|_| "publish not answered within 30 s".to_string())?
             .map_err(|e| format!("publish: {e}"))?;
         let t1 = now_ns();
-        if status != 200 {
+        if !self.target.publish_accepted(status) {
             return Err(format!("publish answered {status}: {body:.200}"));
         }
         Ok((t0, t1))
@@ -292,9 +293,14 @@ impl Ctx {
     ) -> Result<usize> {
         let parts = split(n, self.workers.len());
         let addr = self.target.listen;
+        // Nchan's subscribers are on `/sub/<channel>` instead of the origin's `/hold/`.
+        let route = match (self.target.hold_route(), cmd) {
+            (Some(r), "hold" | "repoll") => format!(" {r}"),
+            _ => String::new(),
+        };
         let cmds: Vec<String> = parts
             .iter()
-            .map(|(c, off)| format!("{cmd} {addr} {c} {prefix} {nchan} {off} {max_ms}"))
+            .map(|(c, off)| format!("{cmd} {addr} {c} {prefix} {nchan} {off} {max_ms}{route}"))
             .collect();
         let replies = broadcast(&mut self.workers, &cmds, Duration::from_secs(150)).await?;
         let mut failed = 0;
@@ -325,7 +331,9 @@ impl Ctx {
     pub(crate) async fn warm_up(&mut self) -> Result<()> {
         let cmd = format!("load {} 10 500 /plain", self.target.listen);
         broadcast(&mut self.workers[..1], &[cmd], Duration::from_secs(30)).await?;
-        self.fanout_round(200, "warm", 0).await?;
+        if self.target.kind != crate::target::Kind::Nginx {
+            self.fanout_round(200, "warm", 0).await?;
+        }
         Ok(())
     }
 
@@ -413,7 +421,7 @@ impl Ctx {
         let cmds = vec!["arm".to_string(); self.workers.len()];
         broadcast(&mut self.workers, &cmds, Duration::from_secs(10)).await?;
         let cpu0 = self.proxy_cpu_ns();
-        let (t0, t_ack) = self.publish(publish_to, body).await?;
+        let (t0, t_ack) = self.publish(publish_to, &channel, body).await?;
         let cmds = vec![format!("collect {release_ms}"); self.workers.len()];
         let replies = broadcast(
             &mut self.workers,
@@ -507,18 +515,32 @@ impl Ctx {
         let failed = self
             .open_clients("repoll", n, "sus-", nchan, max_ms)
             .await?;
-        self.wait_origin_then_idle(
-            h0 + (n - failed) as u64,
-            Duration::from_secs(60 + n as u64 / 200),
-        )
-        .await?;
-
         let channels: Vec<String> = (0..nchan).map(|k| format!("sus-{k}")).collect();
-        let req = post_request(
-            &self.target.control.to_string(),
-            "/publish/",
-            &publish_body(&channels),
-        );
+        let limit = Duration::from_secs(60 + n as u64 / 200);
+        let batch = if self.target.kind.is_grip() {
+            self.wait_origin_then_idle(h0 + (n - failed) as u64, limit)
+                .await?;
+            Batch::single(post_request(
+                &self.target.control.to_string(),
+                "/publish/",
+                &publish_body(&channels),
+            ))
+        } else {
+            // Nchan: no origin and no reliable subscriber count (its channel info undercounts
+            // subscribers held by the other worker), so its CPU going idle after every first
+            // request was sent marks them parked; the warm-up before the window absorbs
+            // stragglers. One pipelined `POST /pub/<channel>` per channel.
+            self.wait_idle("parking clients").await;
+            let control = self.target.control;
+            Batch {
+                req: channels
+                    .iter()
+                    .flat_map(|c| self.target.publish_request(control, c, &[]))
+                    .collect(),
+                answers: channels.len(),
+                any_2xx: true,
+            }
+        };
         let start = Instant::now();
         let t_start = now_ns() + warm.as_nanos() as u64;
         let t_end = t_start + window.as_nanos() as u64;
@@ -526,7 +548,7 @@ impl Ctx {
         let interval = Duration::from_millis(self.plan.sustained_publish_interval_ms);
         let publisher = tokio::spawn(publish_batches(
             self.target.control,
-            req,
+            batch,
             interval,
             stop_at,
             (start + warm, stop_at),
@@ -566,10 +588,17 @@ impl Ctx {
                 s.errors, s.other_responses, s.reconnects
             ));
         }
-        eprintln!(
-            "sustained: {:.0} deliveries/s ({:.0} re-polls/s at the origin)",
-            s.deliveries_per_s, s.origin_repolls_per_s
-        );
+        if self.target.kind.is_grip() {
+            eprintln!(
+                "sustained: {:.0} deliveries/s ({:.0} re-polls/s at the origin)",
+                s.deliveries_per_s, s.origin_repolls_per_s
+            );
+        } else {
+            eprintln!(
+                "sustained: {:.0} deliveries/s (re-polls stay in the proxy)",
+                s.deliveries_per_s
+            );
+        }
         self.wait_idle("the sustained test").await;
         Ok(s)
     }
@@ -680,13 +709,38 @@ impl Ctx {
     }
 }
 
+/// What the publisher of a sustained test writes per batch.
+pub(crate) struct Batch {
+    /// The request(s), pipelined.
+    pub req: Vec<u8>,
+    /// Answers the batch gets (one per request).
+    pub answers: usize,
+    /// Any 2xx answer is a success (Nchan: 201/202); otherwise only 200.
+    pub any_2xx: bool,
+}
+
+impl Batch {
+    /// One request answered 200.
+    pub(crate) fn single(req: Vec<u8>) -> Self {
+        Self {
+            req,
+            answers: 1,
+            any_2xx: false,
+        }
+    }
+
+    fn accepts(&self, status: u16) -> bool {
+        status == 200 || (self.any_2xx && (200..300).contains(&status))
+    }
+}
+
 /// Publisher of the sustained tests: one batch per `interval` until `stop_at` (a bounded count),
 /// or with a zero interval each batch as soon as the previous one is answered (bounded by
 /// `stop_at` and the 10 s bound on each answer). Returns the batches answered 200, the failed
 /// ones, and those answered 200 within `window`.
 async fn publish_batches(
     control: SocketAddr,
-    req: Vec<u8>,
+    batch: Batch,
     interval: Duration,
     stop_at: Instant,
     window: (Instant, Instant),
@@ -724,11 +778,19 @@ async fn publish_batches(
             continue;
         };
         let res = async {
-            s.write_all(&req).await?;
-            rd.read_response(s).await
+            s.write_all(&batch.req).await?;
+            // A failed or closing answer ends the batch (the connection is then replaced).
+            let mut r = rd.read_response(s).await?;
+            for _ in 1..batch.answers {
+                if !batch.accepts(r.status) || r.close {
+                    break;
+                }
+                r = rd.read_response(s).await?;
+            }
+            Ok::<_, std::io::Error>(r)
         };
         match tokio::time::timeout(Duration::from_secs(10), res).await {
-            Ok(Ok(r)) if r.status == 200 => {
+            Ok(Ok(r)) if batch.accepts(r.status) => {
                 ok += 1;
                 let now = Instant::now();
                 if now >= window.0 && now < window.1 {

@@ -1,5 +1,7 @@
-//! The proxy under test: starting grip-proxy or a private, loopback-only Pushpin, probing
-//! readiness, measuring its process tree, and stopping every process of it by pid.
+//! The proxy under test: starting grip-proxy or a private, loopback-only Pushpin, nginx or
+//! nginx with Nchan, probing readiness, measuring its process tree, and stopping it by pid.
+
+mod nginx;
 
 use crate::children::Result;
 use crate::http::{get_request, post_request, publish_body, simple_request};
@@ -18,10 +20,31 @@ use tokio::time::Instant;
 pub(crate) enum Kind {
     GripProxy,
     Pushpin,
+    /// Debian's nginx as a plain keep-alive reverse proxy (pass-through only).
+    Nginx,
+    /// Debian's nginx with the Nchan module: long-poll `/sub/<channel>`, publish `/pub/<channel>`.
+    Nchan,
+}
+
+impl Kind {
+    /// True for the GRIP proxies (holds and publishes go through the origin and `/publish/`).
+    pub(crate) fn is_grip(self) -> bool {
+        matches!(self, Kind::GripProxy | Kind::Pushpin)
+    }
+
+    /// Default binary of this target.
+    pub(crate) fn default_bin(self, root: &Path) -> PathBuf {
+        match self {
+            Kind::GripProxy => root.join("target/release/grip-proxy"),
+            Kind::Pushpin => PathBuf::from("/usr/bin/pushpin"),
+            Kind::Nginx | Kind::Nchan => PathBuf::from("/usr/sbin/nginx"),
+        }
+    }
 }
 
 /// A running proxy.
 pub(crate) struct Target {
+    pub kind: Kind,
     pub listen: SocketAddr,
     pub control: SocketAddr,
     pub log: PathBuf,
@@ -46,6 +69,7 @@ impl Target {
         let log = out_dir.join(match kind {
             Kind::GripProxy => "grip-proxy.log",
             Kind::Pushpin => "pushpin.log",
+            Kind::Nginx | Kind::Nchan => "nginx.log",
         });
         Self::start_with(kind, bin, origin_port, log, None).await
     }
@@ -75,6 +99,10 @@ impl Target {
         let mut control: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         while control == listen {
             control = ([127, 0, 0, 1], free_port()?).into();
+        }
+        if !kind.is_grip() {
+            // nginx has no control port: Nchan publishes on the same listener.
+            control = listen;
         }
         let log_file = std::fs::File::create(&log).map_err(|e| format!("create log: {e}"))?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
@@ -107,15 +135,37 @@ impl Target {
                 c.arg("--config").arg(conf);
                 (c, Some(dir))
             }
+            Kind::Nginx | Kind::Nchan => {
+                let dir =
+                    std::env::temp_dir().join(format!("grip-bench-nginx-{}", std::process::id()));
+                let conf = nginx::write_config(&dir, listen, origin_port, kind == Kind::Nchan)?;
+                let mut c = Command::new(bin);
+                c.arg("-c")
+                    .arg(conf)
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-e")
+                    .arg(dir.join("error.log"));
+                (c, Some(dir))
+            }
         };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
             .process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let child = cmd.spawn().map_err(|e| {
+            if let Some(dir) = &tmpdir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let hint = match kind {
+                Kind::Nginx => " (apt-get install -y nginx)",
+                Kind::Nchan => " (apt-get install -y nginx libnginx-mod-nchan)",
+                _ => "",
+            };
+            format!("start {}: {e}{hint}", bin.display())
+        })?;
         let mut t = Target {
+            kind,
             listen,
             control,
             log,
@@ -124,6 +174,45 @@ impl Target {
         };
         t.wait_ready().await?;
         Ok(t)
+    }
+
+    /// A request publishing `body` (a GRIP publish body) to `channel` on the control port
+    /// `control`: `POST /publish/` for the GRIP proxies, `POST /pub/<channel>` with the
+    /// published body for Nchan.
+    pub(crate) fn publish_request(
+        &self,
+        control: SocketAddr,
+        channel: &str,
+        body: &[u8],
+    ) -> Vec<u8> {
+        match self.kind {
+            Kind::Nchan => nginx::publish_request(&control.to_string(), channel),
+            _ => post_request(&control.to_string(), "/publish/", body),
+        }
+    }
+
+    /// Whether a publish answer's status means accepted (Nchan: 201 with subscribers, 202
+    /// without).
+    pub(crate) fn publish_accepted(&self, status: u16) -> bool {
+        match self.kind {
+            Kind::Nchan => (200..300).contains(&status),
+            _ => status == 200,
+        }
+    }
+
+    /// A request for the held-client count of `channel`, if the target may answer one
+    /// (`GET /channels/<name>` on the control port). None for nginx and Nchan: Nchan's channel
+    /// info counts only part of the subscribers held by a worker that does not own the channel.
+    pub(crate) fn channel_info_request(&self, channel: &str) -> Option<Vec<u8>> {
+        let host = self.control.to_string();
+        self.kind
+            .is_grip()
+            .then(|| get_request(&host, &format!("/channels/{channel}")))
+    }
+
+    /// Path segment of held clients when it is not the origin's `hold` (Nchan: `sub`).
+    pub(crate) fn hold_route(&self) -> Option<&'static str> {
+        (self.kind == Kind::Nchan).then_some("sub")
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -219,6 +308,11 @@ impl Target {
         }
         let _ = child.wait();
         if let Some(dir) = self.tmpdir.take() {
+            // nginx writes its error log into its temp dir: keep it next to the other logs.
+            let err = dir.join("error.log");
+            if err.exists() {
+                let _ = std::fs::copy(&err, self.log.with_file_name("nginx-error.log"));
+            }
             let _ = std::fs::remove_dir_all(dir);
         }
     }

@@ -2,8 +2,9 @@
 //! current_thread runtime, driven by one-line commands on stdin, answering on stdout.
 //!
 //! Commands (space separated) and replies:
-//! - `hold ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: open COUNT
-//!   connections, client i asks `GET /hold/PREFIX{(OFFSET+i)%NCHAN}` and waits for one response.
+//! - `hold ADDR COUNT PREFIX NCHAN OFFSET MAX_MS [ROUTE]` -> `connected SENT FAILED`: open COUNT
+//!   connections, client i asks `GET /ROUTE/PREFIX{(OFFSET+i)%NCHAN}` (ROUTE: `hold`, or `sub`
+//!   for Nchan) and waits for one response.
 //!   Error answers before `arm` are retried (at most 10 times, 50-100 ms apart).
 //! - `status` -> `status WAITING RETRIES DONE FAILED`: clients with a request outstanding,
 //!   error answers retried so far, clients finished, clients that could not connect.
@@ -11,7 +12,7 @@
 //! - `collect TIMEOUT_MS` -> `collected PUBLISHED TIMEOUTS OTHER ERRORS PENDING T1,T2,..`:
 //!   wait for the hold clients' responses; Ti are CLOCK_MONOTONIC ns of published responses.
 //! - `close` -> `closed`: drop every hold connection.
-//! - `repoll ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: like hold, but
+//! - `repoll ADDR COUNT PREFIX NCHAN OFFSET MAX_MS [ROUTE]` -> `connected SENT FAILED`: like hold, but
 //!   each client re-requests on its connection after every response (reconnecting if closed).
 //! - `repoll_stop T_START T_END` -> `repolled IN_WINDOW TOTAL OTHER ERRORS RECONNECTS`.
 //! - `stream ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: open COUNT
@@ -179,10 +180,10 @@ async fn start_group(group: &mut Group, args: &[&str], kind: Clients) -> Result<
     let (tx, mut rx) = mpsc::unbounded_channel();
     group.state = Arc::new(HoldState::default());
     group.counts = Arc::new(streams::Counts::default());
-    let route = if matches!(kind, Clients::Stream(_)) {
-        "stream"
-    } else {
-        "hold"
+    let route = match args.get(7) {
+        Some(r) => *r,
+        None if matches!(kind, Clients::Stream(_)) => "stream",
+        None => "hold",
     };
     let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     for i in 0..count {

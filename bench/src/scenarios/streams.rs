@@ -205,7 +205,7 @@ impl Ctx {
         let stop_at = start + warm + window;
         let publisher = tokio::spawn(super::publish_batches(
             self.target.control,
-            req,
+            super::Batch::single(req),
             Duration::ZERO,
             stop_at,
             (start + warm, stop_at),
