@@ -39,6 +39,29 @@ pub(crate) struct Sequencing {
     pub(crate) duplicate_window: Duration,
 }
 
+/// What joins a channel: a response hold's slot (taken by the first item), or a stream's feed (given every item).
+#[derive(Clone, Copy)]
+pub(crate) enum Member<'a> {
+    Waiter(&'a Slot),
+    Stream(&'a Arc<Feed>),
+}
+
+impl Member<'_> {
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Member::Waiter(_) => Kind::Waiter,
+            Member::Stream(_) => Kind::Stream,
+        }
+    }
+}
+
+/// A response hold or a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Waiter,
+    Stream,
+}
+
 /// What park decided for one channel.
 pub(crate) enum ParkOutcome {
     /// The waiter is in the channel.
@@ -136,18 +159,13 @@ impl Channel {
         waiters
     }
 
-    /// Removes a parked client.
-    pub(crate) fn remove_waiter(&mut self, id: u64) {
+    /// Removes a member of this kind.
+    pub(crate) fn leave(&mut self, id: u64, kind: Kind) {
         if let Some(l) = self.live.as_mut() {
-            l.waiters.remove(&id);
-        }
-        self.tidy();
-    }
-
-    /// Removes a stream.
-    pub(crate) fn remove_stream(&mut self, id: u64) {
-        if let Some(l) = self.live.as_mut() {
-            l.streams.remove(&id);
+            match kind {
+                Kind::Waiter => l.waiters.remove(&id).map(drop),
+                Kind::Stream => l.streams.remove(&id).map(drop),
+            };
         }
         self.tidy();
     }
@@ -165,22 +183,12 @@ impl Channel {
         self.tidy();
     }
 
-    /// Checks the hold's prev-id against the last id, then inserts the waiter. Runs under the entry lock.
-    pub(crate) fn park(&mut self, waiter: u64, slot: &Slot, prev_id: Option<&str>) -> ParkOutcome {
-        if let (Some(last), Some(prev)) = (self.last_id.as_deref(), prev_id) {
-            if last != prev {
-                return ParkOutcome::Stale;
-            }
-        }
-        self.live().waiters.insert(waiter, slot.clone());
-        ParkOutcome::Parked
-    }
-
-    /// As [`Channel::park`], for a stream: checks the prev-id (unless `None`), then subscribes the feed.
-    pub(crate) fn subscribe(
+    /// Checks a hold's prev-id against the last id (unless `None`), then adds the member. Runs under the entry
+    /// lock.
+    pub(crate) fn join(
         &mut self,
         id: u64,
-        feed: &Arc<Feed>,
+        member: Member<'_>,
         prev_id: Option<&str>,
     ) -> ParkOutcome {
         if let (Some(last), Some(prev)) = (self.last_id.as_deref(), prev_id) {
@@ -188,7 +196,11 @@ impl Channel {
                 return ParkOutcome::Stale;
             }
         }
-        self.live().streams.insert(id, feed.clone());
+        let live = self.live();
+        match member {
+            Member::Waiter(slot) => live.waiters.insert(id, slot.clone()).map(drop),
+            Member::Stream(feed) => live.streams.insert(id, feed.clone()).map(drop),
+        };
         ParkOutcome::Parked
     }
 
@@ -358,7 +370,10 @@ mod tests {
         let mut c = Channel::new();
         let (s, _rx) = slot();
         assert!(
-            matches!(c.park(1, &s, Some("x")), ParkOutcome::Parked),
+            matches!(
+                c.join(1, Member::Waiter(&s), Some("x")),
+                ParkOutcome::Parked
+            ),
             "unknown last id: park"
         );
         let p = c.publish(&item(Some("2"), None), Instant::now(), SEQ);
@@ -367,15 +382,21 @@ mod tests {
             1,
             "the publish takes the parked waiter"
         );
-        assert!(matches!(c.park(2, &s, Some("2")), ParkOutcome::Parked));
-        assert!(matches!(c.park(3, &s, Some("1")), ParkOutcome::Stale));
+        assert!(matches!(
+            c.join(2, Member::Waiter(&s), Some("2")),
+            ParkOutcome::Parked
+        ));
+        assert!(matches!(
+            c.join(3, Member::Waiter(&s), Some("1")),
+            ParkOutcome::Stale
+        ));
         assert_eq!(
             c.last_id.as_deref(),
             Some("2"),
             "a stale park changes nothing"
         );
         assert!(
-            matches!(c.park(4, &s, None), ParkOutcome::Parked),
+            matches!(c.join(4, Member::Waiter(&s), None), ParkOutcome::Parked),
             "a retry parks unchecked"
         );
         assert_eq!(c.waiter_count(), 2);
@@ -395,7 +416,7 @@ mod tests {
             !c.publish(&item(Some("1"), None), Instant::now(), SEQ)
                 .duplicate
         );
-        c.park(1, &s, None);
+        c.join(1, Member::Waiter(&s), None);
         let p = c.publish(&item(Some("1"), None), Instant::now(), SEQ);
         assert!(p.duplicate && p.deliveries.is_empty());
         assert_eq!(c.waiter_count(), 1, "a duplicate takes no one");
@@ -431,8 +452,8 @@ mod tests {
         assert!(c.live.is_none(), "the recent ids went with their window");
         assert_eq!(c.last_id.as_deref(), Some("2"));
         let (s, _rx) = slot();
-        c.park(1, &s, None);
-        c.remove_waiter(1);
+        c.join(1, Member::Waiter(&s), None);
+        c.leave(1, Kind::Waiter);
         assert!(c.live.is_none(), "a client that leaves leaves nothing");
         assert!(
             std::mem::size_of::<Channel>() <= 40,

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
 use crate::item::Item;
-use channel::{Channel, ParkOutcome, Slot};
+use channel::{Channel, Kind, Member, ParkOutcome, Slot};
 pub(crate) use feed::{Fed, Feed, FeedEnd};
 pub(crate) use release::Release;
 
@@ -172,38 +172,9 @@ impl Registry {
         subs: &[ChannelSub],
         check_prev_id: bool,
     ) -> Result<Parked, ParkError> {
-        if self.is_closed() {
-            return Err(ParkError::Closed);
-        }
-        if self.inner.reserved.fetch_add(1, Ordering::AcqRel) >= self.inner.max_held {
-            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
-            return Err(ParkError::Full);
-        }
-        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let slot: Slot = Arc::new(Mutex::new(Some(tx)));
-        for (i, sub) in subs.iter().enumerate() {
-            let outcome = self.with_channel(&sub.name, |c| {
-                c.park(id, &slot, sub.prev_id.as_deref().filter(|_| check_prev_id))
-            });
-            if let ParkOutcome::Stale = outcome {
-                self.forget_if_idle(&sub.name);
-                self.unpark(&subs[..i], id);
-                self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
-                return Err(ParkError::Stale {
-                    channel: sub.name.clone(),
-                    prev_id: sub.prev_id.clone().unwrap_or_default(),
-                });
-            }
-        }
-        // close() sets the flag before draining: either the drain saw our waiter, or we see the flag here.
-        if self.is_closed() {
-            self.unpark(subs, id);
-            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
-            return Err(ParkError::Closed);
-        }
-        self.inner.held.fetch_add(1, Ordering::SeqCst);
-        self.notify_held();
+        let id = self.join(subs, check_prev_id, Member::Waiter(&slot))?;
         Ok(Parked {
             registry: self.clone(),
             id,
@@ -221,6 +192,25 @@ impl Registry {
         check_prev_id: bool,
         queue_limit: usize,
     ) -> Result<Subscription, ParkError> {
+        let feed = Arc::new(Feed::new(queue_limit));
+        let id = self.join(subs, check_prev_id, Member::Stream(&feed))?;
+        Ok(Subscription {
+            registry: self.clone(),
+            id,
+            channels: subs.iter().map(|s| s.name.clone()).collect(),
+            feed,
+        })
+    }
+
+    /// Takes a place against `max_held` and adds `member` to each channel of `subs`, checking prev-ids under each
+    /// channel's entry lock, so that a publish either comes before (and the check sees its id) or after (and finds
+    /// the member). Returns the member's id; on an error nothing is left behind.
+    fn join(
+        &self,
+        subs: &[ChannelSub],
+        check_prev_id: bool,
+        member: Member<'_>,
+    ) -> Result<u64, ParkError> {
         if self.is_closed() {
             return Err(ParkError::Closed);
         }
@@ -229,14 +219,12 @@ impl Registry {
             return Err(ParkError::Full);
         }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
-        let feed = Arc::new(Feed::new(queue_limit));
         for (i, sub) in subs.iter().enumerate() {
-            let outcome = self.with_channel(&sub.name, |c| {
-                c.subscribe(id, &feed, sub.prev_id.as_deref().filter(|_| check_prev_id))
-            });
+            let prev_id = sub.prev_id.as_deref().filter(|_| check_prev_id);
+            let outcome = self.with_channel(&sub.name, |c| c.join(id, member, prev_id));
             if let ParkOutcome::Stale = outcome {
                 self.forget_if_idle(&sub.name);
-                self.unsubscribe(subs[..i].iter().map(|s| &*s.name), id);
+                self.leave(subs[..i].iter().map(|s| &*s.name), id, member.kind());
                 self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
                 return Err(ParkError::Stale {
                     channel: sub.name.clone(),
@@ -244,20 +232,28 @@ impl Registry {
                 });
             }
         }
+        // close() sets the flag before draining: either the drain saw our member, or we see the flag here.
         if self.is_closed() {
-            self.unsubscribe(subs.iter().map(|s| &*s.name), id);
+            self.leave(subs.iter().map(|s| &*s.name), id, member.kind());
             self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
             return Err(ParkError::Closed);
         }
-        self.inner.streams.fetch_add(1, Ordering::Relaxed);
+        if member.kind() == Kind::Stream {
+            self.inner.streams.fetch_add(1, Ordering::Relaxed);
+        }
         self.inner.held.fetch_add(1, Ordering::SeqCst);
         self.notify_held();
-        Ok(Subscription {
-            registry: self.clone(),
-            id,
-            channels: subs.iter().map(|s| s.name.clone()).collect(),
-            feed,
-        })
+        Ok(id)
+    }
+
+    /// Gives back the place a member took (its guard is dropped).
+    fn release_place(&self, kind: Kind) {
+        if kind == Kind::Stream {
+            self.inner.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.inner.held.fetch_sub(1, Ordering::SeqCst);
+        self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.notify_held();
     }
 
     /// Publishes an item: drops a duplicate id, queues an item whose predecessor is missing (see
@@ -515,21 +511,13 @@ impl Registry {
         self.inner.channels.remove_if(name, |_, c| c.is_idle());
     }
 
-    fn unsubscribe<'a>(&self, channels: impl Iterator<Item = &'a str>, id: u64) {
+    /// Removes member `id` of this kind from each of `channels`, and forgets those left idle.
+    fn leave<'a>(&self, channels: impl Iterator<Item = &'a str>, id: u64, kind: Kind) {
         for name in channels {
             if let Some(mut c) = self.inner.channels.get_mut(name) {
-                c.remove_stream(id);
+                c.leave(id, kind);
             }
             self.forget_if_idle(name);
-        }
-    }
-
-    fn unpark(&self, subs: &[ChannelSub], id: u64) {
-        for sub in subs {
-            if let Some(mut c) = self.inner.channels.get_mut(&*sub.name) {
-                c.remove_waiter(id);
-            }
-            self.forget_if_idle(&sub.name);
         }
     }
 }
@@ -570,11 +558,10 @@ impl Drop for Parked {
         // that channel's shard lock 20,000 more times).
         let taken = self.slot.lock().is_none();
         if !(taken && self.subs.len() == 1) {
-            self.registry.unpark(&self.subs, self.id);
+            let names = self.subs.iter().map(|s| &*s.name);
+            self.registry.leave(names, self.id, Kind::Waiter);
         }
-        self.registry.inner.held.fetch_sub(1, Ordering::SeqCst);
-        self.registry.inner.reserved.fetch_sub(1, Ordering::AcqRel);
-        self.registry.notify_held();
+        self.registry.release_place(Kind::Waiter);
     }
 }
 
@@ -601,11 +588,12 @@ impl Subscription {
             .into_iter()
             .partition(|name| subs.iter().any(|s| s.name == *name));
         self.registry
-            .unsubscribe(leave.iter().map(|n| &**n), self.id);
+            .leave(leave.iter().map(|n| &**n), self.id, Kind::Stream);
         for sub in subs {
             if !keep.contains(&sub.name) {
-                self.registry
-                    .with_channel(&sub.name, |c| c.subscribe(self.id, &self.feed, None));
+                self.registry.with_channel(&sub.name, |c| {
+                    c.join(self.id, Member::Stream(&self.feed), None)
+                });
             }
         }
         self.channels = subs.iter().map(|s| s.name.clone()).collect();
@@ -614,13 +602,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.registry
-            .unsubscribe(self.channels.iter().map(|n| &**n), self.id);
-        let inner = &self.registry.inner;
-        inner.streams.fetch_sub(1, Ordering::Relaxed);
-        inner.held.fetch_sub(1, Ordering::SeqCst);
-        inner.reserved.fetch_sub(1, Ordering::AcqRel);
-        self.registry.notify_held();
+        let names = self.channels.iter().map(|n| &**n);
+        self.registry.leave(names, self.id, Kind::Stream);
+        self.registry.release_place(Kind::Stream);
     }
 }
 
