@@ -489,7 +489,7 @@ impl Conn {
 
 /// Writes all of `bytes`, or fails with `TimedOut` when the client takes none of them for `limit`: a client that
 /// stops reading must not keep its connection, and the origin connection streaming to it, forever.
-async fn write_timed(
+pub(super) async fn write_timed(
     stream: &mut TcpStream,
     bytes: &[u8],
     limit: std::time::Duration,
@@ -499,7 +499,7 @@ async fn write_timed(
         .map_err(|_| write_timed_out())?
 }
 
-fn write_timed_out() -> io::Error {
+pub(super) fn write_timed_out() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
         "client did not take the response within proxy.write_timeout_secs",

@@ -12,6 +12,7 @@ use http::{Response, Version};
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
+use super::conn::{write_timed, write_timed_out};
 use crate::body::Body;
 use crate::h1::{encode, socket, Framing};
 
@@ -122,7 +123,8 @@ pub(crate) async fn write(
                     if chunked {
                         pending.extend_from_slice(encode::LAST_CHUNK);
                     }
-                    finish(stream, &mut pending, write_timeout).await?;
+                    // The connection shuts the socket down after this last response.
+                    write_timed(stream, &pending, write_timeout).await?;
                     return Ok(Ended::Finished);
                 }
                 Some(Ok(frame)) => {
@@ -162,28 +164,10 @@ pub(crate) async fn write(
             }
             // In an async block: the timer is made only when the branch is enabled (a backlog), not on every turn.
             _ = async { tokio::time::sleep_until(deadline).await }, if !pending.is_empty() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "stream client took nothing within proxy.write_timeout_secs",
-                ));
+                return Err(write_timed_out());
             }
         }
     }
-}
-
-/// Writes the rest, bounded by the write timeout.
-async fn finish(stream: &mut TcpStream, pending: &mut BytesMut, limit: Duration) -> io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    tokio::time::timeout(limit, stream.write_all(pending))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "stream client took nothing within proxy.write_timeout_secs",
-            )
-        })??;
-    let _ = stream.shutdown().await;
-    Ok(())
 }
 
 /// Reads what the client sent and drops it: the stream is this connection's last response, so nothing more is read

@@ -273,16 +273,7 @@ impl RawConn {
     /// Reads one response: its head, then a body delimited by `Content-Length`, chunks, or the end of the
     /// connection. Not bounded: wrap it in `within`.
     pub(crate) async fn read_response(&mut self) -> Resp {
-        let (mut resp, head_len) = loop {
-            if let Some(parsed) = parse_head(&self.buf) {
-                break parsed;
-            }
-            assert!(
-                self.fill().await,
-                "connection closed before a response head"
-            );
-        };
-        self.buf.drain(..head_len);
+        let mut resp = self.read_head().await;
         let no_body = resp.status.is_informational()
             || resp.status == StatusCode::NO_CONTENT
             || resp.status == StatusCode::NOT_MODIFIED;
@@ -381,20 +372,10 @@ impl RawConn {
 
     async fn read_chunked(&mut self) -> Bytes {
         let mut body = Vec::new();
-        loop {
-            let line = self.read_line().await;
-            let size = line.split(';').next().unwrap().trim();
-            let size = usize::from_str_radix(size, 16).unwrap();
-            if size == 0 {
-                while !self.read_line().await.is_empty() {} // trailers
-                return body.into();
-            }
-            body.extend_from_slice(&self.read_exact(size).await);
-            assert!(
-                self.read_line().await.is_empty(),
-                "chunk not followed by CRLF"
-            );
+        while let Some(chunk) = self.next_chunk().await {
+            body.extend_from_slice(&chunk);
         }
+        body.into()
     }
 }
 
