@@ -94,15 +94,7 @@ pub(crate) fn channel_list(value: &str) -> Result<Vec<ChannelSub>, GripError> {
             prev_id: None,
             filters: Vec::new(),
         };
-        for param in params {
-            let param = param.trim();
-            if param.is_empty() {
-                continue;
-            }
-            let (key, val) = match param.split_once('=') {
-                Some((k, v)) => (k.trim(), unquote(v.trim())),
-                None => (param, ""),
-            };
+        for (key, val) in params_of(params) {
             match key {
                 "prev-id" => sub.prev_id = Some(val.into()),
                 "filter" => sub.filters.push(val.into()),
@@ -114,7 +106,18 @@ pub(crate) fn channel_list(value: &str) -> Result<Vec<ChannelSub>, GripError> {
     Ok(out)
 }
 
-fn unquote(v: &str) -> &str {
+/// The `key=value` parameters of a header entry (the parts after its first `;`), keys trimmed, values trimmed
+/// and unquoted, empty parts skipped; a key without `=` has an empty value.
+pub(super) fn params_of<'a>(
+    parts: impl Iterator<Item = &'a str>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    parts.map(str::trim).filter(|p| !p.is_empty()).map(|p| {
+        let (key, val) = p.split_once('=').unwrap_or((p, ""));
+        (key.trim(), unquote(val.trim()))
+    })
+}
+
+pub(super) fn unquote(v: &str) -> &str {
     v.strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .unwrap_or(v)

@@ -7,6 +7,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::HeaderMap;
 
+use super::parse::{params_of, unquote};
 use super::GripError;
 
 /// Pushpin's keep-alive timeout when the origin gives none, in seconds.
@@ -86,24 +87,10 @@ fn keep_alive_header(value: &str) -> Result<KeepAlive, GripError> {
     let mut parts = value.split(';');
     let data = unquote(parts.next().unwrap_or("").trim());
     let (mut format, mut timeout, mut mode) = (None, None, None);
-    for param in parts {
-        let param = param.trim();
-        if param.is_empty() {
-            continue;
-        }
-        let (key, val) = param.split_once('=').unwrap_or((param, ""));
-        let val = unquote(val.trim());
-        match key.trim() {
+    for (key, val) in params_of(parts) {
+        match key {
             "format" => format = Some(val),
-            "timeout" => {
-                timeout = Some(val.parse::<u64>().map_err(|_| {
-                    GripError::new(
-                        "Grip-Keep-Alive",
-                        value,
-                        "timeout is not a whole number of seconds",
-                    )
-                })?)
-            }
+            "timeout" => timeout = Some(seconds("Grip-Keep-Alive", value, val)?),
             "mode" => mode = Some(val),
             _ => {} // unknown parameters are ignored, as Pushpin does
         }
@@ -197,21 +184,10 @@ fn links(value: &str, out: &mut StreamInstruction) -> Result<(), GripError> {
         };
         rest = next;
         let (mut rel, mut timeout) = (None, None);
-        for param in params.split(';') {
-            let param = param.trim();
-            let (key, val) = param.split_once('=').unwrap_or((param, ""));
-            let val = unquote(val.trim());
-            match key.trim() {
+        for (key, val) in params_of(params.split(';')) {
+            match key {
                 "rel" => rel = Some(val),
-                "timeout" => {
-                    timeout = Some(val.parse::<u64>().map_err(|_| {
-                        GripError::new(
-                            "Grip-Link",
-                            value,
-                            "timeout is not a whole number of seconds",
-                        )
-                    })?)
-                }
+                "timeout" => timeout = Some(seconds("Grip-Link", value, val)?),
                 _ => {}
             }
         }
@@ -239,10 +215,11 @@ fn links(value: &str, out: &mut StreamInstruction) -> Result<(), GripError> {
     Ok(())
 }
 
-fn unquote(v: &str) -> &str {
-    v.strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(v)
+/// A `timeout=` parameter of `header`: whole seconds.
+fn seconds(header: &str, value: &str, param: &str) -> Result<u64, GripError> {
+    param
+        .parse()
+        .map_err(|_| GripError::new(header, value, "timeout is not a whole number of seconds"))
 }
 
 #[cfg(test)]
