@@ -16,13 +16,22 @@ use tokio::time::Instant;
 /// `/stream/<channel>` opens a stream on that channel with a first piece of body; anything else is plain data.
 fn stream_on_path(req: &Recorded) -> Reply {
     match req.path().strip_prefix("/stream/") {
-        Some(channel) => Reply::text("first\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", channel)
+        Some(channel) => stream_hold("first\n", channel)
             .header("Content-Type", "text/plain")
             .header("X-Origin", "yes"),
         None => Reply::text("plain"),
     }
+}
+
+/// `200` with this body, holding a stream on `channel` (a `Grip-Channel` value).
+fn stream_hold(body: &str, channel: &str) -> Reply {
+    Reply::text(body)
+        .header("Grip-Hold", "stream")
+        .header("Grip-Channel", channel)
+}
+
+fn hint(channel: &str) -> Value {
+    json!({"channel": channel, "http-stream": {"action": "hint"}})
 }
 
 fn chunk(channel: &str, content: &str) -> Value {
@@ -215,13 +224,10 @@ async fn items_published_out_of_order_reach_a_stream_in_order_and_a_duplicate_is
 /// after `Grip-Last` and holds again after id 3.
 fn linked(req: &Recorded) -> Reply {
     match req.path() {
-        "/s" => Reply::text("start\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "c; prev-id=1")
-            .header("Grip-Link", "</next?from=1>; rel=next"),
-        "/next" => Reply::text("caught up: 2 3\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "c; prev-id=3")
+        "/s" => {
+            stream_hold("start\n", "c; prev-id=1").header("Grip-Link", "</next?from=1>; rel=next")
+        }
+        "/next" => stream_hold("caught up: 2 3\n", "c; prev-id=3")
             .header("Grip-Link", "</next?from=3>; rel=next"),
         _ => Reply::status(404),
     }
@@ -253,10 +259,7 @@ async fn a_gap_makes_exactly_one_link_request_with_grip_last_and_its_answer_cont
 #[tokio::test]
 async fn a_link_is_fetched_when_its_timeout_passes() {
     let origin = Origin::start(|req: &Recorded| match req.path() {
-        "/s" => Reply::text("start\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "c")
-            .header("Grip-Link", "</later>; rel=next; timeout=1"),
+        "/s" => stream_hold("start\n", "c").header("Grip-Link", "</later>; rel=next; timeout=1"),
         _ => Reply::text("from the link\n"),
     })
     .await;
@@ -279,12 +282,7 @@ async fn a_link_is_fetched_when_its_timeout_passes() {
 
 #[tokio::test]
 async fn a_stream_hold_with_prev_id_and_no_next_link_is_refused_before_anything_is_sent() {
-    let origin = Origin::start(|_: &Recorded| {
-        Reply::text("x")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "c; prev-id=1")
-    })
-    .await;
+    let origin = Origin::start(|_: &Recorded| stream_hold("x", "c; prev-id=1")).await;
     let proxy = Proxy::start(origin.addr()).await;
     let resp = proxy.get("/s").await;
     assert_eq!(resp.status, 502);
@@ -374,10 +372,7 @@ async fn server_sent_events_reconnects_carry_last_event_id_and_events_arrive_at_
 #[tokio::test]
 async fn a_client_that_leaves_is_unsubscribed_at_once_and_the_gone_link_is_told() {
     let origin = Origin::start(|req: &Recorded| match req.path() {
-        "/s" => Reply::text("start\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "c")
-            .header("Grip-Link", "</bye?who=1>; rel=gone"),
+        "/s" => stream_hold("start\n", "c").header("Grip-Link", "</bye?who=1>; rel=gone"),
         _ => Reply::status(204),
     })
     .await;
@@ -526,16 +521,9 @@ async fn channels_and_metrics_count_streams_apart() {
 #[tokio::test]
 async fn a_recovery_makes_a_linked_stream_catch_up_and_cuts_off_one_that_cannot() {
     let origin = Origin::start(|req: &Recorded| match req.path() {
-        "/linked" => Reply::text("start\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "r")
-            .header("Grip-Link", "</next>; rel=next"),
-        "/next" => Reply::text("what you missed\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "r"),
-        _ => Reply::text("start\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "r"),
+        "/linked" => stream_hold("start\n", "r").header("Grip-Link", "</next>; rel=next"),
+        "/next" => stream_hold("what you missed\n", "r"),
+        _ => stream_hold("start\n", "r"),
     })
     .await;
     let proxy = Proxy::start(origin.addr()).await;
@@ -562,21 +550,14 @@ async fn a_recovery_makes_a_linked_stream_catch_up_and_cuts_off_one_that_cannot(
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_link_fetch_under_way() {
     let origin = Origin::start(|req: &Recorded| match req.path() {
-        "/s" => Reply::text("start\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "c")
-            .header("Grip-Link", "</slow>; rel=next"),
+        "/s" => stream_hold("start\n", "c").header("Grip-Link", "</slow>; rel=next"),
         _ => Reply::text("late\n").delay(Duration::from_secs(20)),
     })
     .await;
     let proxy = Proxy::start(origin.addr()).await;
     let (mut conn, _) = open(&proxy, "/s", 1).await;
     next(&mut conn).await;
-    publish(
-        &proxy,
-        items(&[json!({"channel": "c", "http-stream": {"action": "hint"}})]),
-    )
-    .await;
+    publish(&proxy, items(&[hint("c")])).await;
     within(LIMIT, origin.nth(1)).await; // the link fetch is under way
     let started = Instant::now();
     let stopping = tokio::spawn(proxy.shutdown());
@@ -592,21 +573,14 @@ async fn shutdown_does_not_wait_for_a_link_fetch_under_way() {
 #[tokio::test]
 async fn links_that_never_hold_again_are_followed_a_bounded_number_of_times() {
     let origin = Origin::start(|req: &Recorded| match req.path() {
-        "/s" => Reply::text("start\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "c")
-            .header("Grip-Link", "</page>; rel=next"),
+        "/s" => stream_hold("start\n", "c").header("Grip-Link", "</page>; rel=next"),
         _ => Reply::text("p\n").header("Grip-Link", "</page>; rel=next"),
     })
     .await;
     let proxy = Proxy::start(origin.addr()).await;
     let (mut conn, _) = open(&proxy, "/s", 1).await;
     next(&mut conn).await;
-    publish(
-        &proxy,
-        items(&[json!({"channel": "c", "http-stream": {"action": "hint"}})]),
-    )
-    .await;
+    publish(&proxy, items(&[hint("c")])).await;
     let mut pages = String::new();
     while let Some(piece) = next(&mut conn).await {
         pages.push_str(&piece);
