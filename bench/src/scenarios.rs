@@ -86,6 +86,21 @@ fn num(f: &[String], i: usize) -> u64 {
 }
 
 impl Ctx {
+    /// A gauge or counter without labels from the proxy's `GET /metrics` (None: no such line or
+    /// no answer).
+    pub(crate) async fn metric(&self, name: &str) -> Option<u64> {
+        let addr = self.target.control.to_string();
+        let req = get_request(&addr, "/metrics");
+        let r = tokio::time::timeout(Duration::from_secs(5), simple_request(&addr, &req)).await;
+        let Ok(Ok((200, body))) = r else {
+            return None;
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
     pub(crate) fn new(
         target: Target,
         origin: SocketAddr,

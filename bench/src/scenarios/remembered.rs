@@ -6,7 +6,7 @@
 
 use super::{fields, num, Ctx};
 use crate::children::{broadcast, Result};
-use crate::http::{get_request, post_request, simple_request, RespReader, PUBLISHED_BODY};
+use crate::http::{post_request, RespReader, PUBLISHED_BODY};
 use crate::plan::{Remembered, RememberedFigures};
 use crate::run::Options;
 use crate::target::{Kind, Target};
@@ -142,21 +142,6 @@ impl Ctx {
         std::mem::swap(&mut self.target, &mut instance);
         instance.stop();
         r
-    }
-
-    /// A gauge or counter without labels from the proxy's `GET /metrics` (None: no such line or
-    /// no answer).
-    async fn metric(&self, name: &str) -> Option<u64> {
-        let addr = self.target.control.to_string();
-        let req = get_request(&addr, "/metrics");
-        let r = tokio::time::timeout(Duration::from_secs(5), simple_request(&addr, &req)).await;
-        let Ok(Ok((200, body))) = r else {
-            return None;
-        };
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
     }
 
     async fn channels_gauge(&self) -> Result<u64> {

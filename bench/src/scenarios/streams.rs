@@ -5,7 +5,7 @@
 
 use super::{example, fields, num, Ctx, Parked};
 use crate::children::{broadcast, Result};
-use crate::http::{get_request, post_request, simple_request, stream_publish_body};
+use crate::http::{post_request, stream_publish_body};
 use crate::plan::{FanoutRound, StreamFigures, StreamSustained};
 use crate::procfs::{process_cpu_ns, tree_cpu_ns};
 use crate::run::Options;
@@ -75,21 +75,6 @@ impl Ctx {
         Ok(())
     }
 
-    /// Streams open now, from the proxy's `grip_proxy_streams_open` on `/metrics` (None: no such
-    /// line or no answer).
-    async fn streams_open(&self) -> Option<u64> {
-        let addr = self.target.control.to_string();
-        let req = get_request(&addr, "/metrics");
-        let r = tokio::time::timeout(Duration::from_secs(5), simple_request(&addr, &req)).await;
-        let Ok(Ok((200, body))) = r else {
-            return None;
-        };
-        body.lines()
-            .find_map(|l| l.strip_prefix("grip_proxy_streams_open "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
-    }
-
     /// Wait until the `n` stream clients are settled: each has read its first piece (the stream
     /// is open), ended or failed; the proxy counts at least the open ones in
     /// `grip_proxy_streams_open`; and its CPU is idle. Returns the streams open.
@@ -109,7 +94,7 @@ impl Ctx {
         };
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            match self.streams_open().await {
+            match self.metric("grip_proxy_streams_open").await {
                 None => break,
                 Some(k) if k >= open => break,
                 Some(k) if Instant::now() > until => {
