@@ -307,4 +307,17 @@ mod tests {
         }
         assert!(parse(&[]).unwrap().is_empty());
     }
+
+    #[test]
+    fn link_timeouts_at_and_around_the_floor() {
+        let timeout = |t: &str| {
+            let value = format!("</n>; rel=next; timeout={t}");
+            let mut h = HeaderMap::new();
+            h.insert("grip-link", HeaderValue::from_str(&value).unwrap());
+            from_headers(&h).unwrap().next.unwrap().timeout
+        };
+        assert_eq!(timeout("0"), Duration::from_secs(1), "below: raised");
+        assert_eq!(timeout("1"), Duration::from_secs(1), "at");
+        assert_eq!(timeout("2"), Duration::from_secs(2), "above");
+    }
 }

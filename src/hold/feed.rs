@@ -222,4 +222,17 @@ mod tests {
             Poll::Ready((Fed::End(FeedEnd::Overflow), 0))
         ));
     }
+
+    #[test]
+    fn just_below_the_bound_is_kept() {
+        let feed = Feed::new(4);
+        feed.push(&release("abc"), 3);
+        assert!(matches!(take(&feed), Poll::Ready((Fed::Items, 1))));
+        feed.push(&release("abc"), 3);
+        feed.push(&release("x"), 1);
+        assert!(
+            matches!(take(&feed), Poll::Ready((Fed::Items, 2))),
+            "3 + 1 is at the bound again: taking resets the count"
+        );
+    }
 }
