@@ -191,6 +191,7 @@ mod tests {
                     filters: vec![],
                 }],
                 true,
+                None,
             )
             .unwrap();
         let body = br#"{"items": [

@@ -11,7 +11,6 @@ use bytes::{Buf, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +21,7 @@ use crate::body::{Body, BoxError};
 use crate::h1::decode::{Decoded, Decoder};
 use crate::h1::encode;
 use crate::h1::request::{self, Reject};
-use crate::h1::{socket, Framing, PreEncoded};
+use crate::h1::{socket, DirectWrite, Framing, PreEncoded, Written};
 
 /// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
 /// arrives, so that an idle or parked connection owns no read buffer at all.
@@ -50,7 +49,7 @@ pub(crate) async fn run<H, F>(
     F: Future<Output = Response<Body>>,
 {
     let mut conn = Conn {
-        stream,
+        stream: Arc::new(stream),
         buf: BytesMut::new(),
         limits,
     };
@@ -78,7 +77,8 @@ struct Begun<F> {
 }
 
 struct Conn {
-    stream: TcpStream,
+    /// Shared with the registry while a request is parked ([`DirectWrite`]); written only by this task otherwise.
+    stream: Arc<TcpStream>,
     /// Bytes read but not consumed: a partial head, body bytes, pipelined requests. Empty (no allocation)
     /// between requests and while parked.
     buf: BytesMut,
@@ -128,7 +128,7 @@ impl Conn {
             if expect_continue {
                 // Boxed: a timed write's timer would otherwise be part of this future in every state.
                 Box::pin(write_timed(
-                    &mut self.stream,
+                    &self.stream,
                     b"HTTP/1.1 100 Continue\r\n\r\n",
                     self.limits.write_timeout,
                 ))
@@ -143,7 +143,7 @@ impl Conn {
             let keep_alive =
                 Box::pin(self.write_response(resp, is_head, version, keep_alive)).await?;
             if !keep_alive {
-                let _ = self.stream.shutdown().await;
+                socket::shutdown_write(&self.stream);
                 return Ok(());
             }
         }
@@ -186,6 +186,13 @@ impl Conn {
         };
         if expect_continue {
             parts.headers.remove(http::header::EXPECT);
+        }
+        // A request that may be parked, on a connection that takes the shared keep-alive encoding of a release
+        // as it is: the release may write its answer to this socket itself.
+        if version == Version::HTTP_11 && !is_head && keep_alive && decoder.is_done() {
+            parts
+                .extensions
+                .insert(DirectWrite::new(self.stream.clone()));
         }
         if self.buf.is_empty() {
             // Release the read buffer: a parked request must not keep one.
@@ -369,7 +376,7 @@ impl Conn {
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
                 let started = tokio::time::Instant::now();
                 let ended = super::stream::write(
-                    &mut self.stream,
+                    &self.stream,
                     resp,
                     marker,
                     version,
@@ -388,9 +395,17 @@ impl Conn {
             }
         }
         let resp = match resp.extensions().get::<PreEncoded>() {
+            // A release that wrote part (or all) of the response to this socket already: the rest follows. The
+            // release was offered the socket only for a request this encoding fits (see `begin`).
+            Some(pre) if resp.extensions().get::<Written>().is_some() => {
+                let written = resp.extensions().get::<Written>().map_or(0, |w| w.0);
+                let rest = pre.wire().get(written..).unwrap_or_default();
+                write_timed(&self.stream, rest, self.limits.write_timeout).await?;
+                return Ok(keep_alive);
+            }
             // A release shared by many clients: its bytes are ready when the connection is what they were made for.
             Some(pre) if version == Version::HTTP_11 && !is_head && keep_alive => {
-                write_timed(&mut self.stream, pre.wire(), self.limits.write_timeout).await?;
+                write_timed(&self.stream, pre.wire(), self.limits.write_timeout).await?;
                 return Ok(true);
             }
             Some(pre) => pre.response(),
@@ -416,7 +431,7 @@ impl Conn {
         );
         let write_timeout = self.limits.write_timeout;
         if framing == Framing::Empty {
-            write_timed(&mut self.stream, &out, write_timeout).await?;
+            write_timed(&self.stream, &out, write_timeout).await?;
             return Ok(keep_alive);
         }
         let mut written: u64 = 0;
@@ -427,7 +442,7 @@ impl Conn {
                 Some(Err(e)) => {
                     // The origin failed mid-body: the client sees a truncated response and a closed connection.
                     tracing::warn!(error = %e, "response body failed mid-stream");
-                    write_timed(&mut self.stream, &out, write_timeout).await?;
+                    write_timed(&self.stream, &out, write_timeout).await?;
                     return Ok(false);
                 }
             };
@@ -440,7 +455,7 @@ impl Conn {
             written += data.len() as u64;
             let chunked = framing == Framing::Chunked;
             let more = !body.is_end_stream();
-            let put = socket::put_body_piece(&mut self.stream, &mut out, &data, chunked, more);
+            let put = socket::put_body_piece(&self.stream, &mut out, &data, chunked, more);
             tokio::time::timeout(write_timeout, put)
                 .await
                 .map_err(|_| write_timed_out())??;
@@ -453,12 +468,12 @@ impl Conn {
                     written,
                     "response body length differs from its declared length"
                 );
-                write_timed(&mut self.stream, &out, write_timeout).await?;
+                write_timed(&self.stream, &out, write_timeout).await?;
                 return Ok(false);
             }
             _ => {}
         }
-        write_timed(&mut self.stream, &out, write_timeout).await?;
+        write_timed(&self.stream, &out, write_timeout).await?;
         Ok(keep_alive)
     }
 
@@ -481,8 +496,8 @@ impl Conn {
             Version::HTTP_11,
         );
         out.extend_from_slice(body.as_bytes());
-        write_timed(&mut self.stream, &out, self.limits.write_timeout).await?;
-        let _ = self.stream.shutdown().await;
+        write_timed(&self.stream, &out, self.limits.write_timeout).await?;
+        socket::shutdown_write(&self.stream);
         Ok(())
     }
 }
@@ -490,11 +505,11 @@ impl Conn {
 /// Writes all of `bytes`, or fails with `TimedOut` when the client takes none of them for `limit`: a client that
 /// stops reading must not keep its connection, and the origin connection streaming to it, forever.
 pub(super) async fn write_timed(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     bytes: &[u8],
     limit: std::time::Duration,
 ) -> io::Result<()> {
-    tokio::time::timeout(limit, stream.write_all(bytes))
+    tokio::time::timeout(limit, socket::write_all(stream, bytes))
         .await
         .map_err(|_| write_timed_out())?
 }

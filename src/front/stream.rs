@@ -66,7 +66,7 @@ impl Ended {
 
 /// Writes a stream response to the end. `Err(TimedOut)`: the client took nothing for `write_timeout`.
 pub(crate) async fn write(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     resp: Response<Body>,
     marker: Streaming,
     version: Version,
@@ -155,7 +155,7 @@ pub(crate) async fn write(
                     return Ok(Ended::Aborted);
                 }
             },
-            r = stream.writable(), if !pending.is_empty() => r?,
+            r = socket::write_ready(stream), if !pending.is_empty() => r?,
             r = socket::read_ready(stream) => {
                 r?;
                 if client_left(stream) {

@@ -2,6 +2,7 @@
 //! (`origin`): heads, body framing and decoding, encoding, and the socket IO they need. No role logic.
 
 pub(crate) mod decode;
+mod direct;
 pub(crate) mod encode;
 mod framing;
 mod hop;
@@ -13,6 +14,7 @@ pub(crate) mod response;
 pub(crate) mod socket;
 
 pub(crate) use decode::{Decoded, Decoder};
+pub(crate) use direct::{DirectWrite, Written};
 pub(crate) use framing::Framing;
 pub(crate) use hop::{is_hop_by_hop, strip_hop_by_hop};
 pub(crate) use pre_encoded::PreEncoded;

@@ -5,7 +5,7 @@ use std::io;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Reads into `buf` without waiting. `Err(WouldBlock)`: nothing there.
@@ -87,7 +87,7 @@ const COALESCE_MAX: usize = 16 * 1024;
 /// `chunked`, and writes what is buffered when it would grow past [`COALESCE_MAX`] or when `more` is coming
 /// later (so what is here must not wait for it). Whatever stays in `out` is the caller's to write at the end.
 pub(crate) async fn put_body_piece(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     out: &mut Vec<u8>,
     data: &[u8],
     chunked: bool,
@@ -99,16 +99,52 @@ pub(crate) async fn put_body_piece(
     if out.len() + data.len() <= COALESCE_MAX {
         out.extend_from_slice(data);
     } else {
-        stream.write_all(out).await?;
+        write_all(stream, out).await?;
         out.clear();
-        stream.write_all(data).await?;
+        write_all(stream, data).await?;
     }
     if chunked {
         out.extend_from_slice(b"\r\n");
     }
     if more && !out.is_empty() {
-        stream.write_all(out).await?;
+        write_all(stream, out).await?;
         out.clear();
     }
     Ok(())
+}
+
+/// Writes all of `bytes`, waiting whenever the socket is full. Takes the socket shared (`&TcpStream`), as a client
+/// connection lends its socket to the registry while its request is parked ([`super::DirectWrite`]). Waits through
+/// the socket's own writer slot (`poll_write_ready`), which costs no waiter node.
+pub(crate) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = std::future::poll_fn(|cx| poll_write(stream, bytes, cx)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// One write once the socket is writable; `Pending` until it is.
+fn poll_write(stream: &TcpStream, bytes: &[u8], cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Poll::Ready(other),
+        }
+    }
+}
+
+/// Waits until the socket can take more bytes (or has failed).
+pub(crate) async fn write_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await
+}
+
+/// Shuts down the socket's sending side (the peer reads the end of what was sent, then EOF). Errors are ignored:
+/// the peer may have gone already.
+pub(crate) fn shutdown_write(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }

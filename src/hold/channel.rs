@@ -7,20 +7,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::feed::Feed;
-use super::{Delivery, Release};
+use super::waiter::Waiter;
+use super::Release;
 use crate::item::Item;
 
-/// Where a parked client is told what happened. A hold on several channels puts the same slot in each; the first
-/// delivery takes the sender and the others find `None`.
-pub(crate) type Slot = Arc<Mutex<Option<oneshot::Sender<Delivery>>>>;
-
-/// Parked clients by waiter id.
-pub(crate) type Waiters = HashMap<u64, Slot>;
+/// Parked clients by waiter id. A hold on several channels is in each; the first delivery takes it and the others
+/// find it taken.
+pub(crate) type Waiters = HashMap<u64, Arc<Waiter>>;
 
 /// Streams subscribed, by subscription id.
 pub(crate) type Streams = HashMap<u64, Arc<Feed>>;
@@ -42,7 +38,7 @@ pub(crate) struct Sequencing {
 /// What joins a channel: a response hold's slot (taken by the first item), or a stream's feed (given every item).
 #[derive(Clone, Copy)]
 pub(crate) enum Member<'a> {
-    Waiter(&'a Slot),
+    Waiter(&'a Arc<Waiter>),
     Stream(&'a Arc<Feed>),
 }
 
@@ -198,7 +194,7 @@ impl Channel {
         }
         let live = self.live();
         match member {
-            Member::Waiter(slot) => live.waiters.insert(id, slot.clone()).map(drop),
+            Member::Waiter(waiter) => live.waiters.insert(id, waiter.clone()).map(drop),
             Member::Stream(feed) => live.streams.insert(id, feed.clone()).map(drop),
         };
         ParkOutcome::Parked
@@ -349,9 +345,8 @@ mod tests {
         duplicate_window: Duration::from_secs(60),
     };
 
-    fn slot() -> (Slot, oneshot::Receiver<Delivery>) {
-        let (tx, rx) = oneshot::channel();
-        (Arc::new(Mutex::new(Some(tx))), rx)
+    fn slot() -> (Arc<Waiter>, ()) {
+        (Arc::new(Waiter::new(&[], None)), ())
     }
 
     fn item(id: Option<&str>, prev: Option<&str>) -> Arc<Item> {

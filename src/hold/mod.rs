@@ -4,41 +4,99 @@
 mod channel;
 mod feed;
 mod release;
+mod waiter;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
+use crate::h1::PreEncoded;
 use crate::item::Item;
-use channel::{Channel, Kind, Member, ParkOutcome, Slot};
+use channel::{Channel, Kind, Member, ParkOutcome};
 pub(crate) use feed::{Fed, Feed, FeedEnd};
-pub(crate) use release::Release;
+pub(crate) use release::{shared_response, Release};
+use std::task::Waker;
+pub(crate) use waiter::Direct;
+use waiter::{Told, Waiter};
 
 /// The map's size is checked against its capacity once every this many publishes.
 const CAPACITY_CHECK_EVERY: u64 = 64;
 
-/// Hands each item to the waiters it took, in order. Runs with no map guard held.
+/// A release to more parked clients than this is split between the runtime's worker threads.
+const SPLIT_RELEASE_AT: usize = 1024;
+
+/// Hands each item to the waiters it took, in order: first every client's response is written to its socket
+/// where the release can do that itself (see [`Waiter::deliver`]), then the clients' tasks are woken to finish.
+/// A release to many clients is split between the runtime's worker threads. Runs with no map guard held. Returns
+/// how many clients the items were handed to (a part handed to another thread counts as handed).
 fn deliver(deliveries: Vec<(Arc<Release>, channel::Waiters)>) -> usize {
     let mut delivered = 0;
+    let mut wake = Vec::new();
     for (release, waiters) in deliveries {
-        for slot in waiters.into_values() {
-            delivered += usize::from(tell(&slot, Delivery::Item(release.clone())));
+        let mut waiters: Vec<Arc<Waiter>> = waiters.into_values().collect();
+        for part in split_off_parts(&mut waiters) {
+            delivered += part.len();
+            let release = release.clone();
+            tokio::spawn(async move {
+                let mut wake = Vec::with_capacity(part.len());
+                hand_out(&release, part, &mut wake);
+                wake.into_iter().for_each(Waker::wake);
+            });
         }
+        delivered += hand_out(&release, waiters, &mut wake);
     }
+    wake.into_iter().for_each(Waker::wake);
     delivered
 }
 
-/// Takes a parked client's sender out of its slot and sends it `delivery`. `false`: the slot was taken already
-/// (another delivery got there first) or the client has gone.
-fn tell(slot: &Slot, delivery: Delivery) -> bool {
-    let sender = slot.lock().take();
-    sender.is_some_and(|tx| tx.send(delivery).is_ok())
+/// Hands `release` to each waiter, collecting the tasks to wake. Returns how many took it.
+fn hand_out(release: &Arc<Release>, waiters: Vec<Arc<Waiter>>, wake: &mut Vec<Waker>) -> usize {
+    let mut taken = 0;
+    for waiter in waiters {
+        if let Told::Yes(waker) = waiter.deliver(Delivery::Item(release.clone())) {
+            taken += 1;
+            wake.extend(waker);
+        }
+    }
+    taken
+}
+
+/// Splits a large release's waiters into one part per other worker thread of the runtime (`waiters` keeps the
+/// part this thread hands out); nothing for a small release, outside a multi-thread runtime, or with one worker.
+fn split_off_parts(waiters: &mut Vec<Arc<Waiter>>) -> Vec<Vec<Arc<Waiter>>> {
+    if waiters.len() < SPLIT_RELEASE_AT {
+        return Vec::new();
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return Vec::new();
+    };
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return Vec::new();
+    }
+    let threads = handle.metrics().num_workers();
+    let per_part = waiters.len().div_ceil(threads.max(1));
+    let mut parts = Vec::new();
+    while waiters.len() > per_part {
+        let at = waiters.len() - per_part;
+        parts.push(waiters.split_off(at));
+    }
+    parts
+}
+
+/// Tells one parked client and wakes its task. `false`: another delivery took it first, or it stopped waiting.
+fn tell(waiter: &Waiter, delivery: Delivery) -> bool {
+    match waiter.deliver(delivery) {
+        Told::Yes(waker) => {
+            waker.into_iter().for_each(Waker::wake);
+            true
+        }
+        Told::No => false,
+    }
 }
 
 /// What a parked client is told.
@@ -46,6 +104,16 @@ fn tell(slot: &Slot, delivery: Delivery) -> bool {
 pub(crate) enum Delivery {
     /// An item was published on one of its channels.
     Item(Arc<Release>),
+    /// An item was published on one of its channels, and the release wrote the first `written` bytes of its
+    /// shared encoding (`encoded`) to the client's socket: the client's answer, of which the rest is to write.
+    Written {
+        /// The release.
+        release: Arc<Release>,
+        /// The response written.
+        encoded: PreEncoded,
+        /// How many of its bytes the socket took.
+        written: usize,
+    },
     /// The proxy is shutting down: answer with the timeout response now.
     Shutdown,
     /// What the client waits for may have been missed (recovery, a bus outage): re-fetch from the origin.
@@ -167,20 +235,20 @@ impl Registry {
     /// `check_prev_id: false` parks whatever the prev-ids say: for a request that was already re-fetched once, so
     /// that an origin still behind cannot make it loop. (Pushpin instead forgets the channel's last id, which lets
     /// other clients that are behind park too, waiting for an item that has gone.)
+    ///
+    /// `direct`: the client's socket and held response, when the release may write the response itself.
     pub(crate) fn park(
         &self,
         subs: &[ChannelSub],
         check_prev_id: bool,
+        direct: Option<Direct>,
     ) -> Result<Parked, ParkError> {
-        let (tx, rx) = oneshot::channel();
-        let slot: Slot = Arc::new(Mutex::new(Some(tx)));
-        let id = self.join(subs, check_prev_id, Member::Waiter(&slot))?;
+        let waiter = Arc::new(Waiter::new(subs, direct));
+        let id = self.join(subs, check_prev_id, Member::Waiter(&waiter))?;
         Ok(Parked {
             registry: self.clone(),
             id,
-            subs: subs.into(),
-            slot,
-            rx,
+            waiter,
         })
     }
 
@@ -330,10 +398,10 @@ impl Registry {
     }
 
     fn release_all(&self, delivery: Delivery, forget_ids: bool) -> usize {
-        let mut slots = Vec::new();
+        let mut waiters = Vec::new();
         let mut feeds: std::collections::HashMap<*const Feed, Arc<Feed>> = Default::default();
         for mut entry in self.inner.channels.iter_mut() {
-            slots.extend(entry.take_waiters().into_values());
+            waiters.extend(entry.take_waiters().into_values());
             // Streams stay subscribed: a shutdown ends their feeds, a recovery asks them to catch up.
             feeds.extend(entry.streams().map(|f| (Arc::as_ptr(f), f.clone())));
             if forget_ids {
@@ -350,9 +418,9 @@ impl Registry {
             }
         }
         feeds.len()
-            + slots
+            + waiters
                 .iter()
-                .filter(|slot| tell(slot, delivery.clone()))
+                .filter(|waiter| tell(waiter, delivery.clone()))
                 .count()
     }
 
@@ -527,38 +595,39 @@ impl Registry {
 pub(crate) struct Parked {
     registry: Registry,
     id: u64,
-    subs: Box<[ChannelSub]>,
-    /// Its place in the channels: empty once a delivery (or close/recover) took it out of the map.
-    slot: Slot,
-    rx: oneshot::Receiver<Delivery>,
+    waiter: Arc<Waiter>,
 }
 
 impl Parked {
     /// Waits for the delivery.
     ///
     /// # Cancel safety
-    /// Cancel safe: dropping the future loses nothing; the delivery stays in the receiver.
+    /// Cancel safe: dropping the future loses nothing; the delivery stays with the waiter.
     pub(crate) async fn recv(&mut self) -> Delivery {
-        (&mut self.rx).await.unwrap_or(Delivery::Shutdown)
+        std::future::poll_fn(|cx| self.waiter.poll_recv(cx)).await
+    }
+
+    /// Stops waiting (the hold's timeout). `Some`: a delivery came first, possibly written to the client
+    /// already, and is the client's answer; `None`: the client gets its timeout response, and no delivery takes
+    /// it any more.
+    pub(crate) fn expire(&mut self) -> Option<Delivery> {
+        self.waiter.abandon()
     }
 
     /// The prev-id this hold waits after on `channel`.
     pub(crate) fn prev_id(&self, channel: &str) -> Option<&str> {
-        self.subs
-            .iter()
-            .find(|s| &*s.name == channel)
-            .and_then(|s| s.prev_id.as_deref())
+        self.waiter.prev_id(channel)
     }
 }
 
 impl Drop for Parked {
     fn drop(&mut self) {
-        // Whatever took the sender removed this waiter from the channel it came from: a released single-channel
+        // Whatever delivered to it removed this waiter from the channel it came from: a released single-channel
         // hold has nothing left to remove, and skips the map (a fan-out to 10,000 clients would otherwise take
         // that channel's shard lock 20,000 more times).
-        let taken = self.slot.lock().is_none();
-        if !(taken && self.subs.len() == 1) {
-            let names = self.subs.iter().map(|s| &*s.name);
+        let subs = self.waiter.subs();
+        if !(self.waiter.was_delivered() && subs.len() == 1) {
+            let names = subs.iter().map(|s| &*s.name);
             self.registry.leave(names, self.id, Kind::Waiter);
         }
         self.registry.release_place(Kind::Waiter);
@@ -638,7 +707,9 @@ mod tests {
     #[tokio::test]
     async fn publish_releases_and_drop_cleans_up() {
         let r = registry(10);
-        let mut h = r.park(&[sub("a", None), sub("b", None)], true).unwrap();
+        let mut h = r
+            .park(&[sub("a", None), sub("b", None)], true, None)
+            .unwrap();
         assert_eq!(r.held(), 1);
         assert_eq!(r.publish(&item("a", Some("1"))), 1);
         assert!(matches!(h.recv().await, Delivery::Item(_)));
@@ -659,7 +730,7 @@ mod tests {
         let r = registry(10);
         r.publish(&item("a", Some("2")));
         let err = r
-            .park(&[sub("b", None), sub("a", Some("1"))], true)
+            .park(&[sub("b", None), sub("a", Some("1"))], true, None)
             .err()
             .unwrap();
         assert_eq!(
@@ -672,11 +743,11 @@ mod tests {
         assert_eq!(r.channels(), 1, "only a's last id remains");
         assert_eq!(r.held(), 0);
         assert!(
-            r.park(&[sub("a", Some("1"))], true).is_err(),
+            r.park(&[sub("a", Some("1"))], true, None).is_err(),
             "still behind"
         );
         assert!(
-            r.park(&[sub("a", Some("1"))], false).is_ok(),
+            r.park(&[sub("a", Some("1"))], false, None).is_ok(),
             "a retry's hold parks unchecked"
         );
     }
@@ -684,11 +755,11 @@ mod tests {
     #[tokio::test]
     async fn close_answers_everyone_and_refuses_new() {
         let r = registry(10);
-        let mut h = r.park(&[sub("a", None)], true).unwrap();
+        let mut h = r.park(&[sub("a", None)], true, None).unwrap();
         r.close();
         assert!(matches!(h.recv().await, Delivery::Shutdown));
         assert_eq!(
-            r.park(&[sub("a", None)], true).err(),
+            r.park(&[sub("a", None)], true, None).err(),
             Some(ParkError::Closed)
         );
     }
@@ -733,7 +804,7 @@ mod tests {
             None,
             "a second held client fits max_held = 2"
         );
-        let _second = r.park(&[sub("e", None)], true).unwrap();
+        let _second = r.park(&[sub("e", None)], true, None).unwrap();
         assert_eq!(
             r.subscribe(&[sub("d", None)], true, 1024).err(),
             Some(ParkError::Full),
@@ -761,7 +832,7 @@ mod tests {
             r.publish(&item(&format!("c{i}"), Some("1")));
             tokio::time::advance(Duration::from_secs(1)).await;
         }
-        let _h = r.park(&[sub("c0", Some("1"))], true).unwrap();
+        let _h = r.park(&[sub("c0", Some("1"))], true, None).unwrap();
         r.sweep(Instant::now());
         assert_eq!(r.channels(), 3);
         assert!(r.last_id("c0").is_some(), "an entry with waiters stays");

@@ -9,7 +9,7 @@ use http::Response;
 
 use crate::body::{self, Body};
 use crate::grip::ResponseParts;
-use crate::h1::PreEncoded;
+use crate::h1::{PreEncoded, Written};
 use crate::item::{HttpStream, Item};
 
 /// One item on its way to the clients of one channel.
@@ -60,14 +60,20 @@ impl Release {
         }
     }
 
-    /// The response for a client held with `held`, released by `published` (the item's `http-response`): the
-    /// published one merged into the held one. Built and encoded once for every client whose held response equals
-    /// the first client's; any other client gets its own.
-    pub(crate) fn response_for(
+    /// Whether the item is the one a client held after `mine` (its prev-id on the item's channel, if it gave one)
+    /// takes. Such a client takes only the item that names `mine` as its predecessor: any other item, one without
+    /// a prev-id too (it cannot show that nothing came in between), means it may have missed one.
+    pub(crate) fn follows(&self, mine: Option<&str>) -> bool {
+        mine.is_none_or(|mine| self.item.prev_id.as_deref() == Some(mine))
+    }
+
+    /// The release encoded once for every client held with the same response as the first client that asked:
+    /// `Some` when `held` is that response. Built by the first caller.
+    pub(crate) fn encoded_for(
         &self,
         held: &Arc<ResponseParts>,
         published: &ResponseParts,
-    ) -> Response<Body> {
+    ) -> Option<&PreEncoded> {
         let (key, shared) = self.first.get_or_init(|| {
             let merged = held.merge(published);
             let body = merged.body.clone();
@@ -77,13 +83,32 @@ impl Release {
             )
         });
         // Held responses are shared between clients (`proxy::interned`): mostly the same pointer.
-        if Arc::ptr_eq(key, held) || key == held {
-            let mut resp = Response::new(body::empty());
-            *resp.status_mut() = shared.status();
-            resp.extensions_mut().insert(shared.clone());
-            resp
-        } else {
-            held.merge(published).into_response()
+        (Arc::ptr_eq(key, held) || key == held).then_some(shared)
+    }
+
+    /// The response for a client held with `held`, released by `published` (the item's `http-response`): the
+    /// published one merged into the held one. Built and encoded once for every client whose held response equals
+    /// the first client's; any other client gets its own.
+    pub(crate) fn response_for(
+        &self,
+        held: &Arc<ResponseParts>,
+        published: &ResponseParts,
+    ) -> Response<Body> {
+        match self.encoded_for(held, published) {
+            Some(shared) => shared_response(shared, None),
+            None => held.merge(published).into_response(),
         }
     }
+}
+
+/// A response that carries its shared encoding for the connection to write; `written`: the first bytes of it a
+/// release already wrote to the client's socket (by [`super::Waiter`]), so that the connection writes the rest.
+pub(crate) fn shared_response(shared: &PreEncoded, written: Option<Written>) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = shared.status();
+    resp.extensions_mut().insert(shared.clone());
+    if let Some(written) = written {
+        resp.extensions_mut().insert(written);
+    }
+    resp
 }

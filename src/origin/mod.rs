@@ -290,7 +290,7 @@ async fn write_request(
             continue;
         }
         let more = !body.is_end_stream();
-        socket::put_body_piece(&mut conn.stream, &mut out, &data, chunked, more)
+        socket::put_body_piece(&conn.stream, &mut out, &data, chunked, more)
             .await
             .map_err(OriginError::Io)?;
     }

@@ -20,7 +20,8 @@ use crate::body::{Body, BoxError};
 use crate::config::{Config, HoldConfig};
 use crate::error::{ProxyError, Source};
 use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
-use crate::hold::{Delivery, ParkError, Registry};
+use crate::h1::{DirectWrite, Written};
+use crate::hold::{shared_response, Delivery, Direct, ParkError, Registry};
 use crate::item::Action;
 use crate::metrics::{route_label, HoldEnd, Metrics, RouteStats};
 use crate::origin::OriginBody;
@@ -142,6 +143,8 @@ where
 {
     let started = Instant::now();
     let chunked = req.version() == http::Version::HTTP_11;
+    // The client's socket, lent by its connection for a release to write to; never forwarded.
+    let direct = req.extensions_mut().remove::<DirectWrite>();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // Routed, and forwarded, by the normal form of its path: `/public/../private/x` is `/private/x` to the route
@@ -167,7 +170,7 @@ where
         .map_err(Box::new);
     async move {
         let result = match prepared {
-            Ok(prepared) => proxy(&state, prepared, route_index, chunked).await,
+            Ok(prepared) => proxy(&state, prepared, route_index, chunked, direct).await,
             Err(e) => Err(*e),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -205,6 +208,7 @@ async fn proxy(
     (replay, first): (Box<Replayable>, Box<Request<Body>>),
     route_index: Option<u32>,
     chunked: bool,
+    direct: Option<DirectWrite>,
 ) -> Result<(Response<Body>, Outcome), ProxyError> {
     // Both boxed: neither is stored inline in this future, and the first request's box is freed once sent, so
     // a parked request keeps only what a re-send needs.
@@ -228,7 +232,7 @@ async fn proxy(
         let waited = if hold.mode == HoldMode::Stream {
             open_stream(state, &hold, &held, attempt > 0, route_index, chunked)
         } else {
-            wait(state, &hold, &held, attempt > 0).await
+            wait(state, &hold, &held, attempt > 0, direct.as_ref()).await
         };
         match waited {
             Waited::Answer(r, outcome) => return Ok((r, outcome)),
@@ -414,11 +418,16 @@ async fn wait(
     hold: &grip::Hold,
     held: &Arc<ResponseParts>,
     retry: bool,
+    socket: Option<&DirectWrite>,
 ) -> Waited {
     let timeout = state.hold.effective_timeout(hold.timeout);
+    let direct = socket.map(|socket| Direct {
+        socket: socket.clone(),
+        held: held.clone(),
+    });
     // A re-fetched request parks whatever its prev-ids: the origin was told what the client missed, and a hold
     // from an origin still behind must not loop (a later item with another prev-id re-fetches it again).
-    let mut parked = match state.registry.park(&hold.channels, !retry) {
+    let mut parked = match state.registry.park(&hold.channels, !retry, direct) {
         Ok(parked) => parked,
         Err(ParkError::Stale { channel, prev_id }) => {
             tracing::debug!(%channel, %prev_id, "hold is behind the channel's last id: re-fetching");
@@ -435,7 +444,8 @@ async fn wait(
     let track = state.metrics.hold_started();
     let delivery = tokio::select! {
         d = parked.recv() => Some(d),
-        _ = tokio::time::sleep(timeout) => None,
+        // A release may have taken the client just now (and written to its socket): then that is its answer.
+        _ = tokio::time::sleep(timeout) => parked.expire(),
     };
     let waited = answer(state, &parked, held, delivery);
     track.end(match &waited {
@@ -493,6 +503,17 @@ fn answer(
         Some(Delivery::Shutdown) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
         Some(Delivery::Refetch) => return Waited::Refetch(None),
         Some(Delivery::Item(release)) => release,
+        Some(Delivery::Written {
+            release,
+            encoded,
+            written,
+        }) => {
+            // The release checked what `answer` checks below, and wrote (part of) this response to the client.
+            state.metrics.delivery();
+            state.metrics.released(release.item.accepted);
+            let resp = shared_response(&encoded, Some(Written(written)));
+            return Waited::Answer(resp, Outcome::Released);
+        }
     };
     let item = &release.item;
     state.metrics.delivery();
@@ -500,11 +521,10 @@ fn answer(
         // The registry releases response holds only with items that carry an http-response.
         return Waited::Answer(held.to_response(), Outcome::TimedOut);
     };
-    // A client held after `mine` takes only the item that names `mine` as its predecessor. Any other item, one
-    // without a prev-id too (it cannot show that nothing came in between), sends the request to the origin again
-    // with what the client last had, as Pushpin does.
+    // A client held after `mine` takes only the item that names `mine` as its predecessor. Any other item sends
+    // the request to the origin again with what the client last had, as Pushpin does.
     if let Some(mine) = parked.prev_id(&item.channel) {
-        if item.prev_id.as_deref() != Some(mine) {
+        if !release.follows(Some(mine)) {
             tracing::debug!(channel = %item.channel, item_prev = ?item.prev_id, mine, "item does not follow this hold: re-fetching");
             return Waited::Refetch(grip_last(&item.channel, mine));
         }
