@@ -352,6 +352,18 @@ impl Metrics {
             "Stream clients disconnected for falling more than hold.max_stream_queue bytes behind",
             self.slow_streams.clone(),
         );
+        let written = holds.clone();
+        r.register(
+            "released_written",
+            "Released clients whose whole response the publishing thread wrote to their socket (no task wake-up first)",
+            Scraped::counter(move || written.released_by_write().0),
+        );
+        let partly = holds.clone();
+        r.register(
+            "released_partly_written",
+            "Released clients whose socket took part of the response from the publishing thread; their task wrote the rest",
+            Scraped::counter(move || partly.released_by_write().1),
+        );
         r.register(
             "channels",
             "Channel entries kept (with held clients or a remembered last id)",
@@ -726,6 +738,8 @@ mod tests {
             r#"grip_proxy_holds_ended_total{reason="timeout"} 1"#,
             r#"grip_proxy_holds_ended_total{reason="disconnect"} 1"#,
             "grip_proxy_held_clients 0",
+            "grip_proxy_released_written_total 0",
+            "grip_proxy_released_partly_written_total 0",
             "grip_proxy_published_items_total 2",
             r#"grip_proxy_publish_requests_total{status="2xx"} 1"#,
             r#"grip_proxy_origin_response_seconds_bucket{le="0.0025"} 0"#,

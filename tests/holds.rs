@@ -438,3 +438,94 @@ async fn one_publish_gives_each_client_the_release_of_its_own_held_response() {
         assert!(within(LIMIT, conn.closed()).await, "connection stays open");
     }
 }
+
+/// Holds a keep-alive HTTP/1.1 client on `/hold/c` over a raw connection.
+async fn raw_hold(proxy: &Proxy, request: &[u8]) -> RawConn {
+    let mut conn = RawConn::open(proxy.addr()).await;
+    conn.write(request).await;
+    within(LIMIT, proxy.wait_held(1)).await;
+    conn
+}
+
+#[tokio::test]
+async fn a_release_is_written_to_the_socket_by_the_publishing_thread_and_the_connection_carries_on()
+{
+    let origin = Origin::start(hold_on_path).await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let mut conn = raw_hold(&proxy, b"GET /hold/c HTTP/1.1\r\nHost: h\r\n\r\n").await;
+
+    publish(&proxy, items(&[item("c", "news")])).await;
+    let resp = within(LIMIT, conn.read_response()).await;
+    assert_eq!((resp.status.as_u16(), resp.text()), (200, "news"));
+    assert_eq!(resp.header("etag"), Some("\"v1\""));
+    assert_eq!(
+        proxy.registry().released_by_write(),
+        (1, 0),
+        "the release wrote the whole response itself"
+    );
+    // The connection's task learnt of it and reads the next request on the same connection.
+    conn.write(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(within(LIMIT, conn.read_response()).await.text(), "plain");
+    within(LIMIT, proxy.wait_held(0)).await;
+}
+
+#[tokio::test]
+async fn a_release_larger_than_the_socket_takes_at_once_is_finished_by_the_connection() {
+    let origin = Origin::start(hold_on_path).await;
+    let proxy = Proxy::to(origin.addr())
+        .toml("[control]\nmax_body = 40000000")
+        .start()
+        .await;
+    // The client reads nothing until the publish is answered: the socket takes part of the 16 MB, the
+    // connection's task writes the rest once the client reads.
+    let mut conn = raw_hold(&proxy, b"GET /hold/c HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let body: String = (0..16 * 1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let answer = publish(&proxy, items(&[item("c", &body)])).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(proxy.registry().released_by_write(), (0, 1));
+
+    let resp = within(LIMIT, conn.read_response()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.len(), body.len());
+    assert!(resp.text() == body, "the body arrives whole and in order");
+    conn.write(b"GET /plain HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(within(LIMIT, conn.read_response()).await.text(), "plain");
+}
+
+#[tokio::test]
+async fn clients_the_shared_encoding_does_not_fit_are_answered_by_their_own_task() {
+    let origin = Origin::start(hold_on_path).await;
+    let proxy = Proxy::start(origin.addr()).await;
+    // HEAD: the same head, no body. Pipelined: the second request waits behind the held one.
+    let mut head = raw_hold(
+        &proxy,
+        b"HEAD /hold/c HTTP/1.1\r\nHost: h\r\n\r\nGET /plain HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+
+    publish(&proxy, items(&[item("c", "news")])).await;
+    let resp = within(LIMIT, head.read_head()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-length"), Some("4"));
+    // Nothing of the body was written: the next bytes are the pipelined request's response.
+    assert_eq!(within(LIMIT, head.read_response()).await.text(), "plain");
+    assert_eq!(proxy.registry().released_by_write(), (0, 0));
+}
+
+#[tokio::test]
+async fn a_pipelined_request_behind_a_release_written_by_the_publisher_is_answered_after_it() {
+    let origin = Origin::start(hold_on_path).await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let mut conn = raw_hold(
+        &proxy,
+        b"GET /hold/c HTTP/1.1\r\nHost: h\r\n\r\nGET /plain HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+
+    publish(&proxy, items(&[item("c", "news")])).await;
+    assert_eq!(within(LIMIT, conn.read_response()).await.text(), "news");
+    assert_eq!(within(LIMIT, conn.read_response()).await.text(), "plain");
+    assert_eq!(proxy.registry().released_by_write(), (1, 0));
+}

@@ -22,7 +22,7 @@ pub(crate) use feed::{Fed, Feed, FeedEnd};
 pub(crate) use release::{shared_response, Release};
 use std::task::Waker;
 pub(crate) use waiter::Direct;
-use waiter::{Told, Waiter};
+use waiter::{Told, Waiter, Wrote};
 
 /// The map's size is checked against its capacity once every this many publishes.
 const CAPACITY_CHECK_EVERY: u64 = 64;
@@ -34,35 +34,44 @@ const SPLIT_RELEASE_AT: usize = 1024;
 /// where the release can do that itself (see [`Waiter::deliver`]), then the clients' tasks are woken to finish.
 /// A release to many clients is split between the runtime's worker threads. Runs with no map guard held. Returns
 /// how many clients the items were handed to (a part handed to another thread counts as handed).
-fn deliver(deliveries: Vec<(Arc<Release>, channel::Waiters)>) -> usize {
+fn deliver(inner: &Arc<Inner>, deliveries: Vec<(Arc<Release>, channel::Waiters)>) -> usize {
     let mut delivered = 0;
     let mut wake = Vec::new();
     for (release, waiters) in deliveries {
         let mut waiters: Vec<Arc<Waiter>> = waiters.into_values().collect();
         for part in split_off_parts(&mut waiters) {
             delivered += part.len();
-            let release = release.clone();
+            let (release, inner) = (release.clone(), inner.clone());
             tokio::spawn(async move {
                 let mut wake = Vec::with_capacity(part.len());
-                hand_out(&release, part, &mut wake);
+                hand_out(&inner, &release, part, &mut wake);
                 wake.into_iter().for_each(Waker::wake);
             });
         }
-        delivered += hand_out(&release, waiters, &mut wake);
+        delivered += hand_out(inner, &release, waiters, &mut wake);
     }
     wake.into_iter().for_each(Waker::wake);
     delivered
 }
 
 /// Hands `release` to each waiter, collecting the tasks to wake. Returns how many took it.
-fn hand_out(release: &Arc<Release>, waiters: Vec<Arc<Waiter>>, wake: &mut Vec<Waker>) -> usize {
-    let mut taken = 0;
+fn hand_out(
+    inner: &Inner,
+    release: &Arc<Release>,
+    waiters: Vec<Arc<Waiter>>,
+    wake: &mut Vec<Waker>,
+) -> usize {
+    let (mut taken, mut all, mut part) = (0, 0, 0);
     for waiter in waiters {
-        if let Told::Yes(waker) = waiter.deliver(Delivery::Item(release.clone())) {
+        if let Told::Yes(waker, wrote) = waiter.deliver(Delivery::Item(release.clone())) {
             taken += 1;
+            all += u64::from(wrote == Wrote::All);
+            part += u64::from(wrote == Wrote::Part);
             wake.extend(waker);
         }
     }
+    inner.written_all.fetch_add(all, Ordering::Relaxed);
+    inner.written_part.fetch_add(part, Ordering::Relaxed);
     taken
 }
 
@@ -91,7 +100,7 @@ fn split_off_parts(waiters: &mut Vec<Arc<Waiter>>) -> Vec<Vec<Arc<Waiter>>> {
 /// Tells one parked client and wakes its task. `false`: another delivery took it first, or it stopped waiting.
 fn tell(waiter: &Waiter, delivery: Delivery) -> bool {
     match waiter.deliver(delivery) {
-        Told::Yes(waker) => {
+        Told::Yes(waker, _) => {
             waker.into_iter().for_each(Waker::wake);
             true
         }
@@ -196,6 +205,10 @@ struct Inner {
     over_capacity: Notify,
     /// Items published, for checking the capacity now and then.
     publishes: AtomicU64,
+    /// Released clients whose whole response the release wrote to their socket itself.
+    written_all: AtomicU64,
+    /// Released clients whose socket took part of the response from the release (their task wrote the rest).
+    written_part: AtomicU64,
 }
 
 impl Registry {
@@ -225,6 +238,8 @@ impl Registry {
                 max_held,
                 over_capacity: Notify::new(),
                 publishes: AtomicU64::new(0),
+                written_all: AtomicU64::new(0),
+                written_part: AtomicU64::new(0),
             }),
         }
     }
@@ -358,7 +373,7 @@ impl Registry {
             self.inner.over_capacity.notify_one();
         }
         self.forget_if_idle(&item.channel);
-        deliver(published.deliveries)
+        deliver(&self.inner, published.deliveries)
     }
 
     /// Sends out the channel's waiting items whose time is up, at `deadline`.
@@ -380,7 +395,7 @@ impl Registry {
                     tracing::debug!(%channel, items = flushed.deliveries.len(), "predecessor never came: sending anyway");
                 }
                 registry.forget_if_idle(&channel);
-                deliver(flushed.deliveries);
+                deliver(&registry.inner, flushed.deliveries);
             }
         });
     }
@@ -432,6 +447,15 @@ impl Registry {
     /// Clients held now: response holds and streams.
     pub fn held(&self) -> usize {
         self.inner.held.load(Ordering::SeqCst)
+    }
+
+    /// Released clients whose response the release wrote to their socket itself: wholly, and in part (their task
+    /// wrote the rest). The others' tasks wrote their whole response.
+    pub fn released_by_write(&self) -> (u64, u64) {
+        (
+            self.inner.written_all.load(Ordering::Relaxed),
+            self.inner.written_part.load(Ordering::Relaxed),
+        )
     }
 
     /// Streams open now (they are also counted in [`Registry::held`]).

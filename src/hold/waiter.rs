@@ -56,7 +56,18 @@ pub(crate) enum Told {
     /// Another delivery took the waiter first, or its task stopped waiting.
     No,
     /// Delivered; wake this task (`None`: it was not waiting yet and will see the delivery when it polls).
-    Yes(Option<Waker>),
+    Yes(Option<Waker>, Wrote),
+}
+
+/// How much of its response a release wrote to a client's socket itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrote {
+    /// Nothing: the client's task writes its answer (no socket lent, another answer, or the socket was full).
+    Nothing,
+    /// Part: the socket took some; the task writes the rest.
+    Part,
+    /// All of it.
+    All,
 }
 
 impl Waiter {
@@ -91,19 +102,27 @@ impl Waiter {
         if !matches!(state.stage, Stage::Waiting) {
             return Told::No;
         }
+        let mut wrote = Wrote::Nothing;
         let delivery = match (delivery, state.direct.take()) {
             (Delivery::Item(release), Some(direct)) => match self.write(&release, &direct) {
-                Some((encoded, written)) => Delivery::Written {
-                    release,
-                    encoded,
-                    written,
-                },
+                Some((encoded, written)) => {
+                    wrote = if written == encoded.wire().len() {
+                        Wrote::All
+                    } else {
+                        Wrote::Part
+                    };
+                    Delivery::Written {
+                        release,
+                        encoded,
+                        written,
+                    }
+                }
                 None => Delivery::Item(release),
             },
             (delivery, _) => delivery,
         };
         state.stage = Stage::Delivered(delivery);
-        Told::Yes(state.waker.take())
+        Told::Yes(state.waker.take(), wrote)
     }
 
     /// Writes the release's response to the client's socket when it is the one the client gets, as
@@ -168,5 +187,68 @@ impl Waiter {
         let mut state = self.state.lock();
         state.direct = None;
         matches!(state.stage, Stage::Delivered(_) | Stage::Received)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::Item;
+
+    fn release() -> Arc<Release> {
+        Arc::new(Release::new(Arc::new(Item::test_response(
+            "c", None, None, "x",
+        ))))
+    }
+
+    #[test]
+    fn a_timed_out_waiter_takes_no_delivery_and_a_delivered_one_keeps_its_delivery() {
+        let timed_out = Waiter::new(&[], None);
+        assert!(timed_out.abandon().is_none());
+        assert!(matches!(
+            timed_out.deliver(Delivery::Item(release())),
+            Told::No
+        ));
+        assert!(!timed_out.was_delivered());
+
+        let delivered = Waiter::new(&[], None);
+        assert!(matches!(
+            delivered.deliver(Delivery::Item(release())),
+            Told::Yes(None, Wrote::Nothing)
+        ));
+        assert!(
+            matches!(delivered.abandon(), Some(Delivery::Item(_))),
+            "the timeout after a delivery answers with the delivery"
+        );
+        assert!(delivered.was_delivered());
+        assert!(matches!(delivered.deliver(Delivery::Shutdown), Told::No));
+    }
+
+    #[test]
+    fn the_task_is_woken_once_the_delivery_is_there() {
+        let waiter = Waiter::new(&[], None);
+        let (waker, woken) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(waiter.poll_recv(&mut cx).is_pending());
+        let Told::Yes(Some(to_wake), _) = waiter.deliver(Delivery::Refetch) else {
+            panic!("delivered, with the task to wake");
+        };
+        to_wake.wake();
+        assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(matches!(
+            waiter.poll_recv(&mut cx),
+            Poll::Ready(Delivery::Refetch)
+        ));
+    }
+
+    fn counting_waker() -> (Waker, Arc<std::sync::atomic::AtomicUsize>) {
+        struct Count(Arc<std::sync::atomic::AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (Waker::from(Arc::new(Count(count.clone()))), count)
     }
 }
