@@ -256,6 +256,11 @@ impl Metrics {
         self.stream_items.inc();
     }
 
+    /// `n` items' content was appended to a stream by their publishes (counted when its connection learns of it).
+    pub(crate) fn stream_items(&self, n: u64) {
+        self.stream_items.inc_by(n);
+    }
+
     /// Keep-alive data was written to an idle stream.
     pub(crate) fn keep_alive_sent(&self) {
         self.keep_alives.inc();
@@ -357,6 +362,12 @@ impl Metrics {
             "released_written",
             "Released clients whose whole response the publishing thread wrote to their socket (no task wake-up first)",
             Scraped::counter(move || written.released_by_write().0),
+        );
+        let streamed = holds.clone();
+        r.register(
+            "stream_items_written",
+            "Stream items the publishing thread wrote whole to an idle stream's socket, with no wake-up of its connection (also in stream_items)",
+            Scraped::counter(move || streamed.stream_items_written()),
         );
         let partly = holds.clone();
         r.register(
@@ -740,6 +751,7 @@ mod tests {
             "grip_proxy_held_clients 0",
             "grip_proxy_released_written_total 0",
             "grip_proxy_released_partly_written_total 0",
+            "grip_proxy_stream_items_written_total 0",
             "grip_proxy_published_items_total 2",
             r#"grip_proxy_publish_requests_total{status="2xx"} 1"#,
             r#"grip_proxy_origin_response_seconds_bucket{le="0.0025"} 0"#,

@@ -589,3 +589,46 @@ async fn links_that_never_hold_again_are_followed_a_bounded_number_of_times() {
     assert_eq!(pages, "p\n".repeat(101));
     assert_eq!(origin.count(), 1 + 101);
 }
+
+#[tokio::test]
+async fn an_idle_stream_is_written_by_the_publishing_thread_and_what_its_socket_does_not_take_follows_in_order(
+) {
+    let origin = Origin::start(stream_on_path).await;
+    let proxy = Proxy::to(origin.addr())
+        .toml("[control]\nmax_body = 40000000\n[hold]\nmax_stream_queue = 40000000")
+        .start()
+        .await;
+    let (mut conn, _) = open(&proxy, "/stream/c", 1).await;
+    assert_eq!(next(&mut conn).await.as_deref(), Some("first\n"));
+    // Once the stream's connection has nothing left to write, a publish writes the next item itself. Items are
+    // published one at a time until one was (the first almost always is), each read in order.
+    let mut sent = 0;
+    while proxy.registry().stream_items_written() == 0 {
+        assert!(sent < 20, "no item was written by its publish");
+        sent += 1;
+        publish(&proxy, items(&[chunk("c", &format!("item {sent}"))])).await;
+        assert_eq!(next(&mut conn).await, Some(format!("item {sent}")));
+    }
+
+    // The client reads nothing while a 16 MB item and three small ones are published: the socket takes part of the
+    // big one from its publish, the connection writes the rest, then the others, in order.
+    let big: String = (0..16 * 1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let whole = proxy.registry().stream_items_written();
+    publish(&proxy, items(&[chunk("c", &big)])).await;
+    publish(&proxy, items(&[chunk("c", "x"), chunk("c", "y")])).await;
+    publish(&proxy, items(&[chunk("c", "z")])).await;
+    assert_eq!(
+        proxy.registry().stream_items_written(),
+        whole,
+        "the big item went out in part, the others queued behind it"
+    );
+    let read = within(LIMIT, conn.next_chunk()).await.unwrap();
+    assert!(read == big.as_bytes(), "the big item arrives whole");
+    for want in ["x", "y", "z"] {
+        assert_eq!(next(&mut conn).await.as_deref(), Some(want));
+    }
+    publish(&proxy, items(&[close("c")])).await;
+    assert_eq!(next(&mut conn).await, None, "then the end");
+}

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub(crate) struct Streaming {
     pub max_queued: usize,
     /// Called when the client is disconnected for falling behind.
     pub slow: Arc<dyn Fn() + Send + Sync>,
+    /// Set by the writer while it has nothing unwritten (read by the body, polled in the same task, before it lets
+    /// publishes write to the socket themselves).
+    pub caught_up: Arc<AtomicBool>,
 }
 
 /// Why a stream's body gave up: the error its body yields. The response is cut off (no last chunk), so that the
@@ -111,6 +115,9 @@ pub(crate) async fn write(
         if pending.is_empty() && pending.capacity() > 0 {
             pending = BytesMut::new(); // caught up: an idle stream keeps no buffer
         }
+        marker
+            .caught_up
+            .store(pending.is_empty(), Ordering::Relaxed);
         if pending.len() > marker.max_queued {
             (marker.slow)();
             tracing::info!(client.addr = %peer, queued = pending.len(), limit = marker.max_queued, "stream client dropped: too far behind");
@@ -130,6 +137,9 @@ pub(crate) async fn write(
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
                     if pending.is_empty() {
+                        // The client's time to take this starts now: it may have been idle for longer than the
+                        // write timeout (publishes may have written to its socket meanwhile).
+                        deadline = tokio::time::Instant::now() + write_timeout;
                         // The common case: written straight from the shared bytes, copied only if the socket
                         // takes part of them.
                         match stream.try_write(&data) {

@@ -70,6 +70,8 @@ pub(crate) enum ParkOutcome {
 #[derive(Default)]
 pub(crate) struct Published {
     pub(crate) deliveries: Vec<(Arc<Release>, Waiters)>,
+    /// Items to write to idle streams whose socket their push claimed, in order, each with those streams.
+    pub(crate) writes: Vec<(Arc<Release>, Vec<Arc<Feed>>)>,
     /// The item was queued to wait for its predecessor until this instant.
     pub(crate) queued_until: Option<Instant>,
     /// The item was a duplicate and dropped.
@@ -279,8 +281,13 @@ impl Channel {
             // order they were applied (a push never waits: a feed past its bound ends instead).
             if release.item.http_stream.is_some() {
                 let len = release.stream_len();
-                for feed in self.streams() {
-                    feed.push(&release, len);
+                let claimed: Vec<Arc<Feed>> = self
+                    .streams()
+                    .filter(|feed| feed.push(&release, len))
+                    .cloned()
+                    .collect();
+                if !claimed.is_empty() {
+                    out.writes.push((release.clone(), claimed));
                 }
             }
             out.deliveries.push((release, waiters));

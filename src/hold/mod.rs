@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
-use crate::h1::PreEncoded;
+use crate::h1::{DirectWrite, PreEncoded};
 use crate::item::Item;
 use channel::{Channel, Kind, Member, ParkOutcome};
 pub(crate) use feed::{Fed, Feed, FeedEnd};
@@ -30,12 +30,26 @@ const CAPACITY_CHECK_EVERY: u64 = 64;
 /// A release to more parked clients than this is split between the runtime's worker threads.
 const SPLIT_RELEASE_AT: usize = 1024;
 
-/// Hands each item to the waiters it took, in order: first every client's response is written to its socket
-/// where the release can do that itself (see [`Waiter::deliver`]), then the clients' tasks are woken to finish.
-/// A release to many clients is split between the runtime's worker threads. Runs with no map guard held. Returns
-/// how many clients the items were handed to (a part handed to another thread counts as handed).
-fn deliver(inner: &Arc<Inner>, deliveries: Vec<(Arc<Release>, channel::Waiters)>) -> usize {
+/// Hands each item to the waiters it took, in order, and writes each item to the idle streams whose socket it
+/// claimed: first every client's response is written to its socket where the release can do that itself (see
+/// [`Waiter::deliver`]), then the clients' tasks are woken to finish. A release to many clients is split between
+/// the runtime's worker threads. Runs with no map guard held. Returns how many clients the items were handed to
+/// (a part handed to another thread counts as handed).
+fn deliver(
+    inner: &Arc<Inner>,
+    deliveries: Vec<(Arc<Release>, channel::Waiters)>,
+    writes: Vec<(Arc<Release>, Vec<Arc<Feed>>)>,
+) -> usize {
     let mut delivered = 0;
+    for (release, mut feeds) in writes {
+        for part in split_off_parts(&mut feeds) {
+            delivered += part.len();
+            let (release, inner) = (release.clone(), inner.clone());
+            tokio::spawn(async move { write_out(&inner, &release, part) });
+        }
+        delivered += feeds.len();
+        write_out(inner, &release, feeds);
+    }
     let mut wake = Vec::new();
     for (release, waiters) in deliveries {
         let mut waiters: Vec<Arc<Waiter>> = waiters.into_values().collect();
@@ -52,6 +66,15 @@ fn deliver(inner: &Arc<Inner>, deliveries: Vec<(Arc<Release>, channel::Waiters)>
     }
     wake.into_iter().for_each(Waker::wake);
     delivered
+}
+
+/// Writes `release` to each stream whose socket its push claimed.
+fn write_out(inner: &Inner, release: &Release, feeds: Vec<Arc<Feed>>) {
+    let mut whole = 0;
+    for feed in feeds {
+        whole += u64::from(feed.write_claimed(release));
+    }
+    inner.stream_written.fetch_add(whole, Ordering::Relaxed);
 }
 
 /// Hands `release` to each waiter, collecting the tasks to wake. Returns how many took it.
@@ -75,9 +98,9 @@ fn hand_out(
     taken
 }
 
-/// Splits a large release's waiters into one part per other worker thread of the runtime (`waiters` keeps the
+/// Splits a large release's clients into one part per other worker thread of the runtime (`waiters` keeps the
 /// part this thread hands out); nothing for a small release, outside a multi-thread runtime, or with one worker.
-fn split_off_parts(waiters: &mut Vec<Arc<Waiter>>) -> Vec<Vec<Arc<Waiter>>> {
+fn split_off_parts<T>(waiters: &mut Vec<T>) -> Vec<Vec<T>> {
     if waiters.len() < SPLIT_RELEASE_AT {
         return Vec::new();
     }
@@ -209,6 +232,8 @@ struct Inner {
     written_all: AtomicU64,
     /// Released clients whose socket took part of the response from the release (their task wrote the rest).
     written_part: AtomicU64,
+    /// Stream items a publish wrote whole to an idle stream's socket (no wake-up of its connection).
+    stream_written: AtomicU64,
 }
 
 impl Registry {
@@ -240,6 +265,7 @@ impl Registry {
                 publishes: AtomicU64::new(0),
                 written_all: AtomicU64::new(0),
                 written_part: AtomicU64::new(0),
+                stream_written: AtomicU64::new(0),
             }),
         }
     }
@@ -269,13 +295,17 @@ impl Registry {
 
     /// Subscribes a stream to `subs`, with a feed holding at most `queue_limit` bytes. The prev-ids are checked as
     /// [`Registry::park`] checks them (unless `check_prev_id` is false). Streams count toward `max_held`.
+    ///
+    /// `direct`: the client's socket, for a chunked stream, when publishes may write content to it while the stream
+    /// is idle.
     pub(crate) fn subscribe(
         &self,
         subs: &[ChannelSub],
         check_prev_id: bool,
         queue_limit: usize,
+        direct: Option<DirectWrite>,
     ) -> Result<Subscription, ParkError> {
-        let feed = Arc::new(Feed::new(queue_limit));
+        let feed = Arc::new(Feed::new(queue_limit, direct));
         let id = self.join(subs, check_prev_id, Member::Stream(&feed))?;
         Ok(Subscription {
             registry: self.clone(),
@@ -373,7 +403,7 @@ impl Registry {
             self.inner.over_capacity.notify_one();
         }
         self.forget_if_idle(&item.channel);
-        deliver(&self.inner, published.deliveries)
+        deliver(&self.inner, published.deliveries, published.writes)
     }
 
     /// Sends out the channel's waiting items whose time is up, at `deadline`.
@@ -395,7 +425,7 @@ impl Registry {
                     tracing::debug!(%channel, items = flushed.deliveries.len(), "predecessor never came: sending anyway");
                 }
                 registry.forget_if_idle(&channel);
-                deliver(&registry.inner, flushed.deliveries);
+                deliver(&registry.inner, flushed.deliveries, flushed.writes);
             }
         });
     }
@@ -456,6 +486,11 @@ impl Registry {
             self.inner.written_all.load(Ordering::Relaxed),
             self.inner.written_part.load(Ordering::Relaxed),
         )
+    }
+
+    /// Stream items a publish wrote whole to an idle stream's socket, with no wake-up of its connection.
+    pub fn stream_items_written(&self) -> u64 {
+        self.inner.stream_written.load(Ordering::Relaxed)
     }
 
     /// Streams open now (they are also counted in [`Registry::held`]).
@@ -792,7 +827,7 @@ mod tests {
     async fn streams_subscribe_stay_through_publishes_and_leave_on_drop() {
         let r = registry(10);
         let mut s = r
-            .subscribe(&[sub("a", None), sub("b", None)], true, 1024)
+            .subscribe(&[sub("a", None), sub("b", None)], true, 1024, None)
             .unwrap();
         assert_eq!((r.held(), r.streams(), r.streams_on("a")), (1, 1, 1));
         let mut stream_item = Item::test_response("a", Some("1"), None, "");
@@ -816,7 +851,7 @@ mod tests {
             (0, 1, 1)
         );
         assert_eq!(
-            r.subscribe(&[sub("a", Some("0"))], true, 1024).err(),
+            r.subscribe(&[sub("a", Some("0"))], true, 1024, None).err(),
             Some(ParkError::Stale {
                 channel: "a".into(),
                 prev_id: "0".into()
@@ -824,13 +859,15 @@ mod tests {
             "the same prev-id rule as a response hold"
         );
         assert_eq!(
-            r.subscribe(&[sub("d", None)], true, 1024).map(|_| ()).err(),
+            r.subscribe(&[sub("d", None)], true, 1024, None)
+                .map(|_| ())
+                .err(),
             None,
             "a second held client fits max_held = 2"
         );
         let _second = r.park(&[sub("e", None)], true, None).unwrap();
         assert_eq!(
-            r.subscribe(&[sub("d", None)], true, 1024).err(),
+            r.subscribe(&[sub("d", None)], true, 1024, None).err(),
             Some(ParkError::Full),
             "streams count toward max_held"
         );

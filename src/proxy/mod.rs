@@ -230,7 +230,16 @@ async fn proxy(
             Inspected::Hold(hold, held) => (hold, held),
         };
         let waited = if hold.mode == HoldMode::Stream {
-            open_stream(state, &hold, &held, attempt > 0, route_index, chunked)
+            // Only a chunked (HTTP/1.1) stream is lent its socket.
+            let direct = direct.as_ref().filter(|_| chunked).cloned();
+            open_stream(
+                state,
+                &hold,
+                &held,
+                attempt > 0,
+                (route_index, chunked),
+                direct,
+            )
         } else {
             wait(state, &hold, &held, attempt > 0, direct.as_ref()).await
         };
@@ -464,16 +473,18 @@ fn open_stream(
     hold: &grip::Hold,
     held: &Arc<ResponseParts>,
     retry: bool,
-    route_index: Option<u32>,
-    chunked: bool,
+    (route_index, chunked): (Option<u32>, bool),
+    direct: Option<DirectWrite>,
 ) -> Waited {
     let Some(route) = route_index.and_then(|i| state.routes.by_index(i as usize)) else {
         return Waited::Fail(ProxyError::NoRoute);
     };
-    let sub = match state
-        .registry
-        .subscribe(&hold.channels, !retry, state.hold.max_stream_queue)
-    {
+    let sub = match state.registry.subscribe(
+        &hold.channels,
+        !retry,
+        state.hold.max_stream_queue,
+        direct,
+    ) {
         Ok(sub) => sub,
         Err(ParkError::Stale { channel, prev_id }) => {
             tracing::debug!(%channel, %prev_id, "stream hold is behind the channel's last id: re-fetching");

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -85,6 +86,7 @@ pub(crate) fn response(
     base: LinkBase,
     chunked: bool,
 ) -> Response<Body> {
+    let caught_up = Arc::new(AtomicBool::new(false));
     let mut headers = held.headers.clone();
     headers.remove(header::CONTENT_LENGTH);
     let framing = if chunked {
@@ -110,6 +112,7 @@ pub(crate) fn response(
         pages: 0,
         done: false,
         rng: seed,
+        caught_up: caught_up.clone(),
     };
     body.push_piece(&held.body);
     body.apply_instruction(hold.stream.as_deref());
@@ -127,6 +130,7 @@ pub(crate) fn response(
         framing,
         max_queued,
         slow: Arc::new(move || metrics.slow_stream_dropped()),
+        caught_up,
     });
     resp
 }
@@ -212,6 +216,8 @@ pub(crate) struct StreamBody {
     /// Ended: the last piece is out (close item, link answer without a hold, shutdown).
     done: bool,
     rng: u64,
+    /// The connection's writer has nothing unwritten (see [`StreamBody::idle`]).
+    caught_up: Arc<AtomicBool>,
 }
 
 impl StreamBody {
@@ -277,6 +283,19 @@ impl StreamBody {
         if let (Some(next), Some(at)) = (&self.extra.next, &mut self.extra.next_at) {
             at.as_mut().reset(now + next.timeout);
         }
+    }
+
+    /// Whether publishes may write content straight to the socket now: nothing here or in the writer is waiting
+    /// to go out, no link fetch is under way (items wait for its answer), and no channel's prev-id is checked
+    /// (each item would need checking against it). Writing is then just appending, in publish order.
+    fn idle(&self) -> bool {
+        self.ready.is_nothing()
+            && self.extra.queued.is_empty()
+            && self.fetch.is_none()
+            && !self.done
+            && self.chunked
+            && self.prev_ids.iter().all(|(_, p)| p.is_none())
+            && self.caught_up.load(Ordering::Relaxed)
     }
 
     /// Applies items in order until one needs the origin (a gap, a hint): the rest wait in `queued`.
@@ -445,6 +464,16 @@ impl http_body::Body for StreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        // The socket is the connection's again before it hands anything out; what publishes wrote to it while the
+        // stream was idle counts as written (its timers start over), and what the socket did not take goes first.
+        let claimed = std::task::ready!(this.sub.feed().poll_claim(cx));
+        if claimed.written > 0 {
+            this.wrote();
+            this.state.metrics.stream_items(claimed.written);
+        }
+        if let Some(rest) = claimed.rest {
+            this.ready.push(rest);
+        }
         loop {
             if !this.ready.is_nothing() {
                 this.wrote();
@@ -532,6 +561,9 @@ impl http_body::Body for StreamBody {
                     continue;
                 }
             }
+            if this.idle() {
+                this.sub.feed().open();
+            }
             return Poll::Pending;
         }
     }
@@ -547,6 +579,10 @@ impl http_body::Body for StreamBody {
 
 impl Drop for StreamBody {
     fn drop(&mut self) {
+        let written = self.sub.feed().take_written();
+        if written > 0 {
+            self.state.metrics.stream_items(written);
+        }
         // Told only when the client went away (or was dropped as too slow), not when the stream ended itself.
         let Some(gone) = self.extra.gone.take().filter(|_| !self.done) else {
             return;
