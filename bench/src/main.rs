@@ -41,7 +41,7 @@ struct Cli {
     /// (memory per held client, fan-out, sustained, publish 1 item/request) and Pushpin (throttle
     /// lifted); print the comparison table and write it to report.md, every number to
     /// results.json. A peer not installed is reported as such. --proxy-bin is grip-proxy's
-    /// binary; with --short, the short mode's sizes. About 6-8 minutes.
+    /// binary; with --short, the short mode's sizes. About 5 minutes.
     #[arg(long, conflicts_with_all = ["target", "only"])]
     compare: bool,
     /// Proxy binary (default: release/grip-proxy under $CARGO_TARGET_DIR or the workspace's
