@@ -1,8 +1,10 @@
-//! grip-bench: benchmark of grip-proxy (or Pushpin) for held-client memory, fan-out latency,
-//! sustained re-poll deliveries, pass-through overhead and publish API throughput.
+//! grip-bench: benchmark of grip-proxy (or Pushpin, nginx, Nchan) for held-client memory, fan-out
+//! latency, sustained re-poll deliveries, pass-through overhead and publish API throughput; with
+//! `--compare`, grip-proxy and every installed peer in one run, side by side.
 
 mod bus;
 mod children;
+mod compare;
 mod http;
 mod origin;
 mod plan;
@@ -23,7 +25,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "grip-bench",
-    about = "Benchmark a GRIP long-poll proxy (grip-proxy or Pushpin; nginx and Nchan to compare)"
+    about = "Benchmark a GRIP long-poll proxy (grip-proxy or Pushpin; nginx and Nchan to compare; --compare: all of them in one run)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,8 +36,17 @@ struct Cli {
     /// Proxy to measure.
     #[arg(long, value_enum, default_value = "grip-proxy")]
     target: target::Kind,
-    /// Proxy binary (default: target/release/grip-proxy, /usr/bin/pushpin for --target pushpin,
-    /// /usr/sbin/nginx for --target nginx and nchan).
+    /// Measure grip-proxy, then the same figures against each installed peer, one after the other
+    /// in this run: nginx (pass-through, its windows alternating with grip-proxy's), Nchan
+    /// (memory per held client, fan-out, sustained, publish 1 item/request) and Pushpin (throttle
+    /// lifted); print the comparison table and write it to report.md, every number to
+    /// results.json. A peer not installed is reported as such. --proxy-bin is grip-proxy's
+    /// binary; with --short, the short mode's sizes. About 5 minutes.
+    #[arg(long, conflicts_with_all = ["target", "only"])]
+    compare: bool,
+    /// Proxy binary (default: release/grip-proxy under $CARGO_TARGET_DIR or the workspace's
+    /// target dir, /usr/bin/pushpin for --target pushpin, /usr/sbin/nginx for --target nginx and
+    /// nchan).
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
     /// Output directory for results.json, report.md, plot.svg and logs (default: target/bench).
@@ -78,6 +89,7 @@ fn main() -> ExitCode {
                 proxy_bin,
                 out: cli.out.unwrap_or_else(|| root.join("target/bench")),
                 only: cli.only,
+                compare: cli.compare,
             })
         }
     };

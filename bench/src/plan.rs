@@ -24,6 +24,9 @@ pub(crate) struct Plan {
     pub warmup_window_ms: u64,
     pub window_ms: u64,
     pub passthrough_conns: usize,
+    /// Pass-through runs of `--compare`: each a window straight to the origin, then one through
+    /// each forwarding proxy, in an order rotated from run to run (1 in a single-target run).
+    pub passthrough_runs: usize,
     pub publish_conns: usize,
     pub workers: usize,
     /// Clients held on instance A in the cross-instance (Redis bus) fan-out round.
@@ -61,6 +64,7 @@ impl Plan {
                 warmup_window_ms: 300,
                 window_ms: 1_500,
                 passthrough_conns: 50,
+                passthrough_runs: 1,
                 publish_conns: 8,
                 workers: 2,
                 bus_fanout_n: 200,
@@ -86,6 +90,7 @@ impl Plan {
                 warmup_window_ms: 1_000,
                 window_ms: 5_000,
                 passthrough_conns: 50,
+                passthrough_runs: 1,
                 publish_conns: 8,
                 workers: 3,
                 bus_fanout_n: 1_000,
@@ -98,6 +103,19 @@ impl Plan {
                 max_run: Duration::from_secs(900),
             }
         }
+    }
+
+    /// The plan of `--compare`: the same sizes and windows, held rounds only at the N of the
+    /// comparison table (1,000 and 10,000; `--short`: 500 and 1,000), pass-through in 4
+    /// alternating runs (`--short`: 2), and a bound that covers every target in turn.
+    pub(crate) fn compare(short: bool) -> Self {
+        let mut p = Self::new(short);
+        if !short {
+            p.fanout_n = vec![1_000, 10_000];
+        }
+        p.passthrough_runs = if short { 2 } else { 4 };
+        p.max_run = Duration::from_secs(if short { 600 } else { 1_800 });
+        p
     }
 }
 
@@ -155,6 +173,16 @@ pub(crate) struct Passthrough {
     pub proxied_errors: u64,
     pub proxied_non200: u64,
     pub proxied_reconnects: u64,
+    /// CPU time of the proxy's processes (every thread of its process tree) over the proxied
+    /// window.
+    pub proxy_cpu_ms: f64,
+    /// That CPU time divided by the requests the proxy forwarded in the window (answered 200 or
+    /// not).
+    pub cpu_us_per_request: f64,
+    /// Run (0-based) of `--compare`'s alternating pass-through, and place of this proxy's window
+    /// after the run's direct window (1: right after it).
+    pub run: usize,
+    pub order: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -338,6 +366,68 @@ pub(crate) struct Results {
     pub foreign_cpu_percent: f64,
     pub notes: Vec<String>,
     pub run_seconds: f64,
+}
+
+/// What `--compare` measured: the same figures against grip-proxy and each peer, one after the
+/// other, in one run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Comparison {
+    pub plan: Plan,
+    /// In the order measured: grip-proxy, nginx (its pass-through windows alternate with
+    /// grip-proxy's), Nchan, Pushpin.
+    pub targets: Vec<TargetRun>,
+    /// Share of the machine's CPU used by processes other than this benchmark's while it
+    /// measured, in percent.
+    pub foreign_cpu_percent: f64,
+    pub notes: Vec<String>,
+    pub run_seconds: f64,
+}
+
+/// The figures of one target in a `--compare` run (a figure that does not apply is None/empty).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TargetRun {
+    pub target: Kind,
+    pub proxy_bin: String,
+    /// The Debian package's version (peers only), from dpkg.
+    pub version: Option<String>,
+    /// Why it was not measured because it is not installed.
+    pub not_installed: Option<String>,
+    /// Why it could not be measured once started (the figures measured before are kept).
+    pub error: Option<String>,
+    pub proxy_processes: Vec<String>,
+    pub idle_rss_kib: u64,
+    pub fanout: Vec<FanoutRound>,
+    pub sustained: Option<Sustained>,
+    /// One per pass-through run.
+    pub passthrough: Vec<Passthrough>,
+    pub publish_single: Option<PublishRun>,
+    pub publish_batched: Option<PublishRun>,
+    pub notes: Vec<String>,
+}
+
+impl TargetRun {
+    pub(crate) fn new(target: Kind, proxy_bin: &std::path::Path) -> Self {
+        Self {
+            target,
+            proxy_bin: proxy_bin.display().to_string(),
+            version: None,
+            not_installed: None,
+            error: None,
+            proxy_processes: Vec::new(),
+            idle_rss_kib: 0,
+            fanout: Vec::new(),
+            sustained: None,
+            passthrough: Vec::new(),
+            publish_single: None,
+            publish_batched: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Whether its figures were measured (installed, started; an error may have ended them).
+    pub(crate) fn measured(&self) -> bool {
+        self.not_installed.is_none()
+    }
 }
 
 #[cfg(test)]

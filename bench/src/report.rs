@@ -1,9 +1,11 @@
 //! Output: the Markdown tables, results.json and a hand-written SVG plot (the stream rows are in
 //! `streams`, memory per remembered channel in `remembered`).
 
+mod compare;
 mod remembered;
 mod streams;
 
+pub(crate) use compare::markdown as compare_markdown;
 pub(crate) use remembered::remembered_lines;
 pub(crate) use streams::stream_comparison;
 
@@ -185,8 +187,13 @@ pub(crate) fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "Pass-through: {} errors direct, {} errors / {} non-200 / {} reconnects proxied.",
-        p.direct_errors, p.proxied_errors, p.proxied_non200, p.proxied_reconnects
+        "Pass-through: {} errors direct, {} errors / {} non-200 / {} reconnects proxied; proxy CPU {:.1} µs per forwarded request ({:.0} ms over the window).",
+        p.direct_errors,
+        p.proxied_errors,
+        p.proxied_non200,
+        p.proxied_reconnects,
+        p.cpu_us_per_request,
+        p.proxy_cpu_ms
     );
     for pr in [&r.publish_single, &r.publish_batched] {
         let _ = writeln!(
@@ -562,6 +569,20 @@ pub(crate) fn svg(r: &Results) -> String {
     );
     let _ = writeln!(s, "</svg>");
     s
+}
+
+/// Write a `--compare` run's results.json and report.md (its table) into `dir`.
+pub(crate) fn write_comparison(
+    dir: &Path,
+    c: &crate::plan::Comparison,
+    md: &str,
+) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(c).map_err(|e| e.to_string())?;
+    for (name, body) in [("results.json", json.as_str()), ("report.md", md)] {
+        std::fs::write(dir.join(name), body)
+            .map_err(|e| format!("write {}: {e}", dir.join(name).display()))?;
+    }
+    Ok(())
 }
 
 /// Write results.json, report.md and plot.svg into `dir`.

@@ -19,6 +19,9 @@ pub(crate) struct Options {
     pub out: PathBuf,
     /// Figures to measure alone (empty: the whole run, with its report).
     pub only: Vec<Figure>,
+    /// Measure grip-proxy, then every installed peer, and report them side by side
+    /// (`target` is then grip-proxy, `proxy_bin` its binary).
+    pub compare: bool,
 }
 
 /// A figure that `--only` can select.
@@ -44,10 +47,10 @@ impl Figure {
         match (kind, self) {
             (Kind::GripProxy | Kind::Pushpin, _) => None,
             (_, Figure::Passthrough) => None,
-            (Kind::Nchan, Figure::Fanout | Figure::Sustained) => None,
+            (Kind::Nchan, Figure::Fanout | Figure::Sustained | Figure::Publish) => None,
             (Kind::Nginx, _) => Some("plain nginx has no GRIP holds or publishes"),
             (Kind::Nchan, _) => {
-                Some("not measured against Nchan (only memory per held client, fan-out, sustained and pass-through are)")
+                Some("not measured against Nchan (only memory per held client, fan-out, sustained, pass-through and publish are)")
             }
         }
     }
@@ -89,11 +92,22 @@ pub(crate) fn run(opts: Options) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let plan = Plan::new(opts.short);
+    let plan = if opts.compare {
+        Plan::compare(opts.short)
+    } else {
+        Plan::new(opts.short)
+    };
     let limit = plan.max_run;
     rt.block_on(async move {
+        let run = async {
+            if opts.compare {
+                crate::compare::run(&opts, plan).await
+            } else {
+                run_async(&opts, plan).await
+            }
+        };
         tokio::select! {
-            r = tokio::time::timeout(limit, run_async(&opts, plan)) => match r {
+            r = tokio::time::timeout(limit, run) => match r {
                 Ok(r) => r,
                 Err(_) => Err(format!("benchmark did not finish within {limit:?}; aborted")),
             },
@@ -233,7 +247,11 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options, only: &[Figure]) -> Result<
     }
     if only.contains(&Figure::Publish) {
         ctx.publish_api(1).await?;
-        ctx.publish_api(100).await?;
+        if opts.target == Kind::Nchan {
+            eprintln!("publish (100 items/request): skipped (Nchan's publisher has no batches)");
+        } else {
+            ctx.publish_api(100).await?;
+        }
     }
     if only.contains(&Figure::Remembered) {
         let f = ctx.remembered_figures(opts).await?;
@@ -314,7 +332,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     })
 }
 
-fn process_names(pids: &[u32]) -> Vec<String> {
+pub(crate) fn process_names(pids: &[u32]) -> Vec<String> {
     pids.iter()
         .map(|p| {
             let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();

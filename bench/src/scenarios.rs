@@ -11,10 +11,11 @@ use crate::http::{
     get_request, post_request, publish_body, read_full_text, simple_request, RespReader,
 };
 use crate::plan::{FanoutRound, Passthrough, Plan, PublishRun, Sustained};
-use crate::procfs::{tree_rss_kib, wait_cpu_idle};
+use crate::procfs::{tree_cpu_ns, tree_rss_kib, wait_cpu_idle};
 use crate::stats::Percentiles;
 use crate::sys::now_ns;
-use crate::target::Target;
+use crate::target::{Kind, Target};
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -30,6 +31,25 @@ pub(crate) struct Ctx {
     pub notes: Vec<String>,
     /// Whether the proxy answers `GET /channels/<name>` on its control port (None: unknown).
     channels_endpoint: Option<bool>,
+}
+
+/// A proxy that pass-through windows go through: its listener, and the root of its process tree
+/// (whose CPU time is read around each window).
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarder {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub pid: u32,
+}
+
+impl Forwarder {
+    pub(crate) fn of(t: &Target) -> Self {
+        Self {
+            name: t.kind.name().to_string(),
+            listen: t.listen,
+            pid: t.pid(),
+        }
+    }
 }
 
 /// A round's clients, held and measured, before the publish.
@@ -342,11 +362,17 @@ impl Ctx {
         Ok(())
     }
 
+    /// 0.5 s of `GET /plain` on 10 connections to `addr` (a proxy's warm-up of its forwarding).
+    pub(crate) async fn warm_up_plain(&mut self, addr: SocketAddr) -> Result<()> {
+        let cmd = format!("load {addr} 10 500 /plain");
+        broadcast(&mut self.workers[..1], &[cmd], Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
     /// Warm the proxy up (pass-through requests and one small held round).
     pub(crate) async fn warm_up(&mut self) -> Result<()> {
-        let cmd = format!("load {} 10 500 /plain", self.target.listen);
-        broadcast(&mut self.workers[..1], &[cmd], Duration::from_secs(30)).await?;
-        if self.target.kind != crate::target::Kind::Nginx {
+        self.warm_up_plain(self.target.listen).await?;
+        if self.target.kind != Kind::Nginx {
             self.fanout_round(200, "warm", 0).await?;
         }
         Ok(())
@@ -618,32 +644,84 @@ impl Ctx {
         Ok(s)
     }
 
-    /// Figure 4: requests/s through the proxy ÷ requests/s straight to the origin.
+    /// Figure 4: requests/s through the proxy ÷ requests/s straight to the origin, and the
+    /// proxy's CPU time per forwarded request.
     pub(crate) async fn passthrough(&mut self) -> Result<Passthrough> {
+        let me = Forwarder::of(&self.target);
+        let mut runs = self.passthrough_runs(&[me], 1).await?;
+        runs.pop()
+            .and_then(|mut r| r.pop())
+            .ok_or_else(|| "no pass-through window was measured".to_string())
+    }
+
+    /// Pass-through in `runs` runs: each a window straight to the origin, then one window through
+    /// each of `proxies`, whose order is rotated by one from run to run (so that on a noisy
+    /// machine no proxy always comes right after the direct window). Returns, per proxy, one
+    /// [`Passthrough`] per run, its ratio taken against that run's direct window, with the CPU
+    /// time its process tree used over its window per request forwarded.
+    pub(crate) async fn passthrough_runs(
+        &mut self,
+        proxies: &[Forwarder],
+        runs: usize,
+    ) -> Result<Vec<Vec<Passthrough>>> {
         let conns = self.plan.passthrough_conns;
         let window_s = self.plan.window_ms as f64 / 1e3;
-        let direct = self.load_plain(self.origin, conns).await?;
-        let proxied = self.load_plain(self.target.listen, conns).await?;
-        if proxied[0] == 0 {
-            return Err("no pass-through request succeeded through the proxy".into());
+        let mut out = vec![Vec::with_capacity(runs); proxies.len()];
+        for run in 0..runs {
+            let direct = self.load_plain(self.origin, conns).await?;
+            let mut line = format!(
+                "pass-through{}: {:.0} req/s direct",
+                if runs > 1 {
+                    format!(" run {}/{runs}", run + 1)
+                } else {
+                    String::new()
+                },
+                direct[0] as f64 / window_s
+            );
+            for k in 0..proxies.len() {
+                let i = (k + run) % proxies.len();
+                let p = &proxies[i];
+                let cpu0 = tree_cpu_ns(p.pid);
+                let proxied = self.load_plain(p.listen, conns).await?;
+                let cpu_ns = tree_cpu_ns(p.pid).saturating_sub(cpu0);
+                if proxied[0] == 0 {
+                    return Err(format!(
+                        "no pass-through request succeeded through {} ({})",
+                        p.name, p.listen
+                    ));
+                }
+                let forwarded = proxied[0] + proxied[1];
+                let pt = Passthrough {
+                    conns,
+                    window_s,
+                    direct_rps: direct[0] as f64 / window_s,
+                    proxied_rps: proxied[0] as f64 / window_s,
+                    ratio: proxied[0] as f64 / direct[0].max(1) as f64,
+                    direct_errors: direct[2],
+                    proxied_errors: proxied[2],
+                    proxied_non200: proxied[1],
+                    proxied_reconnects: proxied[3],
+                    proxy_cpu_ms: cpu_ns as f64 / 1e6,
+                    cpu_us_per_request: cpu_ns as f64 / 1e3 / forwarded.max(1) as f64,
+                    run,
+                    order: k + 1,
+                };
+                let _ = write!(
+                    line,
+                    ", {} {:.0} req/s proxied (ratio {:.2}, {:.1} µs CPU/request)",
+                    p.name, pt.proxied_rps, pt.ratio, pt.cpu_us_per_request
+                );
+                out[i].push(pt);
+                if !wait_cpu_idle(p.pid, Duration::from_secs(15)).await {
+                    self.note(format!(
+                        "{} still busy 15 s after its pass-through window; measured anyway",
+                        p.name
+                    ));
+                }
+            }
+            eprintln!("{line}");
         }
-        let p = Passthrough {
-            conns,
-            window_s,
-            direct_rps: direct[0] as f64 / window_s,
-            proxied_rps: proxied[0] as f64 / window_s,
-            ratio: proxied[0] as f64 / direct[0].max(1) as f64,
-            direct_errors: direct[2],
-            proxied_errors: proxied[2],
-            proxied_non200: proxied[1],
-            proxied_reconnects: proxied[3],
-        };
-        eprintln!(
-            "pass-through: {:.0} req/s proxied, {:.0} req/s direct, ratio {:.2}",
-            p.proxied_rps, p.direct_rps, p.ratio
-        );
-        self.wait_idle("the pass-through test").await;
-        Ok(p)
+        Ok(out)
     }
 
     /// Runs one timed window on up to two workers, `conns` connections split between them; `command` makes a
@@ -684,14 +762,23 @@ impl Ctx {
         Ok(tot)
     }
 
-    /// Figure 5: publish API items/s with no subscribers.
+    /// Figure 5: publish API items/s with no subscribers (Nchan: its publisher location, one
+    /// item per request).
     pub(crate) async fn publish_api(&mut self, items: usize) -> Result<PublishRun> {
         let conns = self.plan.publish_conns;
         let window = self.plan.window_ms;
         let addr = self.target.control;
+        // Nchan: one `POST /pub/<channel>` per item (it has no batches), any 2xx accepted.
+        let nchan = match self.target.kind {
+            Kind::Nchan if items > 1 => {
+                return Err("Nchan's publisher takes one message per request".into())
+            }
+            Kind::Nchan => " nchan",
+            _ => "",
+        };
         let replies = self
             .on_workers(conns, |c, window| {
-                format!("publish {addr} {c} {window} {items}")
+                format!("publish {addr} {c} {window} {items}{nchan}")
             })
             .await?;
         let window_s = window as f64 / 1e3;
@@ -711,7 +798,10 @@ impl Ctx {
             r.reconnects += num(&f, 4);
         }
         if reqs == 0 {
-            return Err(format!("no publish request ({items} items) was accepted"));
+            return Err(format!(
+                "no publish request ({items} items) was accepted{}",
+                example(&replies)
+            ));
         }
         r.requests_per_s = reqs as f64 / window_s;
         r.items_per_s = its as f64 / window_s;

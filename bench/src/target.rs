@@ -1,7 +1,7 @@
 //! The proxy under test: starting grip-proxy or a private, loopback-only Pushpin, nginx or
 //! nginx with Nchan, probing readiness, measuring its process tree, and stopping it by pid.
 
-mod nginx;
+pub(crate) mod nginx;
 
 use crate::children::Result;
 use crate::http::{get_request, post_request, publish_body, simple_request};
@@ -32,10 +32,57 @@ impl Kind {
         matches!(self, Kind::GripProxy | Kind::Pushpin)
     }
 
-    /// Default binary of this target.
+    /// Its name in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::GripProxy => "grip-proxy",
+            Kind::Pushpin => "Pushpin",
+            Kind::Nginx => "nginx",
+            Kind::Nchan => "Nchan",
+        }
+    }
+
+    /// The Debian package a peer comes from (None: grip-proxy, built from this workspace).
+    pub(crate) fn package(self) -> Option<&'static str> {
+        match self {
+            Kind::GripProxy => None,
+            Kind::Pushpin => Some("pushpin"),
+            Kind::Nginx => Some("nginx"),
+            Kind::Nchan => Some("libnginx-mod-nchan"),
+        }
+    }
+
+    /// Why this target cannot be started from `bin` on this machine (None: everything it needs
+    /// is installed).
+    pub(crate) fn missing(self, bin: &Path) -> Option<String> {
+        let hint = match self {
+            Kind::GripProxy => "build it with `cargo build --release`",
+            Kind::Pushpin => "apt-get install -y pushpin",
+            Kind::Nginx => "apt-get install -y nginx",
+            Kind::Nchan => "apt-get install -y nginx libnginx-mod-nchan",
+        };
+        let needs: Vec<PathBuf> = match self {
+            Kind::GripProxy | Kind::Nginx => vec![bin.into()],
+            Kind::Pushpin => vec![bin.into(), PUSHPIN_INTERNAL_CONF.into()],
+            Kind::Nchan => match nginx::nchan_module() {
+                Some(m) => vec![bin.into(), m.into()],
+                None => return Some(format!("the Nchan module was not found ({hint})")),
+            },
+        };
+        needs
+            .iter()
+            .find(|p| !p.exists())
+            .map(|p| format!("{} not found ({hint})", p.display()))
+    }
+
+    /// Default binary of this target (grip-proxy: `release/grip-proxy` under `CARGO_TARGET_DIR`
+    /// if set, else under the workspace's `target`).
     pub(crate) fn default_bin(self, root: &Path) -> PathBuf {
         match self {
-            Kind::GripProxy => root.join("target/release/grip-proxy"),
+            Kind::GripProxy => std::env::var_os("CARGO_TARGET_DIR")
+                .filter(|d| !d.is_empty())
+                .map_or_else(|| root.join("target"), PathBuf::from)
+                .join("release/grip-proxy"),
             Kind::Pushpin => PathBuf::from("/usr/bin/pushpin"),
             Kind::Nginx | Kind::Nchan => PathBuf::from("/usr/sbin/nginx"),
         }
@@ -69,7 +116,8 @@ impl Target {
         let log = out_dir.join(match kind {
             Kind::GripProxy => "grip-proxy.log",
             Kind::Pushpin => "pushpin.log",
-            Kind::Nginx | Kind::Nchan => "nginx.log",
+            Kind::Nginx => "nginx.log",
+            Kind::Nchan => "nchan.log",
         });
         Self::start_with(kind, bin, origin_port, log, None).await
     }
@@ -308,10 +356,16 @@ impl Target {
         }
         let _ = child.wait();
         if let Some(dir) = self.tmpdir.take() {
-            // nginx writes its error log into its temp dir: keep it next to the other logs.
+            // nginx writes its error log into its temp dir: keep it next to the other logs
+            // (`nginx.log` -> `nginx-error.log`, `nchan.log` -> `nchan-error.log`).
             let err = dir.join("error.log");
             if err.exists() {
-                let _ = std::fs::copy(&err, self.log.with_file_name("nginx-error.log"));
+                let stem = self
+                    .log
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("nginx");
+                let _ = std::fs::copy(&err, self.log.with_file_name(format!("{stem}-error.log")));
             }
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -335,6 +389,9 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// The packaged internal config of Pushpin, included by the private one.
+const PUSHPIN_INTERNAL_CONF: &str = "/usr/lib/pushpin/internal.conf";
+
 /// Write a private Pushpin config (every listener on 127.0.0.1, zmq over ipc in `dir`).
 /// `message_rate`/`message_hwm` are left unset (unlimited): the packaged 2,500 deliveries/s
 /// throttle would cap fan-out and sustained figures at that rate instead of measuring capacity.
@@ -349,8 +406,8 @@ fn write_pushpin_config(
     for d in [&run, &logdir] {
         std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
     }
-    let internal_src = std::fs::read_to_string("/usr/lib/pushpin/internal.conf")
-        .map_err(|e| format!("read /usr/lib/pushpin/internal.conf (is pushpin installed?): {e}"))?;
+    let internal_src = std::fs::read_to_string(PUSHPIN_INTERNAL_CONF)
+        .map_err(|e| format!("read {PUSHPIN_INTERNAL_CONF} (is pushpin installed?): {e}"))?;
     // The packaged internal.conf expects a system zurl; run our own zurl inside rundir.
     let internal = internal_src.replace(
         "ipc:///var/run/zurl/zurl-",
@@ -432,4 +489,19 @@ stats_format=tnetstring
     write(&routes_path, &format!("* 127.0.0.1:{origin_port}\n"))?;
     write(&conf_path, &conf)?;
     Ok(conf_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_is_reported_with_its_package() {
+        let why = Kind::Nginx.missing(Path::new("/nonexistent/nginx"));
+        assert_eq!(
+            why.as_deref(),
+            Some("/nonexistent/nginx not found (apt-get install -y nginx)")
+        );
+        assert_eq!(Kind::GripProxy.missing(Path::new("/")), None);
+    }
 }

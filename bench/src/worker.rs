@@ -26,8 +26,10 @@
 //!   streams that could not be opened.
 //! - `load ADDR CONNS DURATION_MS PATH` -> `loaded OK NON200 ERRORS RECONNECTS`: keep-alive
 //!   GET loop per connection.
-//! - `publish ADDR CONNS DURATION_MS ITEMS` -> `published REQS ITEMS NON200 ERRORS RECONNECTS`:
-//!   POST /publish/ loop per connection, ITEMS items (distinct channels) per request.
+//! - `publish ADDR CONNS DURATION_MS ITEMS [nchan]` -> `published REQS ITEMS NON200 ERRORS
+//!   RECONNECTS`: POST /publish/ loop per connection, ITEMS items (distinct channels) per request;
+//!   with `nchan`, `POST /pub/<channel>` with the published body instead (ITEMS must be 1), any
+//!   2xx counted as published (NON200: other statuses).
 //! - `quit`: exit.
 //!
 //! `collected` and `repolled` may end with ` | DESCRIPTION` of one unexpected response.
@@ -567,8 +569,14 @@ impl std::ops::AddAssign for LoopCounts {
     }
 }
 
-/// One keep-alive request loop until `deadline`, cycling through `reqs`.
-async fn request_loop(addr: SocketAddr, reqs: Vec<Vec<u8>>, deadline: Instant) -> LoopCounts {
+/// One keep-alive request loop until `deadline`, cycling through `reqs`; an answer counts as ok
+/// if it is 200 (or any 2xx with `any_2xx`).
+async fn request_loop(
+    addr: SocketAddr,
+    reqs: Vec<Vec<u8>>,
+    deadline: Instant,
+    any_2xx: bool,
+) -> LoopCounts {
     let mut c = LoopCounts::default();
     let mut i = 0usize;
     'conn: while Instant::now() < deadline {
@@ -587,7 +595,7 @@ async fn request_loop(addr: SocketAddr, reqs: Vec<Vec<u8>>, deadline: Instant) -
             }
             match tokio::time::timeout_at(deadline, rd.read_response(&mut s)).await {
                 Ok(Ok(r)) => {
-                    if r.status == 200 {
+                    if r.status == 200 || (any_2xx && (200..300).contains(&r.status)) {
                         c.ok += 1;
                     } else {
                         c.non200 += 1;
@@ -608,11 +616,15 @@ async fn request_loop(addr: SocketAddr, reqs: Vec<Vec<u8>>, deadline: Instant) -
     c
 }
 
-async fn run_loops(tasks: Vec<(SocketAddr, Vec<Vec<u8>>)>, duration_ms: u64) -> LoopCounts {
+async fn run_loops(
+    tasks: Vec<(SocketAddr, Vec<Vec<u8>>)>,
+    duration_ms: u64,
+    any_2xx: bool,
+) -> LoopCounts {
     let deadline = Instant::now() + Duration::from_millis(duration_ms);
     let mut set = JoinSet::new();
     for (addr, reqs) in tasks {
-        set.spawn(request_loop(addr, reqs, deadline));
+        set.spawn(request_loop(addr, reqs, deadline, any_2xx));
     }
     let mut total = LoopCounts::default();
     while let Some(r) = set.join_next().await {
@@ -630,7 +642,7 @@ async fn load(args: &[&str]) -> Result<String, String> {
     let path: String = arg(args, 4)?;
     let req = get_request(&addr.to_string(), &path);
     let tasks = (0..conns).map(|_| (addr, vec![req.clone()])).collect();
-    let c = run_loops(tasks, duration_ms).await;
+    let c = run_loops(tasks, duration_ms, false).await;
     Ok(format!(
         "loaded {} {} {} {}",
         c.ok, c.non200, c.errors, c.reconnects
@@ -642,6 +654,12 @@ async fn publish_loop(id: usize, args: &[&str]) -> Result<String, String> {
     let conns: usize = arg(args, 2)?;
     let duration_ms: u64 = arg(args, 3)?;
     let items: usize = arg::<usize>(args, 4)?.max(1);
+    let nchan = match args.get(5).copied() {
+        None => false,
+        Some("nchan") if items == 1 => true,
+        Some("nchan") => return Err("Nchan's publisher takes one item per request".into()),
+        Some(other) => return Err(format!("unknown publish mode {other}")),
+    };
     let host = addr.to_string();
     // Each connection cycles through 16 pre-encoded requests; channels are distinct within a
     // request and nobody is subscribed to any of them.
@@ -652,13 +670,18 @@ async fn publish_loop(id: usize, args: &[&str]) -> Result<String, String> {
                     let chans: Vec<String> = (0..items)
                         .map(|k| format!("nosub-{id}-{c}-{j}-{k}"))
                         .collect();
-                    post_request(&host, "/publish/", &publish_body(&chans))
+                    if nchan {
+                        crate::target::nginx::publish_request(&host, &chans[0])
+                    } else {
+                        post_request(&host, "/publish/", &publish_body(&chans))
+                    }
                 })
                 .collect();
             (addr, reqs)
         })
         .collect();
-    let c = run_loops(tasks, duration_ms).await;
+    // Nchan answers 202 (no subscriber) or 201.
+    let c = run_loops(tasks, duration_ms, nchan).await;
     Ok(format!(
         "published {} {} {} {} {}",
         c.ok,

@@ -12,6 +12,14 @@ const NCHAN_MODULES: [&str; 2] = [
     "/usr/share/nginx/modules/ngx_nchan_module.so",
 ];
 
+/// The Nchan module's path, if installed.
+pub(crate) fn nchan_module() -> Option<&'static str> {
+    NCHAN_MODULES
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).exists())
+}
+
 /// Write `dir/nginx.conf`: 2 workers, pid, logs and temp files in `dir`, one listener on
 /// `listen` (127.0.0.1) proxying to the origin through a keep-alive upstream pool; with `nchan`,
 /// also `/sub/<channel>` (long-poll subscriber) and `/pub/<channel>` (publisher).
@@ -24,9 +32,7 @@ pub(crate) fn write_config(
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let d = dir.display();
     let (load, nchan_locations) = if nchan {
-        let module = NCHAN_MODULES
-            .iter()
-            .find(|p| Path::new(p).exists())
+        let module = nchan_module()
             .ok_or("the Nchan module was not found: apt-get install -y libnginx-mod-nchan")?;
         (
             format!("load_module {module};\n"),
