@@ -185,7 +185,7 @@ mod tests {
         assert!(tasks.is_empty(), "the memory bus runs no task");
         let mut hold = r
             .park(
-                &[ChannelSub {
+                vec![ChannelSub {
                     name: "c".into(),
                     prev_id: None,
                     filters: vec![],

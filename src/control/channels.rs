@@ -240,7 +240,7 @@ mod tests {
         let mut holds = Vec::new();
         for (name, n) in [("b", 2), ("a", 2), ("c", 3), ("d", 1)] {
             for _ in 0..n {
-                holds.push(r.park(&[sub(name)], true, None).unwrap());
+                holds.push(r.park(vec![sub(name)], true, None).unwrap());
             }
         }
         r.publish(&Arc::new(Item::test_response("e", Some("7"), None, "x")));

@@ -353,7 +353,7 @@ mod tests {
     };
 
     fn slot() -> (Arc<Waiter>, ()) {
-        (Arc::new(Waiter::new(&[], None)), ())
+        (Arc::new(Waiter::new(Vec::new(), None)), ())
     }
 
     fn item(id: Option<&str>, prev: Option<&str>) -> Arc<Item> {

@@ -278,14 +278,16 @@ impl Registry {
     /// other clients that are behind park too, waiting for an item that has gone.)
     ///
     /// `direct`: the client's socket and held response, when the release may write the response itself.
+    ///
+    /// The channels are kept by the parked client (one allocation with its other state), not copied.
     pub(crate) fn park(
         &self,
-        subs: &[ChannelSub],
+        subs: Vec<ChannelSub>,
         check_prev_id: bool,
         direct: Option<Direct>,
     ) -> Result<Parked, ParkError> {
         let waiter = Arc::new(Waiter::new(subs, direct));
-        let id = self.join(subs, check_prev_id, Member::Waiter(&waiter))?;
+        let id = self.join(waiter.subs(), check_prev_id, Member::Waiter(&waiter))?;
         Ok(Parked {
             registry: self.clone(),
             id,
@@ -767,7 +769,7 @@ mod tests {
     async fn publish_releases_and_drop_cleans_up() {
         let r = registry(10);
         let mut h = r
-            .park(&[sub("a", None), sub("b", None)], true, None)
+            .park(vec![sub("a", None), sub("b", None)], true, None)
             .unwrap();
         assert_eq!(r.held(), 1);
         assert_eq!(r.publish(&item("a", Some("1"))), 1);
@@ -789,7 +791,7 @@ mod tests {
         let r = registry(10);
         r.publish(&item("a", Some("2")));
         let err = r
-            .park(&[sub("b", None), sub("a", Some("1"))], true, None)
+            .park(vec![sub("b", None), sub("a", Some("1"))], true, None)
             .err()
             .unwrap();
         assert_eq!(
@@ -802,11 +804,11 @@ mod tests {
         assert_eq!(r.channels(), 1, "only a's last id remains");
         assert_eq!(r.held(), 0);
         assert!(
-            r.park(&[sub("a", Some("1"))], true, None).is_err(),
+            r.park(vec![sub("a", Some("1"))], true, None).is_err(),
             "still behind"
         );
         assert!(
-            r.park(&[sub("a", Some("1"))], false, None).is_ok(),
+            r.park(vec![sub("a", Some("1"))], false, None).is_ok(),
             "a retry's hold parks unchecked"
         );
     }
@@ -814,11 +816,11 @@ mod tests {
     #[tokio::test]
     async fn close_answers_everyone_and_refuses_new() {
         let r = registry(10);
-        let mut h = r.park(&[sub("a", None)], true, None).unwrap();
+        let mut h = r.park(vec![sub("a", None)], true, None).unwrap();
         r.close();
         assert!(matches!(h.recv().await, Delivery::Shutdown));
         assert_eq!(
-            r.park(&[sub("a", None)], true, None).err(),
+            r.park(vec![sub("a", None)], true, None).err(),
             Some(ParkError::Closed)
         );
     }
@@ -865,7 +867,7 @@ mod tests {
             None,
             "a second held client fits max_held = 2"
         );
-        let _second = r.park(&[sub("e", None)], true, None).unwrap();
+        let _second = r.park(vec![sub("e", None)], true, None).unwrap();
         assert_eq!(
             r.subscribe(&[sub("d", None)], true, 1024, None).err(),
             Some(ParkError::Full),
@@ -893,7 +895,7 @@ mod tests {
             r.publish(&item(&format!("c{i}"), Some("1")));
             tokio::time::advance(Duration::from_secs(1)).await;
         }
-        let _h = r.park(&[sub("c0", Some("1"))], true, None).unwrap();
+        let _h = r.park(vec![sub("c0", Some("1"))], true, None).unwrap();
         r.sweep(Instant::now());
         assert_eq!(r.channels(), 3);
         assert!(r.last_id("c0").is_some(), "an entry with waiters stays");

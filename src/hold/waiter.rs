@@ -71,9 +71,9 @@ pub(crate) enum Wrote {
 }
 
 impl Waiter {
-    pub(crate) fn new(subs: &[ChannelSub], direct: Option<Direct>) -> Self {
+    pub(crate) fn new(subs: Vec<ChannelSub>, direct: Option<Direct>) -> Self {
         Waiter {
-            subs: subs.into(),
+            subs: subs.into_boxed_slice(),
             state: Mutex::new(State {
                 stage: Stage::Waiting,
                 waker: None,
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_timed_out_waiter_takes_no_delivery_and_a_delivered_one_keeps_its_delivery() {
-        let timed_out = Waiter::new(&[], None);
+        let timed_out = Waiter::new(Vec::new(), None);
         assert!(timed_out.abandon().is_none());
         assert!(matches!(
             timed_out.deliver(Delivery::Item(release())),
@@ -211,7 +211,7 @@ mod tests {
         ));
         assert!(!timed_out.was_delivered());
 
-        let delivered = Waiter::new(&[], None);
+        let delivered = Waiter::new(Vec::new(), None);
         assert!(matches!(
             delivered.deliver(Delivery::Item(release())),
             Told::Yes(None, Wrote::Nothing)
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_task_is_woken_once_the_delivery_is_there() {
-        let waiter = Waiter::new(&[], None);
+        let waiter = Waiter::new(Vec::new(), None);
         let (waker, woken) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(waiter.poll_recv(&mut cx).is_pending());
