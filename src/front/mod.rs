@@ -145,8 +145,8 @@ mod tests {
         let size = std::mem::size_of_val(&fut);
         println!("connection task future: {size} bytes");
         assert!(
-            size <= 960,
-            "connection future is {size} bytes (measured 920)"
+            size <= 920,
+            "connection future is {size} bytes (measured 888)"
         );
         drop(client);
     }
