@@ -101,6 +101,7 @@ impl App {
         )));
         let reloader = Reloader::new(live.clone(), config.clone());
         tasks.spawn(front::serve(
+            "proxy",
             proxy_listener,
             stop.clone(),
             config.shutdown_grace,
@@ -119,22 +120,24 @@ impl App {
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
         if let Some((listener, _)) = metrics_listener {
             let control = control.clone();
-            tasks.spawn(control::server::serve(
+            tasks.spawn(front::serve(
                 "metrics",
                 listener,
                 stop.clone(),
                 config.shutdown_grace,
+                control::limits(),
                 move |req, _peer| {
                     let resp = control::serve_metrics_listener(&control, &req);
                     async move { resp }
                 },
             ));
         }
-        tasks.spawn(control::server::serve(
+        tasks.spawn(front::serve(
             "control",
             control_listener,
             stop.clone(),
             config.shutdown_grace,
+            control::limits(),
             move |req, _peer| control::serve(control.clone(), req),
         ));
 

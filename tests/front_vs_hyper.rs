@@ -41,6 +41,7 @@ async fn start_ours() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(grip_proxy::front::serve(
+        "proxy",
         listener,
         CancellationToken::new(),
         Duration::from_secs(1),

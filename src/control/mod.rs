@@ -2,22 +2,22 @@
 //! ([`publish`]), `GET /health`, `/ready` and `/metrics` ([`health`]), channel introspection ([`channels`]), and
 //! `GET /` (a banner). Publishing, recovering and introspection need the credentials of `[control.auth]` when it
 //! sets any ([`auth`]); health, readiness and metrics stay open (probes and scrapers carry no credentials, and
-//! those reveal no channel names). The optional metrics listener serves the open three alone.
+//! those reveal no channel names). The optional metrics listener serves the open three alone. Both listeners are
+//! served by [`crate::front`], with the bounds of [`limits`].
 
 pub(crate) mod auth;
 pub(crate) mod channels;
 mod health;
 mod publish;
 mod respond;
-pub(crate) mod server;
 
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::bus::Bus;
+use crate::front::{self, RequestBody};
 use crate::hold::Registry;
 use crate::metrics::{Exposition, Metrics};
 use respond::text;
@@ -38,8 +38,20 @@ pub(crate) struct Control {
     pub exposition: Exposition,
 }
 
+/// The bounds of a control or metrics connection: the front's defaults (a request head within 30 s, also the most
+/// an idle keep-alive connection is kept; a body's next bytes within 30 s; a response taken within 60 s), with no
+/// body limit of the front's own: the publish handler applies `control.max_body` itself, so that a body over it
+/// is answered with the limit in the message and counted as a refused publish, and no other endpoint reads a body
+/// (the connection closes after answering a request whose body was left unread).
+pub(crate) fn limits() -> front::Limits {
+    front::Limits {
+        max_body: u64::MAX,
+        ..front::Limits::default()
+    }
+}
+
 /// Serves one control API request. Never fails: every error is a response.
-pub(crate) async fn serve(control: Arc<Control>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn serve(control: Arc<Control>, req: Request<RequestBody>) -> Response<Body> {
     let path = normalize(req.uri().path());
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     match path {

@@ -4,15 +4,15 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use super::respond::{json, json_body, text};
 use super::Control;
 use crate::body::Body;
+use crate::front::{ClientBodyError, RequestBody};
 use crate::item;
 
-/// Time allowed to receive a whole publish body: a publisher that stops mid-body does not keep its connection
-/// and task for ever (the head has its own limit, the control server's header read timeout).
+/// Time allowed to receive a whole publish body: a publisher that trickles its body does not keep its connection
+/// and task for ever (the head has its own limit, and each wait for body bytes the front's `body_read_timeout`).
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Forgets every last id and makes every held client re-fetch from its origin.
@@ -25,7 +25,7 @@ pub(super) fn recover(control: &Control) -> Response<Body> {
     text(StatusCode::OK, "Recovered\n")
 }
 
-pub(super) async fn publish(control: &Control, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn publish(control: &Control, req: Request<RequestBody>) -> Response<Body> {
     let wants_json = accepts_json(&req);
     let declared = req
         .headers()
@@ -42,16 +42,17 @@ pub(super) async fn publish(control: &Control, req: Request<Incoming>) -> Respon
             timeout_secs = BODY_READ_TIMEOUT.as_secs(),
             "publish body not received in time"
         );
-        return text(
-            StatusCode::REQUEST_TIMEOUT,
-            "Request Timeout: publish body not received in time\n",
-        );
+        return not_in_time();
     };
     let body: Bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             tracing::warn!(limit = control.max_body, "publish body too large");
             return too_large(control.max_body);
+        }
+        Err(e) if e.downcast_ref() == Some(&ClientBodyError::TimedOut) => {
+            tracing::warn!("publish body not received in time");
+            return not_in_time();
         }
         Err(e) => {
             tracing::warn!(error = %e, "publish body could not be read");
@@ -116,6 +117,13 @@ fn unavailable(retry_after: std::time::Duration, wants_json: bool) -> Response<B
         HeaderValue::from(retry_after.as_secs().max(1)),
     );
     resp
+}
+
+fn not_in_time() -> Response<Body> {
+    text(
+        StatusCode::REQUEST_TIMEOUT,
+        "Request Timeout: publish body not received in time\n",
+    )
 }
 
 fn too_large(limit: usize) -> Response<Body> {

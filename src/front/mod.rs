@@ -1,5 +1,5 @@
-//! The client-facing HTTP/1.1 server, the server role of the `h1` codec: lean connection handling, so that a
-//! parked long-poll costs a small task and no buffers. The control API keeps hyper's server.
+//! The HTTP/1.1 server, the server role of the `h1` codec: lean connection handling, so that a parked long-poll
+//! costs a small task and no buffers. It serves the client listener, and the control and metrics listeners.
 
 mod body;
 mod conn;
@@ -78,9 +78,10 @@ pub enum ClientBodyError {
     Closed,
 }
 
-/// Accepts clients until `stop` fires, then lets open connections finish their current request (a parked one is
-/// answered by the registry's close) for at most `grace`.
+/// Accepts connections on `listener` until `stop` fires, then lets open connections finish their current request
+/// (a parked one is answered by the registry's close) for at most `grace`. `name` names the listener in logs.
 pub async fn serve<H, F>(
+    name: &'static str,
     listener: TcpListener,
     stop: CancellationToken,
     grace: Duration,
@@ -93,7 +94,7 @@ pub async fn serve<H, F>(
     let tracker = TaskTracker::new();
     let limits = std::sync::Arc::new(limits);
     loop {
-        let Some((stream, peer)) = crate::accept::accept("proxy", &listener, &stop).await else {
+        let Some((stream, peer)) = crate::accept::accept(name, &listener, &stop).await else {
             break;
         };
         tracker.spawn(conn::run(
@@ -108,10 +109,13 @@ pub async fn serve<H, F>(
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
+            listener = name,
             grace_secs = grace.as_secs_f64(),
             open = tracker.len(),
             "grace period over; closing remaining connections"
         );
+    } else {
+        tracing::debug!(listener = name, "connections drained");
     }
 }
 
