@@ -201,7 +201,7 @@ pub struct Registry {
 struct Inner {
     /// Channel name to state. Invariant: no guard into this map lives outside the small sync fns below, and none
     /// is held while touching another key (dashmap may deadlock otherwise).
-    channels: DashMap<Box<str>, Channel>,
+    channels: DashMap<Box<str>, Channel, ahash::RandomState>,
     /// Source of waiter ids; unique for the process lifetime.
     next_waiter: AtomicU64,
     /// Held clients (live `Parked` and `Subscription` guards).
@@ -246,7 +246,7 @@ impl Registry {
         } = config;
         Registry {
             inner: Arc::new(Inner {
-                channels: DashMap::new(),
+                channels: DashMap::with_hasher(ahash::RandomState::new()),
                 next_waiter: AtomicU64::new(1),
                 held: AtomicUsize::new(0),
                 streams: AtomicUsize::new(0),
