@@ -26,6 +26,9 @@ pub(super) fn recover(control: &Control) -> Response<Body> {
 }
 
 pub(super) async fn publish(control: &Control, req: Request<RequestBody>) -> Response<Body> {
+    // The one clock read of the request: the body's deadline, and the instant each item is accepted at, which the
+    // registry records its publish at.
+    let now = tokio::time::Instant::now();
     let wants_json = accepts_json(&req);
     let declared = req
         .headers()
@@ -37,7 +40,7 @@ pub(super) async fn publish(control: &Control, req: Request<RequestBody>) -> Res
         return too_large(control.max_body);
     }
     let reading = Limited::new(req.into_body(), control.max_body).collect();
-    let Ok(read) = tokio::time::timeout(BODY_READ_TIMEOUT, reading).await else {
+    let Ok(read) = tokio::time::timeout_at(now + BODY_READ_TIMEOUT, reading).await else {
         tracing::warn!(
             timeout_secs = BODY_READ_TIMEOUT.as_secs(),
             "publish body not received in time"
@@ -62,7 +65,7 @@ pub(super) async fn publish(control: &Control, req: Request<RequestBody>) -> Res
             );
         }
     };
-    let items = match item::parse_body(&body) {
+    let items = match item::parse_body_at(&body, now) {
         Ok(items) => items,
         Err(e) => {
             // The field only: the reason may quote a value of the body, which is never logged.

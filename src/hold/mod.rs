@@ -382,7 +382,8 @@ impl Registry {
         if item.id.is_none() && !self.inner.channels.contains_key(&*item.channel) {
             return 0;
         }
-        let now = Instant::now();
+        // No clock read per item: the instant the item was accepted, read once for its whole publish request.
+        let now = item.accepted;
         let seq = self.inner.sequencing;
         let published = self.with_channel(&item.channel, |c| c.publish(item, now, seq));
         if published.duplicate {
