@@ -7,9 +7,14 @@ use http::{header, HeaderValue, Response, StatusCode};
 use super::auth::Auth;
 use crate::body::{self, Body};
 
+/// The content types of the answers, checked once at compile time (`from_static` checks its bytes on each call
+/// otherwise).
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 /// A text answer; a `&'static str` body goes out without a copy.
 pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    with_type(status, body.into(), "text/plain; charset=utf-8")
+    with_type(status, body.into(), TEXT)
 }
 
 /// A JSON answer.
@@ -19,14 +24,14 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
 
 /// A JSON answer already encoded.
 pub(crate) fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    with_type(status, body.into(), "application/json")
+    with_type(status, body.into(), JSON)
 }
 
-fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Body> {
+fn with_type(status: StatusCode, body: Bytes, content_type: HeaderValue) -> Response<Body> {
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
     resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        .insert(header::CONTENT_TYPE, content_type);
     resp
 }
 
