@@ -42,6 +42,7 @@ async fn start_ours() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(grip_proxy::front::serve(
         listener,
+        tokio_util::task::TaskTracker::new(),
         CancellationToken::new(),
         Duration::from_secs(1),
         grip_proxy::front::Limits::default(),

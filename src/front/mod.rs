@@ -79,9 +79,11 @@ pub enum ClientBodyError {
 }
 
 /// Accepts clients until `stop` fires, then lets open connections finish their current request (a parked one is
-/// answered by the registry's close) for at most `grace`.
+/// answered by the registry's close) for at most `grace`. Each connection's task is spawned on the current runtime
+/// and tracked by `connections` (its `len` is the connections open now; it is closed when this returns).
 pub async fn serve<H, F>(
     listener: TcpListener,
+    connections: TaskTracker,
     stop: CancellationToken,
     grace: Duration,
     limits: Limits,
@@ -90,7 +92,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let tracker = TaskTracker::new();
+    let tracker = connections;
     let limits = std::sync::Arc::new(limits);
     loop {
         let Some((stream, peer)) = crate::accept::accept("proxy", &listener, &stop).await else {
