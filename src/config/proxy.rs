@@ -83,7 +83,7 @@ pub enum RuntimeMode {
 
 impl RuntimeMode {
     /// The mode when neither the file nor [`RUNTIME_ENV`] says.
-    pub const DEFAULT: RuntimeMode = RuntimeMode::Shared;
+    pub const DEFAULT: RuntimeMode = RuntimeMode::PerCore;
 
     /// The name used in the file.
     pub fn as_str(self) -> &'static str {
