@@ -1,5 +1,6 @@
 //! `App`: binds the listeners (clients, control, and metrics if configured), builds the shared state from
 //! `Config`, runs the servers, the last-id sweeper and the origin pool sweeper, and shuts them all down in order.
+//! Clients are served on the caller's runtime, or in per-core mode on runtimes of their own (`runtimes`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +9,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, BusError};
-use crate::config::Config;
+use crate::config::{Config, RuntimeMode};
 use crate::control::{self, Control};
 use crate::front;
 use crate::hold::Registry;
@@ -18,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::{self, ProxyState};
 use crate::reload::Reloader;
+use crate::runtimes::{self, Runtimes};
 
 /// How often expired last ids are swept (and early, when the map is over capacity).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -39,6 +42,9 @@ pub enum StartError {
     /// The bus could not start (Redis unreachable with `bus.startup = "fail"`).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A per-core runtime (its thread, or its listener's registration) could not start.
+    #[error("cannot start the client runtimes: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// A running proxy: both listeners bound and served.
@@ -51,14 +57,15 @@ pub struct App {
     bus: Bus,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// The per-core runtimes, if any (dropping them stops them at once).
+    _runtimes: Option<Runtimes>,
 }
 
 impl App {
     /// Binds the listeners and starts serving. Returns once both are bound.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        let proxy_listener = bind("proxy", config.listen).await?;
+        let (proxy_listeners, proxy_addr) = bind_clients(&config).await?;
         let control_listener = bind("control", config.control_listen).await?;
-        let proxy_addr = local_addr("proxy", config.listen, &proxy_listener)?;
         let control_addr = local_addr("control", config.control_listen, &control_listener)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
@@ -85,7 +92,7 @@ impl App {
         .await?;
 
         let metrics = Arc::new(Metrics::new());
-        let forwarder = Forwarder::new(&config.origin);
+        let forwarder = Forwarder::new(&config.origin, proxy_listeners.local_pools());
         let origins = forwarder.client().clone();
         tasks.spawn(sweep_origin_pool(
             origins.clone(),
@@ -100,21 +107,21 @@ impl App {
             metrics.clone(),
         )));
         let reloader = Reloader::new(live.clone(), config.clone());
-        tasks.spawn(front::serve(
-            "proxy",
-            proxy_listener,
-            stop.clone(),
-            config.shutdown_grace,
-            front::Limits::from(&config.limits),
-            move |req, peer| proxy::serve(live.load_full(), req, peer),
-        ));
+        let serving = runtimes::Serving {
+            stop: stop.clone(),
+            grace: config.shutdown_grace,
+            limits: front::Limits::from(&config.limits),
+            handler: move |req, peer| proxy::serve(live.load_full(), req, peer),
+            origins: origins.clone(),
+        };
+        let (connections, runtimes) = serve_clients(proxy_listeners, serving, &mut tasks).await?;
 
         let control = Arc::new(Control {
             registry: registry.clone(),
             max_body: config.control_max_body,
             auth: control::auth::Auth::new(&config.control_auth),
             bus: bus.clone(),
-            exposition: metrics.exposition(registry.clone(), &bus, origins),
+            exposition: metrics.exposition(registry.clone(), &bus, origins, &connections),
             metrics,
         });
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
@@ -123,6 +130,7 @@ impl App {
             tasks.spawn(front::serve(
                 "metrics",
                 listener,
+                TaskTracker::new(),
                 stop.clone(),
                 config.shutdown_grace,
                 control::limits(),
@@ -135,6 +143,7 @@ impl App {
         tasks.spawn(front::serve(
             "control",
             control_listener,
+            TaskTracker::new(),
             stop.clone(),
             config.shutdown_grace,
             control::limits(),
@@ -143,7 +152,7 @@ impl App {
 
         tasks.spawn(registry.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));
 
-        tracing::info!(proxy = %proxy_addr, control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), "grip-proxy listening");
+        tracing::info!(proxy = %proxy_addr, control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), runtime = config.runtime.as_str(), threads = config.threads, "grip-proxy listening");
         Ok(App {
             proxy_addr,
             control_addr,
@@ -153,6 +162,7 @@ impl App {
             bus,
             stop,
             tasks,
+            _runtimes: runtimes,
         })
     }
 
@@ -207,6 +217,16 @@ impl App {
 const LISTEN_BACKLOG: u32 = 4096;
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    bind_socket(what, addr, false)
+}
+
+/// Binds a listener; with `reuse_port`, one of a group on the same address that the kernel spreads connections
+/// over (each must set it before binding).
+fn bind_socket(
+    what: &'static str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<TcpListener, StartError> {
     let err = |source| StartError::Bind { what, addr, source };
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -215,8 +235,93 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
     }
     .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(err)?;
+    }
     socket.bind(addr).map_err(err)?;
     socket.listen(LISTEN_BACKLOG).map_err(err)
+}
+
+/// The client listener, or in per-core mode one per runtime.
+enum ClientListeners {
+    /// Served on the caller's runtime.
+    Shared(TcpListener),
+    /// One per runtime, all on the same address (`SO_REUSEPORT`), each registered by the runtime that serves it.
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+impl ClientListeners {
+    /// Origin pools of their own that the client runtimes need.
+    fn local_pools(&self) -> usize {
+        match self {
+            ClientListeners::Shared(_) => 0,
+            ClientListeners::PerCore(listeners) => listeners.len(),
+        }
+    }
+}
+
+/// Binds the client listeners, and says where they listen. In per-core mode the first bind picks the port when
+/// the configured one is 0; the others bind to that port.
+async fn bind_clients(config: &Config) -> Result<(ClientListeners, SocketAddr), StartError> {
+    if config.runtime == RuntimeMode::Shared {
+        let listener = bind("proxy", config.listen).await?;
+        let addr = local_addr("proxy", config.listen, &listener)?;
+        return Ok((ClientListeners::Shared(listener), addr));
+    }
+    let first = bind_socket("proxy", config.listen, true)?;
+    let addr = local_addr("proxy", config.listen, &first)?;
+    let mut listeners = vec![first];
+    for _ in 1..config.threads {
+        listeners.push(bind_socket("proxy", addr, true)?);
+    }
+    // Taken off this runtime (which registered them) for the runtimes that will serve them.
+    let listeners = listeners
+        .into_iter()
+        .map(TcpListener::into_std)
+        .collect::<Result<_, _>>()
+        .map_err(|source| StartError::Bind {
+            what: "proxy",
+            addr,
+            source,
+        })?;
+    Ok((ClientListeners::PerCore(listeners), addr))
+}
+
+/// Serves the client listeners: on this runtime, or on the per-core runtimes (then a task in `tasks` waits for
+/// them to stop). Returns the connection tracker of each runtime, and the per-core runtimes.
+async fn serve_clients<H, F>(
+    listeners: ClientListeners,
+    serving: runtimes::Serving<H>,
+    tasks: &mut JoinSet<()>,
+) -> Result<(Vec<TaskTracker>, Option<Runtimes>), StartError>
+where
+    H: Fn(http::Request<front::RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static,
+{
+    match listeners {
+        ClientListeners::Shared(listener) => {
+            let connections = TaskTracker::new();
+            tasks.spawn(front::serve(
+                "proxy",
+                listener,
+                connections.clone(),
+                serving.stop,
+                serving.grace,
+                serving.limits,
+                serving.handler,
+            ));
+            Ok((vec![connections], None))
+        }
+        ClientListeners::PerCore(listeners) => {
+            let connections: Vec<TaskTracker> =
+                listeners.iter().map(|_| TaskTracker::new()).collect();
+            let mut runtimes = Runtimes::start(listeners, &connections, serving)
+                .await
+                .map_err(StartError::Runtime)?;
+            tasks.spawn(runtimes.stopped());
+            Ok((connections, Some(runtimes)))
+        }
+    }
 }
 
 fn local_addr(

@@ -8,6 +8,7 @@
 //! - `app`: binds the listeners, builds the shared state, runs and stops everything.
 //! - [`cli`]: the binary's subcommands besides running the proxy (`grip-proxy publish`).
 //! - `reload`: live reload (SIGHUP) of routes and the other reloadable settings.
+//! - `runtimes`: per-core mode: client connections served by one current-thread runtime per thread.
 //! - `control`: the control API (publish, recover, health, readiness, metrics, channels) and its server.
 //! - `proxy`: the request phases (route, prepare, forward, inspect, park, respond).
 //! - `metrics`: Prometheus counters and histograms (atomics on the hot path), encoded at scrape time.
@@ -49,6 +50,7 @@ mod origin;
 mod proxy;
 mod reload;
 mod routes;
+mod runtimes;
 mod secret;
 
 pub use app::App;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use grip_proxy::config::{Config, Overrides};
+use grip_proxy::config::{Config, Overrides, RuntimeMode};
 use grip_proxy::App;
 
 /// A GRIP long-poll reverse proxy (a drop-in for Pushpin's long-poll use).
@@ -83,10 +83,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let built = match config.runtime {
+        RuntimeMode::Shared => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .enable_all()
+            .build(),
+        // Clients are served on runtimes of their own (`App::start`); this one runs the control API, the bus,
+        // the sweepers and the signals.
+        RuntimeMode::PerCore => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("grip-proxy: cannot start the runtime: {e}");

@@ -16,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::error::ProxyError;
@@ -51,6 +52,11 @@ struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeLabel {
+    runtime: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -291,13 +297,14 @@ impl Metrics {
         self.reloads[usize::from(!ok)].inc();
     }
 
-    /// The OpenMetrics exposition of these metrics, plus gauges read at scrape time from the registry and, when
-    /// the bus is Redis, from its status.
+    /// The OpenMetrics exposition of these metrics, plus gauges read at scrape time from the registry, the client
+    /// connections of each runtime (one tracker per client runtime) and, when the bus is Redis, from its status.
     pub(crate) fn exposition(
         self: &Arc<Self>,
         holds: Registry,
         bus: &Bus,
         origins: crate::origin::Client,
+        connections: &[TaskTracker],
     ) -> Exposition {
         let mut r = prometheus_client::registry::Registry::with_prefix("grip_proxy");
         r.register(
@@ -324,6 +331,11 @@ impl Metrics {
             "origin_idle_connections",
             "Keep-alive connections to origins idle in the pool now",
             Scraped::gauge(move || origins.idle_connections() as u64),
+        );
+        r.register(
+            "client_connections",
+            "Client connections open now, by the runtime serving them (one runtime unless proxy.runtime is per-core)",
+            PerRuntime(connections.into()),
         );
         let held = holds.clone();
         r.register(
@@ -681,6 +693,34 @@ impl<F: Fn() -> u64> EncodeMetric for Scraped<F> {
     }
 }
 
+// === impl PerRuntime ===
+
+/// The open client connections of each runtime (the tasks its listener's tracker holds), read when scraped.
+struct PerRuntime(Box<[TaskTracker]>);
+
+impl fmt::Debug for PerRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PerRuntime").field(&self.0.len()).finish()
+    }
+}
+
+impl EncodeMetric for PerRuntime {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        for (i, tracker) in self.0.iter().enumerate() {
+            let label = RuntimeLabel {
+                runtime: i.to_string(),
+            };
+            let open = i64::try_from(tracker.len()).unwrap_or(i64::MAX);
+            encoder.encode_family(&label)?.encode_gauge(&open)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 // === impl Exposition ===
 
 /// The metrics as served on `GET /metrics`. Cheap to clone.
@@ -739,13 +779,18 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_idle_per_host: 1,
             body_read_timeout: Duration::from_secs(1),
+            local_pools: 2,
         });
-        let text = m.exposition(holds, &bus, origins).encode();
+        let runtimes = [TaskTracker::new(), TaskTracker::new()];
+        let _open = runtimes[1].track_future(std::future::pending::<()>());
+        let text = m.exposition(holds, &bus, origins, &runtimes).encode();
         for want in [
             r#"grip_proxy_requests_total{route="*/api/",status="2xx"} 2"#,
             r#"grip_proxy_requests_total{route="(none)",status="5xx"} 1"#,
             "grip_proxy_holds_started_total 2",
             "grip_proxy_origin_idle_connections 0",
+            r#"grip_proxy_client_connections{runtime="0"} 0"#,
+            r#"grip_proxy_client_connections{runtime="1"} 1"#,
             r#"grip_proxy_holds_ended_total{reason="timeout"} 1"#,
             r#"grip_proxy_holds_ended_total{reason="disconnect"} 1"#,
             "grip_proxy_held_clients 0",

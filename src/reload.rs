@@ -103,6 +103,8 @@ impl Reloader {
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let checks = [
         ("proxy.listen", old.listen != new.listen),
+        ("proxy.runtime", old.runtime != new.runtime),
+        ("proxy.threads", old.threads != new.threads),
         ("control.listen", old.control_listen != new.control_listen),
         (
             "control.max_body",

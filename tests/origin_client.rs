@@ -22,6 +22,18 @@ async fn get_until_closed(proxy: &Proxy) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Sends `req` on `client`, within the limit. Requests that must share an origin connection are sent on one client
+/// connection: in per-core mode each runtime pools origin connections of its own, and a client connection stays on
+/// one runtime.
+async fn send_on(client: &mut Conn, req: http::Request<Body>) -> Resp {
+    within(LIMIT, client.send(req)).await
+}
+
+/// `GET path` on `client`, within the limit.
+async fn get_on(client: &mut Conn, path: &str) -> Resp {
+    send_on(client, request("GET", path).body(empty()).unwrap()).await
+}
+
 fn ok(_: &str, _: usize) -> (Vec<u8>, After) {
     (
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
@@ -33,9 +45,10 @@ fn ok(_: &str, _: usize) -> (Vec<u8>, After) {
 async fn sequential_requests_share_one_origin_connection() {
     let origin = ScriptOrigin::start(ok).await;
     let proxy = Proxy::start(origin.addr()).await;
+    let mut client = Conn::open(proxy.addr()).await;
 
     for _ in 0..5 {
-        let resp = within(LIMIT, proxy.get("/")).await;
+        let resp = get_on(&mut client, "/").await;
         assert_eq!((resp.status.as_u16(), resp.text()), (200, "ok"));
     }
 
@@ -80,9 +93,10 @@ async fn a_request_on_a_pooled_connection_the_origin_closes_under_it_is_sent_aga
     }
     let origin = ScriptOrigin::start(first_only).await;
     let proxy = Proxy::start(origin.addr()).await;
+    let mut client = Conn::open(proxy.addr()).await;
 
     for _ in 0..3 {
-        let resp = within(LIMIT, proxy.get("/")).await;
+        let resp = get_on(&mut client, "/").await;
         assert_eq!((resp.status.as_u16(), resp.text()), (200, "ok"));
     }
 
@@ -139,20 +153,17 @@ async fn chunked_close_delimited_and_bodyless_responses_are_relayed_whole() {
     let origin = ScriptOrigin::start(framings).await;
     let proxy = Proxy::start(origin.addr()).await;
 
-    let chunked = within(LIMIT, proxy.get("/chunked")).await;
+    let mut client = Conn::open(proxy.addr()).await;
+    let chunked = get_on(&mut client, "/chunked").await;
     assert_eq!(chunked.text(), "hello, world");
-    let head = within(
-        LIMIT,
-        proxy.send(request("HEAD", "/h").body(empty()).unwrap()),
-    )
-    .await;
+    let head = send_on(&mut client, request("HEAD", "/h").body(empty()).unwrap()).await;
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("10"));
     assert_eq!(head.text(), "");
-    let not_modified = within(LIMIT, proxy.get("/304")).await;
+    let not_modified = get_on(&mut client, "/304").await;
     assert_eq!(not_modified.status, 304);
     assert_eq!(not_modified.header("etag"), Some("\"7\""));
-    let after = within(LIMIT, proxy.get("/after")).await;
+    let after = get_on(&mut client, "/after").await;
     assert_eq!(after.text(), "ok");
     // Chunked, HEAD and 304 left the connection in a known state: all on the first one.
     assert_eq!(origin.request_connections(), [0, 0, 0, 0]);

@@ -31,7 +31,7 @@ pub use hold::{HoldConfig, RawHold};
 pub use last_ids::{LastIdsConfig, RawLastIds};
 pub use metrics::RawMetrics;
 pub use origin::{OriginConfig, RawOrigin};
-pub use proxy::{ProxyLimits, RawProxy, UpstreamConfig};
+pub use proxy::{ProxyLimits, RawProxy, RuntimeMode, UpstreamConfig, MAX_THREADS, RUNTIME_ENV};
 pub use publish::{PublishConfig, RawPublish};
 pub use routes::{RawRoute, RouteConfig, DEFAULT_SIG_KEY};
 pub use shutdown::RawShutdown;
@@ -152,6 +152,10 @@ impl RawConfig {
 pub struct Config {
     /// Client-facing listener.
     pub listen: SocketAddr,
+    /// How client connections are served: one shared runtime, or one runtime per thread.
+    pub runtime: RuntimeMode,
+    /// Threads serving clients (the shared runtime's workers, or the per-core runtimes).
+    pub threads: usize,
     /// Control API listener.
     pub control_listen: SocketAddr,
     /// Add `X-Forwarded-For`.
@@ -279,6 +283,8 @@ impl TryFrom<RawConfig> for Config {
         let routes = routes::validate(&raw.routes)?;
         Ok(Config {
             listen: proxy.listen,
+            runtime: proxy.runtime,
+            threads: proxy.threads,
             control_listen: control.listen,
             x_forwarded_for: proxy.x_forwarded_for,
             x_forwarded_proto: proxy.x_forwarded_proto,

@@ -39,6 +39,12 @@ pub struct RawProxy {
     pub upstream_sig_key: Option<String>,
     /// Or the PEM public key (ES256 or RS256) of that proxy, as a secret spec (usually `file:PATH`).
     pub upstream_sig_public_key: Option<String>,
+    /// How client connections are served: `"shared"` or `"per-core"` (see [`RuntimeMode`]). Not set: the value of
+    /// the environment variable [`RUNTIME_ENV`] if set, else [`RuntimeMode::DEFAULT`].
+    pub runtime: Option<String>,
+    /// Threads serving clients: the worker threads of the shared runtime, or the number of per-core runtimes.
+    /// Not set: the number of cores available to the process.
+    pub threads: Option<i64>,
 }
 
 impl Default for RawProxy {
@@ -56,9 +62,51 @@ impl Default for RawProxy {
             upstream_sig_leeway_secs: 5,
             upstream_sig_key: None,
             upstream_sig_public_key: None,
+            runtime: None,
+            threads: None,
         }
     }
 }
+
+/// How client connections are served (`proxy.runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeMode {
+    /// One multi-thread tokio runtime (work stealing) runs everything: a connection's task may run on any of its
+    /// `proxy.threads` workers, and one listener accepts every client.
+    Shared,
+    /// `proxy.threads` current-thread runtimes, one OS thread each, each accepting on its own `SO_REUSEPORT`
+    /// listener on the proxy address: a client connection, the origin connections it uses (pooled per runtime)
+    /// and its parked state stay on one thread. The control listener, the bus and the sweepers run on a runtime
+    /// of their own.
+    PerCore,
+}
+
+impl RuntimeMode {
+    /// The mode when neither the file nor [`RUNTIME_ENV`] says.
+    pub const DEFAULT: RuntimeMode = RuntimeMode::PerCore;
+
+    /// The name used in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeMode::Shared => "shared",
+            RuntimeMode::PerCore => "per-core",
+        }
+    }
+
+    fn parse(name: &str) -> Option<RuntimeMode> {
+        [RuntimeMode::Shared, RuntimeMode::PerCore]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
+}
+
+/// The environment variable that gives `proxy.runtime` when the file does not set it (empty: not set). The test
+/// suite is run in both modes this way.
+pub const RUNTIME_ENV: &str = "GRIP_PROXY_RUNTIME";
+
+/// The most threads `proxy.threads` accepts: far above any core count this is built for, low enough that a typo
+/// (an extra digit) is an error rather than thousands of threads and listeners.
+pub const MAX_THREADS: usize = 1024;
 
 /// Validated client-listener bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +133,8 @@ pub struct UpstreamConfig {
 /// What `[proxy]` yields; [`super::Config`] keeps these fields at its top level.
 pub(super) struct Proxy {
     pub(super) listen: SocketAddr,
+    pub(super) runtime: RuntimeMode,
+    pub(super) threads: usize,
     pub(super) x_forwarded_for: bool,
     pub(super) x_forwarded_proto: bool,
     pub(super) request_buffer_size: usize,
@@ -106,12 +156,47 @@ pub(super) fn validate(p: &RawProxy) -> Result<Proxy, ConfigError> {
     };
     Ok(Proxy {
         listen,
+        runtime: runtime(p.runtime.as_deref())?,
+        threads: threads(p.threads)?,
         x_forwarded_for: p.x_forwarded_for,
         x_forwarded_proto: p.x_forwarded_proto,
         request_buffer_size: p.request_buffer_size,
         limits,
         upstream: upstream(p)?,
     })
+}
+
+/// `proxy.runtime`, else [`RUNTIME_ENV`], else the default.
+fn runtime(written: Option<&str>) -> Result<RuntimeMode, ConfigError> {
+    let (key, name) = match written {
+        Some(name) => ("proxy.runtime", name.to_owned()),
+        None => match std::env::var(RUNTIME_ENV) {
+            Ok(name) if !name.is_empty() => (RUNTIME_ENV, name),
+            Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(RuntimeMode::DEFAULT),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(invalid(RUNTIME_ENV, "is not valid UTF-8"))
+            }
+        },
+    };
+    RuntimeMode::parse(&name)
+        .ok_or_else(|| invalid(key, format!("{name:?} is not \"shared\" or \"per-core\"")))
+}
+
+/// `proxy.threads`, else the cores available to the process (at most [`MAX_THREADS`]).
+fn threads(written: Option<i64>) -> Result<usize, ConfigError> {
+    let Some(n) = written else {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        return Ok(cores.min(MAX_THREADS));
+    };
+    usize::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_THREADS).contains(n))
+        .ok_or_else(|| {
+            invalid(
+                "proxy.threads",
+                format!("{n} is not between 1 and {MAX_THREADS}"),
+            )
+        })
 }
 
 fn upstream(p: &RawProxy) -> Result<Option<UpstreamConfig>, ConfigError> {
@@ -159,12 +244,50 @@ mod tests {
                 "proxy.max_held: must be at least 1",
             ),
             (
+                "[proxy]\nthreads = 0",
+                "proxy.threads: 0 is not between 1 and 1024",
+            ),
+            (
+                "[proxy]\nthreads = -1",
+                "proxy.threads: -1 is not between 1 and 1024",
+            ),
+            (
+                "[proxy]\nthreads = 1025",
+                "proxy.threads: 1025 is not between 1 and 1024",
+            ),
+            (
+                "[proxy]\nruntime = \"percore\"",
+                "proxy.runtime: \"percore\" is not \"shared\" or \"per-core\"",
+            ),
+            (
                 "[proxy]\nupstream_sig_public_key = \"not a pem\"",
                 "proxy.upstream_sig_public_key: not a PEM EC (ES256) or RSA (RS256) public key",
             ),
         ];
         for (toml, want) in cases {
             assert_eq!(err(toml), want, "{toml}");
+        }
+    }
+
+    #[test]
+    fn threads_and_runtime_at_their_bounds() {
+        use super::RuntimeMode;
+        let c = |toml: &str| Config::from_toml_str(toml).unwrap();
+        for n in [1, 2, 3, 1022, 1023, 1024] {
+            assert_eq!(c(&format!("[proxy]\nthreads = {n}")).threads, n);
+        }
+        for n in [1025, 1026, 0, -1] {
+            assert!(Config::from_toml_str(&format!("[proxy]\nthreads = {n}")).is_err());
+        }
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(
+            c("").threads,
+            cores.min(1024),
+            "default: the cores available"
+        );
+        for mode in [RuntimeMode::Shared, RuntimeMode::PerCore] {
+            let written = c(&format!("[proxy]\nruntime = \"{}\"", mode.as_str()));
+            assert_eq!(written.runtime, mode, "the file wins over the environment");
         }
     }
 

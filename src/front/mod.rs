@@ -79,10 +79,13 @@ pub enum ClientBodyError {
 }
 
 /// Accepts connections on `listener` until `stop` fires, then lets open connections finish their current request
-/// (a parked one is answered by the registry's close) for at most `grace`. `name` names the listener in logs.
+/// (a parked one is answered by the registry's close) for at most `grace`. `name` names the listener in logs. Each
+/// connection's task is spawned on the current runtime and tracked by `connections` (its `len` is the connections
+/// open now; it is closed when this returns).
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
+    connections: TaskTracker,
     stop: CancellationToken,
     grace: Duration,
     limits: Limits,
@@ -91,7 +94,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let tracker = TaskTracker::new();
+    let tracker = connections;
     let limits = std::sync::Arc::new(limits);
     loop {
         let Some((stream, peer)) = crate::accept::accept(name, &listener, &stop).await else {

@@ -1,10 +1,14 @@
 //! The HTTP/1.1 client toward origins. An exchange runs entirely in the calling task (the client's connection
 //! task): it writes the request and reads the response head on a pooled keep-alive connection, and the response
 //! body reads from that connection as the caller polls it. No dispatch task or channel sits in between.
+//!
+//! Idle connections are pooled per runtime in per-core mode (a socket belongs to the runtime that registered it):
+//! a thread that serves one of those runtimes says so once ([`use_local_pool`]); every other thread shares one pool.
 
 mod body;
 mod pool;
 
+use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,18 +64,39 @@ pub(crate) struct Settings {
     pub connect_timeout: Duration,
     /// Idle connections are closed after this long.
     pub idle_timeout: Duration,
-    /// Idle connections kept per origin (host and port).
+    /// Idle connections kept per origin (host and port), by the whole client: with local pools, each pool keeps
+    /// its share (rounded up).
     pub max_idle_per_host: usize,
     /// Longest wait for the next bytes of a response body; then the body fails and its connection is closed.
     pub body_read_timeout: Duration,
+    /// Pools of their own, one per per-core runtime (0 in shared mode), beside the shared one.
+    pub local_pools: usize,
 }
 
-/// The origin client. Cheap to clone (the pool is shared).
+/// The origin client. Cheap to clone (the pools are shared).
 #[derive(Clone)]
 pub(crate) struct Client {
-    pool: Arc<Pool>,
+    pools: Arc<Pools>,
     connect_timeout: Duration,
     body_read_timeout: Duration,
+}
+
+/// The idle connections: the pool of each per-core runtime, and one for every other thread.
+struct Pools {
+    shared: Arc<Pool>,
+    local: Box<[Arc<Pool>]>,
+}
+
+thread_local! {
+    /// The local pool that origin requests made on this thread use; `None`: the shared one.
+    static LOCAL_POOL: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Makes the origin requests of this thread use local pool `index` (of any [`Client`] that has one): called once
+/// by the thread of a per-core runtime, before it serves anything. Its connections are then registered with that
+/// runtime and used only by its tasks; the pool's lock is uncontended but for the idle sweeper.
+pub(crate) fn use_local_pool(index: usize) {
+    LOCAL_POOL.with(|local| local.set(Some(index)));
 }
 
 /// A failed attempt, and whether the request may be sent again on a new connection.
@@ -82,23 +107,54 @@ struct Failed {
 }
 
 impl Client {
-    /// A client with an empty pool.
+    /// A client with empty pools.
     pub(crate) fn new(settings: Settings) -> Self {
+        // Per-core mode splits the idle bound between the runtimes: the whole process keeps about as many idle
+        // connections (and their read buffers) per origin as in shared mode.
+        let max_idle = match settings.local_pools {
+            0 => settings.max_idle_per_host,
+            pools => settings.max_idle_per_host.div_ceil(pools),
+        };
+        let pool = || Arc::new(Pool::new(max_idle, settings.idle_timeout));
         Client {
-            pool: Arc::new(Pool::new(settings.max_idle_per_host, settings.idle_timeout)),
+            pools: Arc::new(Pools {
+                shared: pool(),
+                local: (0..settings.local_pools).map(|_| pool()).collect(),
+            }),
             connect_timeout: settings.connect_timeout,
             body_read_timeout: settings.body_read_timeout,
         }
     }
 
-    /// Closes idle connections that have been idle longer than the idle timeout.
-    pub(crate) fn sweep_idle(&self) {
-        self.pool.sweep(tokio::time::Instant::now());
+    /// The pool of the calling thread.
+    fn pool(&self) -> &Arc<Pool> {
+        LOCAL_POOL
+            .with(Cell::get)
+            .and_then(|i| self.pools.local.get(i))
+            .unwrap_or(&self.pools.shared)
     }
 
-    /// Idle pooled connections, over all origins.
+    /// Every pool.
+    fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        std::iter::once(&self.pools.shared).chain(self.pools.local.iter())
+    }
+
+    /// Closes idle connections that have been idle longer than the idle timeout, in every pool.
+    pub(crate) fn sweep_idle(&self) {
+        let now = tokio::time::Instant::now();
+        self.all_pools().for_each(|pool| pool.sweep(now));
+    }
+
+    /// Closes every idle connection of local pool `index`: its runtime is stopping.
+    pub(crate) fn close_local(&self, index: usize) {
+        if let Some(pool) = self.pools.local.get(index) {
+            pool.close_all();
+        }
+    }
+
+    /// Idle pooled connections, over all origins and pools.
     pub(crate) fn idle_connections(&self) -> usize {
-        self.pool.len()
+        self.all_pools().map(|pool| pool.len()).sum()
     }
 
     /// Sends a request (its URI carries the origin's authority) and waits for the response head.
@@ -135,8 +191,9 @@ impl Client {
         let is_head = parts.method == http::Method::HEAD;
         let key = authority.as_str();
         let mut body = (!matches!(framing, Framing::Empty | Framing::Length(0))).then_some(body);
+        let pool = self.pool();
         loop {
-            let (conn, reused) = match self.pool.checkout(key) {
+            let (conn, reused) = match pool.checkout(key) {
                 Some(conn) => (conn, true),
                 None => (self.connect(&authority).await?, false),
             };
@@ -150,13 +207,13 @@ impl Client {
             );
             match sending.await {
                 Ok((parts, reading)) => {
-                    let body = OriginBody::new(reading, self.pool.clone(), key);
+                    let body = OriginBody::new(reading, pool.clone(), key);
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(Failed { error, retryable }) if reused && retryable => {
                     // The other idle connections to this origin are likely from before the same restart.
                     tracing::debug!(origin = key, %error, "pooled origin connection was closed; retrying on a new one");
-                    self.pool.clear(key);
+                    pool.clear(key);
                 }
                 Err(Failed { error, .. }) => return Err(error),
             }

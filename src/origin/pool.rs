@@ -99,6 +99,12 @@ impl Pool {
         drop(dropped);
     }
 
+    /// Closes every idle connection.
+    pub(super) fn close_all(&self) {
+        let dropped = std::mem::take(&mut *self.idle.lock());
+        drop(dropped);
+    }
+
     /// Closes connections idle for longer than the timeout.
     pub(super) fn sweep(&self, now: Instant) {
         let mut expired = Vec::new();

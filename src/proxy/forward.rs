@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::front::ClientBodyError;
 use crate::origin::{self, OriginBody, OriginError};
 
-/// The origin client. Cheap to clone (the pool is shared).
+/// The origin client. Cheap to clone (the pools are shared).
 #[derive(Clone)]
 pub(crate) struct Forwarder {
     client: origin::Client,
@@ -31,13 +31,15 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    /// A client with the configured pool and timeouts.
-    pub(crate) fn new(cfg: &OriginConfig) -> Self {
+    /// A client with the configured pool and timeouts, and `local_pools` pools of their own for the per-core
+    /// runtimes (0 in shared mode).
+    pub(crate) fn new(cfg: &OriginConfig, local_pools: usize) -> Self {
         let client = origin::Client::new(origin::Settings {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.pool_idle_timeout,
             max_idle_per_host: cfg.pool_max_idle_per_host,
             body_read_timeout: cfg.body_read_timeout,
+            local_pools,
         });
         Forwarder {
             client,
@@ -73,7 +75,7 @@ impl Forwarder {
         }
     }
 
-    /// The origin client (its pool is shared by every clone).
+    /// The origin client (its pools are shared by every clone).
     pub(crate) fn client(&self) -> &origin::Client {
         &self.client
     }

@@ -68,7 +68,7 @@ impl ProxyState {
         Self::build(
             config,
             registry,
-            Forwarder::new(&config.origin),
+            Forwarder::new(&config.origin, 0),
             Arc::new(Metrics::new()),
         )
     }
