@@ -182,11 +182,19 @@ impl Waiter {
         }
     }
 
-    /// Whether a delivery took it (and so took it out of the channel that delivery came from).
-    pub(crate) fn was_delivered(&self) -> bool {
+    /// Ends the wait for good (its guard is dropped, or its join failed): from now on no delivery takes it.
+    /// Returns whether a delivery took it first, which then also took it out of the channel it came from and gave
+    /// its place back.
+    pub(crate) fn finish(&self) -> bool {
         let mut state = self.state.lock();
         state.direct = None;
-        matches!(state.stage, Stage::Delivered(_) | Stage::Received)
+        match state.stage {
+            Stage::Delivered(_) | Stage::Received => true,
+            Stage::Waiting | Stage::Abandoned => {
+                state.stage = Stage::Abandoned;
+                false
+            }
+        }
     }
 }
 
@@ -209,7 +217,7 @@ mod tests {
             timed_out.deliver(Delivery::Item(release())),
             Told::No
         ));
-        assert!(!timed_out.was_delivered());
+        assert!(!timed_out.finish());
 
         let delivered = Waiter::new(Vec::new(), None);
         assert!(matches!(
@@ -220,7 +228,7 @@ mod tests {
             matches!(delivered.abandon(), Some(Delivery::Item(_))),
             "the timeout after a delivery answers with the delivery"
         );
-        assert!(delivered.was_delivered());
+        assert!(delivered.finish());
         assert!(matches!(delivered.deliver(Delivery::Shutdown), Told::No));
     }
 
