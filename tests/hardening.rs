@@ -820,6 +820,9 @@ async fn publish_jwts_are_checked_for_exp_and_nbf_with_a_5_second_leeway() {
     let resp = publish_with(&proxy, &publish_token(json!({"exp": at(-2)})), "late").await;
     assert_eq!(resp.status, 200, "expired 2 s ago: {}", resp.text());
     assert_eq!(client.response().await.text(), "late");
+    // The release writes the answer before the client's task leaves the registry: wait until it has, so that the
+    // next wait counts the next client (otherwise "early" may be published before it is parked).
+    proxy.wait_held(0).await;
 
     let client = Pending::get(proxy.addr(), "/");
     proxy.wait_held(1).await;
