@@ -87,7 +87,6 @@ fn hand_out(
     let (mut taken, mut all, mut part) = (0, 0, 0);
     for waiter in waiters {
         if let Told::Yes(waker, wrote) = waiter.deliver(Delivery::Item(release.clone())) {
-            inner.give_back(Kind::Waiter);
             taken += 1;
             all += u64::from(wrote == Wrote::All);
             part += u64::from(wrote == Wrote::Part);
@@ -122,10 +121,9 @@ fn split_off_parts<T>(waiters: &mut Vec<T>) -> Vec<Vec<T>> {
 }
 
 /// Tells one parked client and wakes its task. `false`: another delivery took it first, or it stopped waiting.
-fn tell(inner: &Inner, waiter: &Waiter, delivery: Delivery) -> bool {
+fn tell(waiter: &Waiter, delivery: Delivery) -> bool {
     match waiter.deliver(delivery) {
         Told::Yes(waker, _) => {
-            inner.give_back(Kind::Waiter);
             waker.into_iter().for_each(Waker::wake);
             true
         }
@@ -238,36 +236,6 @@ struct Inner {
     stream_written: AtomicU64,
 }
 
-impl Inner {
-    /// Counts a member as held (its place against `max_held` is already reserved).
-    fn take_place(&self, kind: Kind) {
-        if kind == Kind::Stream {
-            self.streams.fetch_add(1, Ordering::Relaxed);
-        }
-        self.held.fetch_add(1, Ordering::SeqCst);
-        self.notify_held();
-    }
-
-    /// Gives a member's place back: a response hold's as soon as a delivery takes it (its client is answered, or
-    /// about to be), a stream's when its guard is dropped.
-    fn give_back(&self, kind: Kind) {
-        if kind == Kind::Stream {
-            self.streams.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.held.fetch_sub(1, Ordering::SeqCst);
-        self.reserved.fetch_sub(1, Ordering::AcqRel);
-        self.notify_held();
-    }
-
-    /// Wakes `wait_held` callers, if any. `held` and `watchers` are both SeqCst, so either the watcher sees the
-    /// new count or this sees the watcher.
-    fn notify_held(&self) {
-        if self.watchers.load(Ordering::SeqCst) > 0 {
-            self.held_changed.notify_waiters();
-        }
-    }
-}
-
 impl Registry {
     /// An empty registry.
     pub(crate) fn new(config: RegistryConfig) -> Self {
@@ -372,7 +340,7 @@ impl Registry {
             if let ParkOutcome::Stale = outcome {
                 self.forget_if_idle(&sub.name);
                 self.leave(subs[..i].iter().map(|s| &*s.name), id, member.kind());
-                self.give_back_unless_delivered(member);
+                self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
                 return Err(ParkError::Stale {
                     channel: sub.name.clone(),
                     prev_id: sub.prev_id.clone().unwrap_or_default(),
@@ -382,32 +350,25 @@ impl Registry {
         // close() sets the flag before draining: either the drain saw our member, or we see the flag here.
         if self.is_closed() {
             self.leave(subs.iter().map(|s| &*s.name), id, member.kind());
-            self.give_back_unless_delivered(member);
+            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
             return Err(ParkError::Closed);
         }
-        // Counted once it is in its channels, so that a caller of `wait_held` finds it there. A delivery may have
-        // taken it (and given its place back) in between: the count dips by one for that instant.
-        self.inner.take_place(member.kind());
-        Ok(id)
-    }
-
-    /// After a failed join: ends the member's wait for good and gives back the place it reserved. A delivery
-    /// that reached it first gave a place back already, and took one off `held`, where it was not counted yet.
-    fn give_back_unless_delivered(&self, member: Member<'_>) {
-        let delivered = match member {
-            Member::Waiter(waiter) => waiter.finish(),
-            Member::Stream(_) => false,
-        };
-        if delivered {
-            self.inner.held.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        if member.kind() == Kind::Stream {
+            self.inner.streams.fetch_add(1, Ordering::Relaxed);
         }
+        self.inner.held.fetch_add(1, Ordering::SeqCst);
+        self.notify_held();
+        Ok(id)
     }
 
     /// Gives back the place a member took (its guard is dropped).
     fn release_place(&self, kind: Kind) {
-        self.inner.give_back(kind);
+        if kind == Kind::Stream {
+            self.inner.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.inner.held.fetch_sub(1, Ordering::SeqCst);
+        self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.notify_held();
     }
 
     /// Publishes an item: drops a duplicate id, queues an item whose predecessor is missing (see
@@ -507,7 +468,7 @@ impl Registry {
         feeds.len()
             + waiters
                 .iter()
-                .filter(|waiter| tell(&self.inner, waiter, delivery.clone()))
+                .filter(|waiter| tell(waiter, delivery.clone()))
                 .count()
     }
 
@@ -518,8 +479,7 @@ impl Registry {
 
     /// Clients held now: response holds and streams.
     pub fn held(&self) -> usize {
-        // A delivery can give a place back an instant before its join counts it (see `join`): read as signed.
-        (self.inner.held.load(Ordering::SeqCst) as isize).max(0) as usize
+        self.inner.held.load(Ordering::SeqCst)
     }
 
     /// Released clients whose response the release wrote to their socket itself: wholly, and in part (their task
@@ -604,6 +564,14 @@ impl Registry {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Wakes `wait_held` callers, if any. `held` and `watchers` are both SeqCst, so either the watcher sees the
+    /// new count or this sees the watcher.
+    fn notify_held(&self) {
+        if self.inner.watchers.load(Ordering::SeqCst) > 0 {
+            self.inner.held_changed.notify_waiters();
         }
     }
 
@@ -719,16 +687,12 @@ impl Drop for Parked {
         // Whatever delivered to it removed this waiter from the channel it came from: a released single-channel
         // hold has nothing left to remove, and skips the map (a fan-out to 10,000 clients would otherwise take
         // that channel's shard lock 20,000 more times).
-        // From here no delivery takes it; one that took it before gave its place back.
         let subs = self.waiter.subs();
-        let delivered = self.waiter.finish();
-        if !(delivered && subs.len() == 1) {
+        if !(self.waiter.was_delivered() && subs.len() == 1) {
             let names = subs.iter().map(|s| &*s.name);
             self.registry.leave(names, self.id, Kind::Waiter);
         }
-        if !delivered {
-            self.registry.release_place(Kind::Waiter);
-        }
+        self.registry.release_place(Kind::Waiter);
     }
 }
 

@@ -182,19 +182,11 @@ impl Waiter {
         }
     }
 
-    /// Ends the wait for good (its guard is dropped, or its join failed): from now on no delivery takes it.
-    /// Returns whether a delivery took it first, which then also took it out of the channel it came from and gave
-    /// its place back.
-    pub(crate) fn finish(&self) -> bool {
+    /// Whether a delivery took it (and so took it out of the channel that delivery came from).
+    pub(crate) fn was_delivered(&self) -> bool {
         let mut state = self.state.lock();
         state.direct = None;
-        match state.stage {
-            Stage::Delivered(_) | Stage::Received => true,
-            Stage::Waiting | Stage::Abandoned => {
-                state.stage = Stage::Abandoned;
-                false
-            }
-        }
+        matches!(state.stage, Stage::Delivered(_) | Stage::Received)
     }
 }
 
@@ -217,7 +209,7 @@ mod tests {
             timed_out.deliver(Delivery::Item(release())),
             Told::No
         ));
-        assert!(!timed_out.finish());
+        assert!(!timed_out.was_delivered());
 
         let delivered = Waiter::new(Vec::new(), None);
         assert!(matches!(
@@ -228,7 +220,7 @@ mod tests {
             matches!(delivered.abandon(), Some(Delivery::Item(_))),
             "the timeout after a delivery answers with the delivery"
         );
-        assert!(delivered.finish());
+        assert!(delivered.was_delivered());
         assert!(matches!(delivered.deliver(Delivery::Shutdown), Told::No));
     }
 
