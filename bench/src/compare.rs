@@ -9,7 +9,7 @@ use crate::plan::{Comparison, Plan, TargetRun};
 use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks_with_reaped, tree_rss_kib};
 use crate::run::{process_names, workspace_root, Options};
 use crate::scenarios::{Ctx, Forwarder};
-use crate::target::{free_port, Kind, Target};
+use crate::target::{Kind, Target};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,13 +39,7 @@ pub(crate) async fn run(opts: &Options, plan: Plan) -> Result<()> {
     let (busy0, total0) = machine_cpu_ticks();
     let ours0 = tree_cpu_ticks_with_reaped(me);
 
-    let origin_port = free_port()?;
-    let mut origin = LineChild::spawn(
-        "origin",
-        &["origin".into(), "--port".into(), origin_port.to_string()],
-        &out.join("origin.log"),
-    )?;
-    origin.recv(Duration::from_secs(10)).await?;
+    let (origin, origin_port) = crate::run::start_origin(out).await?;
     let env = Env {
         origin_port,
         plan: &plan,

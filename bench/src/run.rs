@@ -127,13 +127,7 @@ async fn run_async(opts: &Options, plan: Plan) -> Result<()> {
         out.display()
     );
     // Origin.
-    let origin_port = free_port()?;
-    let mut origin = LineChild::spawn(
-        "origin",
-        &["origin".into(), "--port".into(), origin_port.to_string()],
-        &out.join("origin.log"),
-    )?;
-    origin.recv(Duration::from_secs(10)).await?;
+    let (origin, origin_port) = start_origin(out).await?;
     let origin_addr: SocketAddr = ([127, 0, 0, 1], origin_port).into();
 
     // Proxy under test.
@@ -346,4 +340,16 @@ pub(crate) fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."))
+}
+
+/// Starts the bench origin on a free loopback port (its log in `out`), once it says it is listening.
+pub(crate) async fn start_origin(out: &std::path::Path) -> Result<(LineChild, u16)> {
+    let port = free_port()?;
+    let mut origin = LineChild::spawn(
+        "origin",
+        &["origin".into(), "--port".into(), port.to_string()],
+        &out.join("origin.log"),
+    )?;
+    origin.recv(Duration::from_secs(10)).await?;
+    Ok((origin, port))
 }
