@@ -52,6 +52,7 @@ mod reload;
 mod routes;
 mod runtimes;
 mod secret;
+pub mod tls;
 
 pub use app::App;
 pub use bus::Status as BusStatus;

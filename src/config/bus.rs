@@ -189,12 +189,6 @@ pub(super) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
             ))
         }
     }
-    if matches!(scheme, Some("rediss" | "valkeys")) && !cfg!(feature = "redis-tls") {
-        return Err(invalid(
-            "bus.url",
-            format!("{shown:?}: TLS needs grip-proxy built with the `redis-tls` feature"),
-        ));
-    }
     if raw.prefix.is_empty() {
         return Err(invalid("bus.prefix", "must not be empty"));
     }
@@ -357,12 +351,6 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(err(raw.clone()), want, "{raw:?}");
-        }
-        if !cfg!(feature = "redis-tls") {
-            assert_eq!(
-                err(raw("rediss://h:6380")),
-                r#"bus.url: "rediss://h:6380": TLS needs grip-proxy built with the `redis-tls` feature"#
-            );
         }
         let e = err(raw("redis://:secret@h:notaport/0"));
         assert!(
