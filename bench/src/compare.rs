@@ -8,7 +8,7 @@ use crate::children::{LineChild, Result};
 use crate::plan::{Comparison, Plan, TargetRun};
 use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks_with_reaped, tree_rss_kib};
 use crate::run::{process_names, workspace_root, Options};
-use crate::scenarios::{Ctx, Forwarder};
+use crate::scenarios::{Ctx, Forwarder, HttpsInstances, HttpsPlan};
 use crate::target::{Kind, Target};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -205,6 +205,16 @@ impl Env<'_> {
         run.publish_single = Some(ctx.publish_api(1).await?);
         if kind.is_grip() {
             run.publish_batched = Some(ctx.publish_api(100).await?);
+        }
+        if kind == Kind::GripProxy {
+            eprintln!("== grip-proxy HTTPS, with nginx (TLS) beside it");
+            let bin = PathBuf::from(&run.proxy_bin);
+            let inst = HttpsInstances {
+                bin: &bin,
+                nginx_bin: Kind::Nginx.default_bin(workspace_root()),
+                out: self.out,
+            };
+            run.https = Some(ctx.https_figures(&inst, HttpsPlan::of(&[])).await?);
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ mod scenarios;
 mod stats;
 mod sys;
 mod target;
+mod tls;
 mod worker;
 
 use clap::{Parser, Subcommand};

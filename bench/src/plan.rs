@@ -44,6 +44,13 @@ pub(crate) struct Plan {
     /// and released by an item with an id.
     pub remembered_churn_rounds: usize,
     pub remembered_churn_clients: usize,
+    /// HTTPS long-polls held (and plain ones, the baseline) for memory per held HTTPS client.
+    pub https_memory_n: usize,
+    /// Runs of the HTTPS pass-through and handshake figures: grip-proxy's and nginx's windows
+    /// alternate, their order rotated every run.
+    pub https_runs: usize,
+    /// Connections opening, handshaking, asking and closing at once in the handshake figure.
+    pub handshake_conns: usize,
     /// Bound on the whole run.
     pub max_run: Duration,
 }
@@ -74,7 +81,10 @@ impl Plan {
                 remembered_batch: 1_000,
                 remembered_churn_rounds: 33,
                 remembered_churn_clients: 300,
-                max_run: Duration::from_secs(240),
+                https_memory_n: 1_000,
+                https_runs: 2,
+                handshake_conns: 32,
+                max_run: Duration::from_secs(360),
             }
         } else {
             Self {
@@ -100,7 +110,10 @@ impl Plan {
                 remembered_batch: 1_000,
                 remembered_churn_rounds: 333,
                 remembered_churn_clients: 300,
-                max_run: Duration::from_secs(900),
+                https_memory_n: 10_000,
+                https_runs: 4,
+                handshake_conns: 32,
+                max_run: Duration::from_secs(1_200),
             }
         }
     }
@@ -114,7 +127,7 @@ impl Plan {
             p.fanout_n = vec![1_000, 10_000];
         }
         p.passthrough_runs = if short { 2 } else { 4 };
-        p.max_run = Duration::from_secs(if short { 600 } else { 1_800 });
+        p.max_run = Duration::from_secs(if short { 720 } else { 2_100 });
         p
     }
 }
@@ -276,6 +289,60 @@ pub(crate) struct StreamSustained {
     pub orchestrator_cores: f64,
 }
 
+/// The HTTPS figures: memory per held HTTPS long-poll against plain ones at the same N, and
+/// grip-proxy's HTTPS listener against nginx with TLS on the same origin.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct HttpsFigures {
+    /// Why they were not measured.
+    pub skipped: Option<String>,
+    pub memory: Option<HttpsMemory>,
+    /// What a handshake with grip-proxy's and with nginx's HTTPS listener negotiated.
+    pub grip_session: Option<String>,
+    pub nginx_session: Option<String>,
+    /// Why nginx was not measured (not installed, did not start).
+    pub nginx_missing: Option<String>,
+    /// One per run (keep-alive HTTPS `GET /plain`, each against that run's plain direct window).
+    pub grip_passthrough: Vec<Passthrough>,
+    pub nginx_passthrough: Vec<Passthrough>,
+    /// One per run (new connection, full handshake, one request, close).
+    pub grip_handshakes: Vec<Handshakes>,
+    pub nginx_handshakes: Vec<Handshakes>,
+}
+
+/// N HTTPS long-polls held on one channel, and N plain ones, each on a grip-proxy instance started
+/// fresh for it (both with the same HTTPS listener configured) and warmed up the same way.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HttpsMemory {
+    pub n: usize,
+    pub plain_idle_rss_kib: u64,
+    pub https_idle_rss_kib: u64,
+    pub plain: FanoutRound,
+    pub https: FanoutRound,
+    /// HTTPS KiB per held client ÷ plain KiB per held client.
+    pub ratio: f64,
+}
+
+/// One window of full TLS handshakes through one proxy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Handshakes {
+    pub conns: usize,
+    pub window_s: f64,
+    /// Connections that got their `GET /plain` answered 200 within the window.
+    pub ok: u64,
+    pub per_s: f64,
+    pub non200: u64,
+    /// Connections that failed (connect, handshake or request).
+    pub errors: u64,
+    /// CPU time of the proxy's process tree over the window, and per handshake.
+    pub proxy_cpu_ms: f64,
+    pub cpu_us_per_handshake: f64,
+    /// CPU time the client workers used over the window, in cores (1.0: one core busy).
+    pub workers_cores: f64,
+    /// Run (0-based) and place of this proxy's window in the run (1: first).
+    pub run: usize,
+    pub order: usize,
+}
+
 /// Single-client delivery latency over one path: a client is held, one item is published,
 /// the time from just before the publish is written until the client has read its response.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -359,6 +426,7 @@ pub(crate) struct Results {
     pub bus: BusFigures,
     pub streams: StreamFigures,
     pub remembered: RememberedFigures,
+    pub https: HttpsFigures,
     /// RSS of the proxy (KiB) after each phase, once it is idle again.
     pub rss_after_phase_kib: Vec<(String, u64)>,
     /// Share of the machine's CPU used by processes other than this benchmark's (its
@@ -402,6 +470,8 @@ pub(crate) struct TargetRun {
     pub passthrough: Vec<Passthrough>,
     pub publish_single: Option<PublishRun>,
     pub publish_batched: Option<PublishRun>,
+    /// grip-proxy only: the HTTPS figures (nginx with TLS measured beside it), after its others.
+    pub https: Option<HttpsFigures>,
     pub notes: Vec<String>,
 }
 
@@ -420,6 +490,7 @@ impl TargetRun {
             passthrough: Vec::new(),
             publish_single: None,
             publish_batched: None,
+            https: None,
             notes: Vec::new(),
         }
     }

@@ -2,10 +2,12 @@
 //! `streams`, memory per remembered channel in `remembered`).
 
 mod compare;
+mod https;
 mod remembered;
 mod streams;
 
 pub(crate) use compare::markdown as compare_markdown;
+pub(crate) use https::https_lines;
 pub(crate) use remembered::remembered_lines;
 pub(crate) use streams::stream_comparison;
 
@@ -204,6 +206,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     }
     bus_details(&mut s, r);
     remembered::details(&mut s, r);
+    https::section(&mut s, &r.https);
     let phases: Vec<String> = r
         .rss_after_phase_kib
         .iter()

@@ -4,7 +4,7 @@
 use crate::children::{LineChild, Result};
 use crate::plan::{Plan, Results};
 use crate::procfs::{machine_cpu_ticks, tree_cpu_ticks_with_reaped};
-use crate::scenarios::{Ctx, StreamPlan};
+use crate::scenarios::{Ctx, HttpsInstances, HttpsPlan, StreamPlan};
 use crate::target::{free_port, Kind, Target};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,13 +39,23 @@ pub(crate) enum Figure {
     StreamSustained,
     /// Memory per channel remembered for its last id with no client (an instance of its own).
     Remembered,
+    /// Memory per held HTTPS long-poll, next to plain ones at the same N (instances of their own).
+    HttpsMemory,
+    /// Keep-alive HTTPS requests/s through grip-proxy and nginx with TLS, each against the origin.
+    HttpsPassthrough,
+    /// Full TLS handshakes per second (one request per connection), grip-proxy and nginx.
+    Handshakes,
 }
 
 impl Figure {
     /// Why this figure cannot be measured against `kind` (None: it can).
     fn unsupported_by(self, kind: Kind) -> Option<&'static str> {
         match (kind, self) {
-            (Kind::GripProxy | Kind::Pushpin, _) => None,
+            (Kind::GripProxy, _) => None,
+            (_, Figure::HttpsMemory | Figure::HttpsPassthrough | Figure::Handshakes) => {
+                Some("the HTTPS figures are measured against grip-proxy (with nginx with TLS beside it)")
+            }
+            (Kind::Pushpin, _) => None,
             (_, Figure::Passthrough) => None,
             (Kind::Nchan, Figure::Fanout | Figure::Sustained | Figure::Publish) => None,
             (Kind::Nginx, _) => Some("plain nginx has no GRIP holds or publishes"),
@@ -251,6 +261,11 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options, only: &[Figure]) -> Result<
         let f = ctx.remembered_figures(opts).await?;
         eprint!("{}", crate::report::remembered_lines(&f));
     }
+    let https = HttpsPlan::of(only);
+    if !https.is_empty() {
+        let f = ctx.https_figures(&https_instances(opts), https).await?;
+        eprint!("{}", crate::report::https_lines(&f));
+    }
     let (busy1, total1) = machine_cpu_ticks();
     let foreign = (busy1.saturating_sub(busy0))
         .saturating_sub(tree_cpu_ticks_with_reaped(me).saturating_sub(ours0));
@@ -293,6 +308,10 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     phases.push(("publish 100/request".into(), ctx.rss_kib()));
     eprintln!("memory per remembered channel, on an instance of its own");
     let remembered = ctx.remembered_figures(opts).await?;
+    eprintln!("HTTPS, on instances of their own (nginx with TLS beside grip-proxy)");
+    let https = ctx
+        .https_figures(&https_instances(opts), HttpsPlan::of(&[]))
+        .await?;
     eprintln!("cross-instance delivery through the Redis bus");
     let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
@@ -319,11 +338,21 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
         bus,
         streams,
         remembered,
+        https,
         rss_after_phase_kib: phases,
         foreign_cpu_percent,
         notes: ctx.notes.clone(),
         run_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The binaries and output dir of the HTTPS figures' instances.
+fn https_instances(opts: &Options) -> HttpsInstances<'_> {
+    HttpsInstances {
+        bin: &opts.proxy_bin,
+        nginx_bin: Kind::Nginx.default_bin(workspace_root()),
+        out: &opts.out,
+    }
 }
 
 pub(crate) fn process_names(pids: &[u32]) -> Vec<String> {

@@ -1,9 +1,12 @@
 //! The five measurements, run by the orchestrator against a started proxy, origin and workers
-//! (the stream figures are in `streams`, memory per remembered channel in `remembered`).
+//! (the stream figures are in `streams`, memory per remembered channel in `remembered`, the
+//! HTTPS figures in `https`).
 
+mod https;
 mod remembered;
 mod streams;
 
+pub(crate) use https::{HttpsPlan, Instances as HttpsInstances};
 pub(crate) use streams::StreamPlan;
 
 use crate::children::{broadcast, LineChild, Result};
@@ -31,6 +34,8 @@ pub(crate) struct Ctx {
     pub notes: Vec<String>,
     /// Whether the proxy answers `GET /channels/<name>` on its control port (None: unknown).
     channels_endpoint: Option<bool>,
+    /// Held clients connect to the target's HTTPS listener (`tls:ADDR`) instead of its plain one.
+    pub tls_clients: bool,
 }
 
 /// A proxy that pass-through windows go through: its listener, and the root of its process tree
@@ -38,7 +43,8 @@ pub(crate) struct Ctx {
 #[derive(Debug, Clone)]
 pub(crate) struct Forwarder {
     pub name: String,
-    pub listen: SocketAddr,
+    /// Where the workers' clients connect: its plain listener, or `tls:ADDR` (HTTPS).
+    pub dest: String,
     pub pid: u32,
 }
 
@@ -46,9 +52,18 @@ impl Forwarder {
     pub(crate) fn of(t: &Target) -> Self {
         Self {
             name: t.kind.name().to_string(),
-            listen: t.listen,
+            dest: t.listen.to_string(),
             pid: t.pid(),
         }
+    }
+
+    /// The target's HTTPS listener (None: it has none).
+    pub(crate) fn https_of(t: &Target) -> Option<Self> {
+        Some(Self {
+            name: format!("{} HTTPS", t.kind.name()),
+            dest: format!("tls:{}", t.tls_listen?),
+            pid: t.pid(),
+        })
     }
 }
 
@@ -134,6 +149,7 @@ impl Ctx {
             plan,
             notes: Vec::new(),
             channels_endpoint: None,
+            tls_clients: false,
         }
     }
 
@@ -327,7 +343,11 @@ impl Ctx {
         max_ms: u64,
     ) -> Result<usize> {
         let parts = split(n, self.workers.len());
-        let addr = self.target.listen;
+        let addr = match (self.tls_clients, self.target.tls_listen) {
+            (true, Some(a)) => format!("tls:{a}"),
+            (true, None) => return Err("the proxy has no HTTPS listener".into()),
+            (false, _) => self.target.listen.to_string(),
+        };
         // Nchan's subscribers are on `/sub/<channel>` instead of the origin's `/hold/`.
         let route = match (self.target.hold_route(), cmd) {
             (Some(r), "hold" | "repoll") => format!(" {r}"),
@@ -362,8 +382,9 @@ impl Ctx {
         Ok(())
     }
 
-    /// 0.5 s of `GET /plain` on 10 connections to `addr` (a proxy's warm-up of its forwarding).
-    pub(crate) async fn warm_up_plain(&mut self, addr: SocketAddr) -> Result<()> {
+    /// 0.5 s of `GET /plain` on 10 connections to `addr` (a proxy's warm-up of its forwarding;
+    /// `tls:ADDR` for its HTTPS listener).
+    pub(crate) async fn warm_up_plain(&mut self, addr: impl std::fmt::Display) -> Result<()> {
         let cmd = format!("load {addr} 10 500 /plain");
         broadcast(&mut self.workers[..1], &[cmd], Duration::from_secs(30)).await?;
         Ok(())
@@ -682,12 +703,12 @@ impl Ctx {
                 let i = (k + run) % proxies.len();
                 let p = &proxies[i];
                 let cpu0 = tree_cpu_ns(p.pid);
-                let proxied = self.load_plain(p.listen, conns).await?;
+                let proxied = self.load_plain(&p.dest, conns).await?;
                 let cpu_ns = tree_cpu_ns(p.pid).saturating_sub(cpu0);
                 if proxied[0] == 0 {
                     return Err(format!(
                         "no pass-through request succeeded through {} ({})",
-                        p.name, p.listen
+                        p.name, p.dest
                     ));
                 }
                 let forwarded = proxied[0] + proxied[1];
@@ -745,7 +766,7 @@ impl Ctx {
         .await
     }
 
-    async fn load_plain(&mut self, addr: SocketAddr, conns: usize) -> Result<[u64; 4]> {
+    async fn load_plain(&mut self, addr: impl std::fmt::Display, conns: usize) -> Result<[u64; 4]> {
         // `load ADDR CONNS DURATION PATH` -> ok non200 errors reconnects
         let replies = self
             .on_workers(conns, |c, window| {

@@ -7,6 +7,7 @@ use crate::children::Result;
 use crate::http::{get_request, post_request, publish_body, simple_request};
 use crate::procfs::process_tree;
 use crate::sys::signal_pid;
+use crate::tls::Certs;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,10 @@ pub(crate) struct Target {
     pub kind: Kind,
     pub listen: SocketAddr,
     pub control: SocketAddr,
+    /// The HTTPS listener, if started with one (grip-proxy's `[tls]`, nginx's `listen ... ssl`).
+    pub tls_listen: Option<SocketAddr>,
+    /// What a TLS handshake with it negotiated (version, suite, group, ALPN), read once at start.
+    pub tls_session: Option<String>,
     pub log: PathBuf,
     child: Option<Child>,
     tmpdir: Option<PathBuf>,
@@ -119,7 +124,24 @@ impl Target {
             Kind::Nginx => "nginx.log",
             Kind::Nchan => "nchan.log",
         });
-        Self::start_with(kind, bin, origin_port, log, None).await
+        Self::start_with(kind, bin, origin_port, log, None, None).await
+    }
+
+    /// Start grip-proxy or nginx with an HTTPS listener besides the plain one, serving the run's
+    /// certificate (`certs`), logging to `log`, and wait until both listeners answer `GET /plain`
+    /// (grip-proxy: and its publishes are accepted).
+    pub(crate) async fn start_tls(
+        kind: Kind,
+        bin: &Path,
+        origin_port: u16,
+        log: PathBuf,
+        certs: &Certs,
+    ) -> Result<Self> {
+        let mut t = Self::start_with(kind, bin, origin_port, log, None, Some(certs)).await?;
+        if kind == Kind::GripProxy {
+            t.wait_publish_ready(Duration::from_secs(30)).await?;
+        }
+        Ok(t)
     }
 
     /// Start a grip-proxy on the publish bus at `bus_url` (`redis://...`; None: the memory
@@ -131,7 +153,7 @@ impl Target {
         log: PathBuf,
         bus_url: Option<&str>,
     ) -> Result<Self> {
-        let mut t = Self::start_with(Kind::GripProxy, bin, origin_port, log, bus_url).await?;
+        let mut t = Self::start_with(Kind::GripProxy, bin, origin_port, log, bus_url, None).await?;
         t.wait_publish_ready(Duration::from_secs(30)).await?;
         Ok(t)
     }
@@ -142,11 +164,20 @@ impl Target {
         origin_port: u16,
         log: PathBuf,
         bus_url: Option<&str>,
+        tls: Option<&Certs>,
     ) -> Result<Self> {
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut control: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         while control == listen {
             control = ([127, 0, 0, 1], free_port()?).into();
+        }
+        let mut tls_listen: Option<SocketAddr> = None;
+        if tls.is_some() {
+            let mut a: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            while a == listen || a == control {
+                a = ([127, 0, 0, 1], free_port()?).into();
+            }
+            tls_listen = Some(a);
         }
         if !kind.is_grip() {
             // nginx has no control port: Nchan publishes on the same listener.
@@ -173,6 +204,14 @@ impl Target {
                 if let Some(url) = bus_url {
                     c.arg("--bus").arg(url);
                 }
+                if let (Some(certs), Some(a)) = (tls, tls_listen) {
+                    let stem = log
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("grip-proxy");
+                    let conf = write_grip_tls_config(certs, a, stem)?;
+                    c.arg("--config").arg(conf);
+                }
                 (c, None)
             }
             Kind::Pushpin => {
@@ -186,7 +225,9 @@ impl Target {
             Kind::Nginx | Kind::Nchan => {
                 let dir =
                     std::env::temp_dir().join(format!("grip-bench-nginx-{}", std::process::id()));
-                let conf = nginx::write_config(&dir, listen, origin_port, kind == Kind::Nchan)?;
+                let tls = tls.zip(tls_listen);
+                let conf =
+                    nginx::write_config(&dir, listen, origin_port, kind == Kind::Nchan, tls)?;
                 let mut c = Command::new(bin);
                 c.arg("-c")
                     .arg(conf)
@@ -216,11 +257,16 @@ impl Target {
             kind,
             listen,
             control,
+            tls_listen,
+            tls_session: None,
             log,
             child: Some(child),
             tmpdir,
         };
         t.wait_ready().await?;
+        if let Some(certs) = tls {
+            t.wait_tls_ready(certs).await?;
+        }
         Ok(t)
     }
 
@@ -290,6 +336,39 @@ impl Target {
             if Instant::now() > deadline {
                 return Err(format!(
                     "proxy did not start proxying GET /plain within 30 s; see {}",
+                    self.log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Wait until the HTTPS listener answers `GET /plain` 200 (a new TLS connection trusting the
+    /// run's CA), and keep what the handshake negotiated.
+    async fn wait_tls_ready(&mut self, certs: &Certs) -> Result<()> {
+        let Some(addr) = self.tls_listen else {
+            return Ok(());
+        };
+        let connector = crate::tls::connector(&certs.ca)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "proxy exited ({status}) during start-up; see {}",
+                    self.log.display()
+                ));
+            }
+            let last = match crate::tls::probe(addr, &connector).await {
+                Ok((200, session)) => {
+                    self.tls_session = Some(session);
+                    return Ok(());
+                }
+                Ok((status, _)) => format!("answered {status}"),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "HTTPS listener {addr} did not answer GET /plain within 30 s (last: {last}); see {}",
                     self.log.display()
                 ));
             }
@@ -387,6 +466,20 @@ fn alive(pid: u32) -> bool {
             .is_some_and(|st| st != "Z"),
         Err(_) => false,
     }
+}
+
+/// Write grip-proxy's config file for an instance with an HTTPS listener (`[tls]` on `listen`, the
+/// run's certificate chain and key as `file:` secrets) next to the certificates; the other
+/// settings stay on the command line. Returns its path.
+fn write_grip_tls_config(certs: &Certs, listen: SocketAddr, stem: &str) -> Result<PathBuf> {
+    let conf = format!(
+        "[tls]\nlisten = \"{listen}\"\ncert = \"file:{}\"\nkey = \"file:{}\"\n",
+        certs.cert.display(),
+        certs.key.display()
+    );
+    let path = certs.dir.join(format!("{stem}.toml"));
+    std::fs::write(&path, conf).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// The packaged internal config of Pushpin, included by the private one.

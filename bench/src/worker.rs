@@ -26,6 +26,12 @@
 //!   streams that could not be opened.
 //! - `load ADDR CONNS DURATION_MS PATH` -> `loaded OK NON200 ERRORS RECONNECTS`: keep-alive
 //!   GET loop per connection.
+//! - `tls CA_PATH` -> `tls`: trust the CA in that PEM file for the HTTPS clients. From then on,
+//!   `hold`, `repoll`, `load` and `handshake` take `tls:ADDR` for HTTPS to ADDR (rustls, TLS 1.2
+//!   and 1.3, ALPN http/1.1, no session resumption).
+//! - `handshake ADDR CONNS DURATION_MS PATH` -> `handshaken OK NON200 ERRORS`: per connection, a
+//!   loop of: new TCP connection (and full TLS handshake with `tls:ADDR`), one
+//!   `GET PATH` with `Connection: close`, close.
 //! - `publish ADDR CONNS DURATION_MS ITEMS [nchan]` -> `published REQS ITEMS NON200 ERRORS
 //!   RECONNECTS`: POST /publish/ loop per connection, ITEMS items (distinct channels) per request;
 //!   with `nchan`, `POST /pub/<channel>` with the published body instead (ITEMS must be 1), any
@@ -38,6 +44,7 @@ mod streams;
 
 use crate::http::{get_request, post_request, publish_body, BodyKind, RespReader};
 use crate::sys::now_ns;
+use crate::tls::Conn;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,6 +56,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsConnector;
 
 /// Connections being opened at once per worker (keeps SYN backlogs from overflowing).
 const CONNECT_CONCURRENCY: usize = 200;
@@ -116,17 +124,26 @@ async fn command_loop(id: usize) -> io::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
     let mut group = Group::default();
+    // The HTTPS clients' connector (`tls CA_PATH`).
+    let mut tls: Option<TlsConnector> = None;
     while let Some(line) = lines.next_line().await? {
         let args: Vec<&str> = line.split_whitespace().collect();
         let reply = match args.first().copied() {
-            Some("hold") => start_group(&mut group, &args, Clients::Hold).await,
-            Some("repoll") => start_group(&mut group, &args, Clients::Repoll).await,
+            Some("hold") => start_group(&mut group, &args, Clients::Hold, &tls).await,
+            Some("repoll") => start_group(&mut group, &args, Clients::Repoll, &tls).await,
             Some("stream") => {
-                start_group(&mut group, &args, Clients::Stream(streams::Mode::FirstItem)).await
+                let kind = Clients::Stream(streams::Mode::FirstItem);
+                start_group(&mut group, &args, kind, &tls).await
             }
             Some("stream_count") => {
-                start_group(&mut group, &args, Clients::Stream(streams::Mode::Count)).await
+                let kind = Clients::Stream(streams::Mode::Count);
+                start_group(&mut group, &args, kind, &tls).await
             }
+            Some("tls") => arg::<std::path::PathBuf>(&args, 1).and_then(|ca| {
+                tls = Some(crate::tls::connector(&ca)?);
+                Ok("tls".to_string())
+            }),
+            Some("handshake") => handshakes(&args, &tls).await,
             Some("stream_window") => stream_window(&group, &args),
             Some("stream_stop") => stream_stop(&mut group).await,
             Some("collect") => collect(&mut group, &args).await,
@@ -146,7 +163,7 @@ async fn command_loop(id: usize) -> io::Result<()> {
                 Ok("closed".to_string())
             }
             Some("repoll_stop") => repoll_stop(&mut group, &args).await,
-            Some("load") => load(&args).await,
+            Some("load") => load(&args, &tls).await,
             Some("publish") => publish_loop(id, &args).await,
             Some("quit") | None => break,
             Some(other) => Err(format!("unknown command {other}")),
@@ -166,11 +183,42 @@ fn arg<T: std::str::FromStr>(args: &[&str], i: usize) -> Result<T, String> {
         .ok_or_else(|| format!("bad or missing argument {i}"))
 }
 
+/// Where clients connect: an address, over TLS if it was given as `tls:ADDR`.
+#[derive(Clone)]
+struct Dest {
+    addr: SocketAddr,
+    tls: Option<TlsConnector>,
+}
+
+/// Argument `i` as a [`Dest`]: `ADDR`, or `tls:ADDR` once `tls` gave the CA.
+fn dest(args: &[&str], i: usize, tls: &Option<TlsConnector>) -> Result<Dest, String> {
+    let s = args.get(i).ok_or_else(|| format!("missing argument {i}"))?;
+    match s.strip_prefix("tls:") {
+        Some(a) => Ok(Dest {
+            addr: a.parse().map_err(|_| format!("bad address {a}"))?,
+            tls: Some(tls.clone().ok_or("tls:ADDR before the `tls` command")?),
+        }),
+        None => Ok(Dest {
+            addr: arg(args, i)?,
+            tls: None,
+        }),
+    }
+}
+
 /// `hold`/`repoll`/`stream`/`stream_count`: open the clients and reply once every first request
 /// is sent.
-async fn start_group(group: &mut Group, args: &[&str], kind: Clients) -> Result<String, String> {
+async fn start_group(
+    group: &mut Group,
+    args: &[&str],
+    kind: Clients,
+    tls: &Option<TlsConnector>,
+) -> Result<String, String> {
     close(group).await;
-    let addr: SocketAddr = arg(args, 1)?;
+    let to = dest(args, 1, tls)?;
+    let addr = to.addr;
+    if to.tls.is_some() && matches!(kind, Clients::Stream(_)) {
+        return Err("streams are plain HTTP only".into());
+    }
     let count: usize = arg(args, 2)?;
     let prefix: String = arg(args, 3)?;
     let nchan: usize = arg::<usize>(args, 4)?.max(1);
@@ -196,11 +244,13 @@ async fn start_group(group: &mut Group, args: &[&str], kind: Clients) -> Result<
         let (tx, sem) = (tx.clone(), sem.clone());
         match kind {
             Clients::Repoll => {
-                group.set.spawn(repoll_client(addr, req, tx, sem, deadline));
+                group
+                    .set
+                    .spawn(repoll_client(to.clone(), req, tx, sem, deadline));
             }
             Clients::Hold => {
                 group.set.spawn(hold_client(
-                    addr,
+                    to.clone(),
                     req,
                     tx,
                     sem,
@@ -251,11 +301,21 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Connect to `to` (with a full TLS handshake for `tls:ADDR`), bounded by 30 s.
+async fn connect_to(to: &Dest) -> io::Result<Conn> {
+    timeout(
+        Duration::from_secs(30),
+        Conn::connect(to.addr, to.tls.as_ref()),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))?
+}
+
 /// Re-sends a hold client makes after an error response before the publish is armed.
 const MAX_RETRIES: usize = 10;
 
 async fn hold_client(
-    addr: SocketAddr,
+    addr: Dest,
     req: Arc<[u8]>,
     tx: mpsc::UnboundedSender<Ev>,
     sem: Arc<Semaphore>,
@@ -263,7 +323,7 @@ async fn hold_client(
     deadline: Instant,
 ) {
     let permit = sem.acquire_owned().await;
-    let Ok(mut s) = connect(addr).await else {
+    let Ok(mut s) = connect_to(&addr).await else {
         let _ = tx.send(Ev::Failed);
         return;
     };
@@ -271,7 +331,7 @@ async fn hold_client(
     let mut rd = RespReader::new();
     let mut retries = 0;
     loop {
-        if s.write_all(&req).await.is_err() {
+        if s.send(&req).await.is_err() {
             let _ = tx.send(if permit.is_some() {
                 Ev::Failed
             } else {
@@ -306,7 +366,7 @@ async fn hold_client(
             }
             tokio::time::sleep(Duration::from_millis(50 + (retries as u64 * 37) % 50)).await;
             if !matches!(&r, Ok(Ok(resp)) if !resp.close) {
-                match connect(addr).await {
+                match connect_to(&addr).await {
                     Ok(ns) => s = ns,
                     Err(_) => {
                         let _ = tx.send(Ev::Error);
@@ -342,7 +402,7 @@ async fn hold_client(
 }
 
 async fn repoll_client(
-    addr: SocketAddr,
+    addr: Dest,
     req: Arc<[u8]>,
     tx: mpsc::UnboundedSender<Ev>,
     sem: Arc<Semaphore>,
@@ -353,7 +413,7 @@ async fn repoll_client(
     let mut sampled = false;
     let mut permit = Some(permit);
     while Instant::now() < deadline {
-        let Ok(mut s) = connect(addr).await else {
+        let Ok(mut s) = connect_to(&addr).await else {
             let _ = tx.send(if first { Ev::Failed } else { Ev::Error });
             if first {
                 return;
@@ -363,7 +423,7 @@ async fn repoll_client(
         };
         let mut rd = RespReader::new();
         loop {
-            if s.write_all(&req).await.is_err() {
+            if s.send(&req).await.is_err() {
                 let _ = tx.send(if first { Ev::Failed } else { Ev::Error });
                 if first {
                     return;
@@ -572,7 +632,7 @@ impl std::ops::AddAssign for LoopCounts {
 /// One keep-alive request loop until `deadline`, cycling through `reqs`; an answer counts as ok
 /// if it is 200 (or any 2xx with `any_2xx`).
 async fn request_loop(
-    addr: SocketAddr,
+    addr: Dest,
     reqs: Vec<Vec<u8>>,
     deadline: Instant,
     any_2xx: bool,
@@ -580,7 +640,7 @@ async fn request_loop(
     let mut c = LoopCounts::default();
     let mut i = 0usize;
     'conn: while Instant::now() < deadline {
-        let Ok(mut s) = connect(addr).await else {
+        let Ok(mut s) = connect_to(&addr).await else {
             c.errors += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -589,7 +649,7 @@ async fn request_loop(
         while Instant::now() < deadline {
             let req = &reqs[i % reqs.len()];
             i += 1;
-            if s.write_all(req).await.is_err() {
+            if s.send(req).await.is_err() {
                 c.errors += 1;
                 continue 'conn;
             }
@@ -617,7 +677,7 @@ async fn request_loop(
 }
 
 async fn run_loops(
-    tasks: Vec<(SocketAddr, Vec<Vec<u8>>)>,
+    tasks: Vec<(Dest, Vec<Vec<u8>>)>,
     duration_ms: u64,
     any_2xx: bool,
 ) -> LoopCounts {
@@ -635,13 +695,15 @@ async fn run_loops(
     total
 }
 
-async fn load(args: &[&str]) -> Result<String, String> {
-    let addr: SocketAddr = arg(args, 1)?;
+async fn load(args: &[&str], tls: &Option<TlsConnector>) -> Result<String, String> {
+    let to = dest(args, 1, tls)?;
     let conns: usize = arg(args, 2)?;
     let duration_ms: u64 = arg(args, 3)?;
     let path: String = arg(args, 4)?;
-    let req = get_request(&addr.to_string(), &path);
-    let tasks = (0..conns).map(|_| (addr, vec![req.clone()])).collect();
+    let req = get_request(&to.addr.to_string(), &path);
+    let tasks = (0..conns)
+        .map(|_| (to.clone(), vec![req.clone()]))
+        .collect();
     let c = run_loops(tasks, duration_ms, false).await;
     Ok(format!(
         "loaded {} {} {} {}",
@@ -677,7 +739,7 @@ async fn publish_loop(id: usize, args: &[&str]) -> Result<String, String> {
                     }
                 })
                 .collect();
-            (addr, reqs)
+            (Dest { addr, tls: None }, reqs)
         })
         .collect();
     // Nchan answers 202 (no subscriber) or 201.
@@ -689,5 +751,54 @@ async fn publish_loop(id: usize, args: &[&str]) -> Result<String, String> {
         c.non200,
         c.errors,
         c.reconnects
+    ))
+}
+
+/// `handshake`: per connection, new connections back to back until the window ends, each with
+/// one `GET PATH` (`Connection: close`) answered before it is dropped; answers after the window
+/// are not counted.
+async fn handshakes(args: &[&str], tls: &Option<TlsConnector>) -> Result<String, String> {
+    let to = dest(args, 1, tls)?;
+    let conns: usize = arg(args, 2)?;
+    let duration_ms: u64 = arg(args, 3)?;
+    let path: String = arg(args, 4)?;
+    let host = to.addr.to_string();
+    let req: Arc<[u8]> = Arc::from(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes(),
+    );
+    let deadline = Instant::now() + Duration::from_millis(duration_ms);
+    let mut set = JoinSet::new();
+    for _ in 0..conns {
+        let (to, req) = (to.clone(), req.clone());
+        set.spawn(async move {
+            let mut c = LoopCounts::default();
+            while Instant::now() < deadline {
+                let one = async {
+                    let mut s = connect_to(&to).await?;
+                    s.send(&req).await?;
+                    RespReader::new().read_response(&mut s).await
+                };
+                match tokio::time::timeout_at(deadline, one).await {
+                    Ok(Ok(r)) if r.status == 200 => c.ok += 1,
+                    Ok(Ok(_)) => c.non200 += 1,
+                    Ok(Err(_)) => {
+                        c.errors += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(_) => break, // window over mid-connection: not counted
+                }
+            }
+            c
+        });
+    }
+    let mut total = LoopCounts::default();
+    while let Some(r) = set.join_next().await {
+        if let Ok(c) = r {
+            total += c;
+        }
+    }
+    Ok(format!(
+        "handshaken {} {} {}",
+        total.ok, total.non200, total.errors
     ))
 }

@@ -338,6 +338,9 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     passthrough_runs(&mut s, c);
     held_rounds(&mut s, c);
     other_details(&mut s, c);
+    if let Some(f) = c.targets.iter().find_map(|t| t.https.as_ref()) {
+        super::https::section(&mut s, f);
+    }
     let _ = writeln!(
         s,
         "\nOther processes used {:.1}% of the machine's CPU meanwhile. Run took {:.0} s.",

@@ -3,6 +3,7 @@
 
 use crate::children::Result;
 use crate::http::PUBLISHED_BODY;
+use crate::tls::Certs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,12 +23,15 @@ pub(crate) fn nchan_module() -> Option<&'static str> {
 
 /// Write `dir/nginx.conf`: 2 workers, pid, logs and temp files in `dir`, one listener on
 /// `listen` (127.0.0.1) proxying to the origin through a keep-alive upstream pool; with `nchan`,
-/// also `/sub/<channel>` (long-poll subscriber) and `/pub/<channel>` (publisher).
+/// also `/sub/<channel>` (long-poll subscriber) and `/pub/<channel>` (publisher); with `tls`,
+/// the same server also on an HTTPS listener (`listen ... ssl`, the run's certificate, TLS 1.2
+/// and 1.3).
 pub(crate) fn write_config(
     dir: &Path,
     listen: SocketAddr,
     origin_port: u16,
     nchan: bool,
+    tls: Option<(&Certs, SocketAddr)>,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let d = dir.display();
@@ -50,6 +54,18 @@ pub(crate) fn write_config(
         )
     } else {
         (String::new(), "")
+    };
+    let tls_listen = match tls {
+        Some((certs, a)) => format!(
+            "        listen {a} ssl;
+        ssl_certificate {};
+        ssl_certificate_key {};
+        ssl_protocols TLSv1.2 TLSv1.3;
+",
+            certs.cert.display(),
+            certs.key.display()
+        ),
+        None => String::new(),
     };
     // `user` only applies when started as root (workers then run as nobody); otherwise nginx
     // ignores it with a warning.
@@ -79,7 +95,7 @@ http {{
     }}
     server {{
         listen {listen};
-{nchan_locations}        location / {{
+{tls_listen}{nchan_locations}        location / {{
             proxy_pass http://bench_origin;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
