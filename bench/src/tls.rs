@@ -213,3 +213,57 @@ pub(crate) async fn probe(addr: SocketAddr, tls: &TlsConnector) -> Result<(u16, 
         Err(_) => Err(format!("HTTPS GET /plain to {addr}: no answer within 5 s")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::PrivateKeyDer;
+    use tokio::io::AsyncReadExt;
+
+    /// The run's leaf verifies for 127.0.0.1 under its CA, and the client negotiates TLS 1.3 with
+    /// its first-choice suite and ALPN http/1.1 against a rustls server with default settings.
+    #[tokio::test]
+    async fn clients_trust_the_runs_certificate() {
+        let certs = Certs::make().expect("certs");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.cert)
+            .expect("chain")
+            .map(|c| c.expect("cert"))
+            .collect();
+        assert_eq!(chain.len(), 2);
+        let key = PrivateKeyDer::from_pem_file(&certs.key).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let srv = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut s = acceptor.accept(s).await.expect("handshake");
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n")
+                .await
+                .expect("write");
+            s.flush().await.expect("flush");
+        });
+        let connector = connector(&certs.ca).expect("connector");
+        let (status, session) = probe(addr, &connector).await.expect("probe");
+        assert_eq!(status, 200);
+        assert!(
+            session.starts_with("TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519 ALPN http/1.1"),
+            "{session}"
+        );
+        srv.await.expect("server");
+        let dir = certs.dir.clone();
+        drop(certs);
+        assert!(!dir.exists());
+    }
+}
