@@ -45,11 +45,15 @@ pub enum StartError {
     /// A per-core runtime (its thread, or its listener's registration) could not start.
     #[error("cannot start the client runtimes: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The HTTPS listener's TLS settings were refused by the TLS library.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[source] rustls::Error),
 }
 
 /// A running proxy: both listeners bound and served.
 pub struct App {
     proxy_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     control_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     registry: Registry,
@@ -64,7 +68,16 @@ pub struct App {
 impl App {
     /// Binds the listeners and starts serving. Returns once both are bound.
     pub async fn start(config: Config) -> Result<App, StartError> {
-        let (proxy_listeners, proxy_addr) = bind_clients(&config).await?;
+        let (proxy_listeners, proxy_addr, tls_addr) = bind_clients(&config).await?;
+        let certificates = config
+            .tls
+            .as_ref()
+            .map(|tls| crate::tls::server::Resolver::new(tls.certificates.clone()));
+        let tls = certificates
+            .clone()
+            .map(crate::tls::server::config)
+            .transpose()
+            .map_err(StartError::Tls)?;
         let control_listener = bind("control", config.control_listen).await?;
         let control_addr = local_addr("control", config.control_listen, &control_listener)?;
         let metrics_listener = match config.metrics_listen {
@@ -106,12 +119,13 @@ impl App {
             forwarder,
             metrics.clone(),
         )));
-        let reloader = Reloader::new(live.clone(), config.clone());
+        let reloader = Reloader::new(live.clone(), config.clone(), certificates);
         let serving = runtimes::Serving {
             stop: stop.clone(),
             grace: config.shutdown_grace,
             limits: front::Limits::from(&config.limits),
             handler: move |req, peer| proxy::serve(live.load_full(), req, peer),
+            tls,
             origins: origins.clone(),
         };
         let (connections, runtimes) = serve_clients(proxy_listeners, serving, &mut tasks).await?;
@@ -130,6 +144,7 @@ impl App {
             tasks.spawn(front::serve(
                 "metrics",
                 listener,
+                None,
                 TaskTracker::new(),
                 stop.clone(),
                 config.shutdown_grace,
@@ -143,6 +158,7 @@ impl App {
         tasks.spawn(front::serve(
             "control",
             control_listener,
+            None,
             TaskTracker::new(),
             stop.clone(),
             config.shutdown_grace,
@@ -152,9 +168,10 @@ impl App {
 
         tasks.spawn(registry.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));
 
-        tracing::info!(proxy = %proxy_addr, control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), runtime = config.runtime.as_str(), threads = config.threads, "grip-proxy listening");
+        tracing::info!(proxy = %proxy_addr, https = ?tls_addr, control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), runtime = config.runtime.as_str(), threads = config.threads, "grip-proxy listening");
         Ok(App {
             proxy_addr,
+            tls_addr,
             control_addr,
             metrics_addr,
             registry,
@@ -169,6 +186,11 @@ impl App {
     /// Where clients connect.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// Where HTTPS clients connect (`[tls] listen`), if configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Where the control API listens.
@@ -242,49 +264,81 @@ fn bind_socket(
     socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
-/// The client listener, or in per-core mode one per runtime.
+/// The client listeners (plain, and HTTPS if configured), or in per-core mode a pair per runtime.
 enum ClientListeners {
     /// Served on the caller's runtime.
-    Shared(TcpListener),
-    /// One per runtime, all on the same address (`SO_REUSEPORT`), each registered by the runtime that serves it.
-    PerCore(Vec<std::net::TcpListener>),
+    Shared(TcpListener, Option<TcpListener>),
+    /// One pair per runtime, each on the same addresses as the others (`SO_REUSEPORT`), registered by the runtime
+    /// that serves it.
+    PerCore(Vec<runtimes::Listeners>),
 }
 
 impl ClientListeners {
     /// Origin pools of their own that the client runtimes need.
     fn local_pools(&self) -> usize {
         match self {
-            ClientListeners::Shared(_) => 0,
+            ClientListeners::Shared(..) => 0,
             ClientListeners::PerCore(listeners) => listeners.len(),
         }
     }
 }
 
-/// Binds the client listeners, and says where they listen. In per-core mode the first bind picks the port when
-/// the configured one is 0; the others bind to that port.
-async fn bind_clients(config: &Config) -> Result<(ClientListeners, SocketAddr), StartError> {
+/// Binds the client listeners, and says where the plain and the HTTPS ones listen.
+async fn bind_clients(
+    config: &Config,
+) -> Result<(ClientListeners, SocketAddr, Option<SocketAddr>), StartError> {
+    let tls_listen = config.tls.as_ref().map(|t| t.listen);
     if config.runtime == RuntimeMode::Shared {
         let listener = bind("proxy", config.listen).await?;
         let addr = local_addr("proxy", config.listen, &listener)?;
-        return Ok((ClientListeners::Shared(listener), addr));
+        let (tls, tls_addr) = match tls_listen {
+            Some(listen) => {
+                let l = bind("https", listen).await?;
+                let bound = local_addr("https", listen, &l)?;
+                (Some(l), Some(bound))
+            }
+            None => (None, None),
+        };
+        return Ok((ClientListeners::Shared(listener, tls), addr, tls_addr));
     }
-    let first = bind_socket("proxy", config.listen, true)?;
-    let addr = local_addr("proxy", config.listen, &first)?;
+    let plain = bind_group("proxy", config.listen, config.threads)?;
+    let addr = plain.0;
+    let (tls, tls_addr) = match tls_listen {
+        Some(listen) => {
+            let (bound, listeners) = bind_group("https", listen, config.threads)?;
+            (listeners.into_iter().map(Some).collect(), Some(bound))
+        }
+        None => (plain.1.iter().map(|_| None).collect::<Vec<_>>(), None),
+    };
+    let listeners = plain
+        .1
+        .into_iter()
+        .zip(tls)
+        .map(|(plain, tls)| runtimes::Listeners { plain, tls })
+        .collect();
+    Ok((ClientListeners::PerCore(listeners), addr, tls_addr))
+}
+
+/// `n` listeners on one address (`SO_REUSEPORT`) for the per-core runtimes, and the address they are bound to:
+/// the first bind picks the port when the configured one is 0, the others bind to that port.
+fn bind_group(
+    what: &'static str,
+    listen: SocketAddr,
+    n: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    let first = bind_socket(what, listen, true)?;
+    let addr = local_addr(what, listen, &first)?;
     let mut listeners = vec![first];
-    for _ in 1..config.threads {
-        listeners.push(bind_socket("proxy", addr, true)?);
+    for _ in 1..n {
+        listeners.push(bind_socket(what, addr, true)?);
     }
     // Taken off this runtime (which registered them) for the runtimes that will serve them.
     let listeners = listeners
         .into_iter()
         .map(TcpListener::into_std)
         .collect::<Result<_, _>>()
-        .map_err(|source| StartError::Bind {
-            what: "proxy",
-            addr,
-            source,
-        })?;
-    Ok((ClientListeners::PerCore(listeners), addr))
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    Ok((addr, listeners))
 }
 
 /// Serves the client listeners: on this runtime, or on the per-core runtimes (then a task in `tasks` waits for
@@ -299,11 +353,24 @@ where
     F: std::future::Future<Output = http::Response<crate::body::Body>> + Send + 'static,
 {
     match listeners {
-        ClientListeners::Shared(listener) => {
+        ClientListeners::Shared(listener, tls_listener) => {
             let connections = TaskTracker::new();
+            if let (Some(listener), Some(tls)) = (tls_listener, serving.tls) {
+                tasks.spawn(front::serve(
+                    "https",
+                    listener,
+                    Some(tls),
+                    connections.clone(),
+                    serving.stop.clone(),
+                    serving.grace,
+                    serving.limits,
+                    serving.handler.clone(),
+                ));
+            }
             tasks.spawn(front::serve(
                 "proxy",
                 listener,
+                None,
                 connections.clone(),
                 serving.stop,
                 serving.grace,

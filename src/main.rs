@@ -62,6 +62,8 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One crypto provider for the process (ring): TLS configs made by libraries (the Redis client's) find it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(Command::Publish(args)) = cli.command {
         return ExitCode::from(grip_proxy::cli::publish::main(args));
     }

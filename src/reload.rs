@@ -1,8 +1,9 @@
 //! Live reload (SIGHUP): the config file is read and validated again, and the reloadable settings (routes,
-//! `[hold]`, `proxy.x_forwarded_*`, `proxy.upstream_sig_*`) are swapped in atomically for new requests. A request
+//! `[hold]`, `proxy.x_forwarded_*`, `proxy.upstream_sig_*`, the HTTPS certificates) are swapped in atomically for
+//! new requests and handshakes. A request
 //! keeps the state it started with to its end: held clients stay held under the old routes and timeouts, on the
 //! same registry, and are released by publishes as before. An invalid file is rejected with a log line and the
-//! running configuration stays. Listeners, `[control]`, `[bus]`, `[origin]`, `[last_ids]`, `[publish]`,
+//! running configuration stays (a certificate that cannot be loaded included). Listeners, `[control]`, `[bus]`, `[origin]`, `[last_ids]`, `[publish]`,
 //! `[shutdown]`, `[metrics]` and the other `[proxy]` limits need a restart: a reload that changes them says so and
 //! leaves them as they are.
 
@@ -14,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::proxy::ProxyState;
+use crate::tls::server::Resolver;
 
 /// Swaps the proxy state on reload. Owned by the [`crate::App`].
 pub struct Reloader {
@@ -22,6 +24,8 @@ pub struct Reloader {
     /// The configuration in force: the start-up one with each reload's reloadable settings applied. A reload's
     /// restart-only settings are compared against it, so a change not applied is reported again on the next reload.
     running: Mutex<Config>,
+    /// The HTTPS listeners' certificates, if any.
+    certificates: Option<Arc<Resolver>>,
 }
 
 /// What a reload applied.
@@ -35,10 +39,15 @@ pub struct Reloaded {
 
 impl Reloader {
     /// A reloader over the state new requests read.
-    pub(crate) fn new(live: Arc<ArcSwap<ProxyState>>, running: Config) -> Self {
+    pub(crate) fn new(
+        live: Arc<ArcSwap<ProxyState>>,
+        running: Config,
+        certificates: Option<Arc<Resolver>>,
+    ) -> Self {
         Reloader {
             live,
             running: Mutex::new(running),
+            certificates,
         }
     }
 
@@ -53,6 +62,15 @@ impl Reloader {
         running.x_forwarded_for = new.x_forwarded_for;
         running.x_forwarded_proto = new.x_forwarded_proto;
         running.upstream = new.upstream;
+        if let (Some(resolver), Some(old), Some(new)) =
+            (&self.certificates, running.tls.as_mut(), new.tls)
+        {
+            if old.listen == new.listen && old.certificates != new.certificates {
+                resolver.swap(new.certificates.clone());
+                old.certificates = new.certificates;
+                tracing::info!("HTTPS certificates reloaded: new handshakes use them");
+            }
+        }
         // The origin client (its pool and concurrency bound), the registry and the metrics carry over.
         let state = ProxyState::build(
             &running,
@@ -118,6 +136,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("shutdown", old.shutdown_grace != new.shutdown_grace),
         ("bus", old.bus != new.bus),
         ("metrics", old.metrics_listen != new.metrics_listen),
+        (
+            "tls.listen",
+            old.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen),
+        ),
     ];
     checks
         .into_iter()
@@ -140,7 +162,7 @@ mod tests {
         let old = config("[[routes]]\norigin = \"http://127.0.0.1:1\"");
         let registry = Registry::new((&old).into());
         let live = Arc::new(ArcSwap::from_pointee(ProxyState::new(&old, registry)));
-        let reloader = Reloader::new(live.clone(), old);
+        let reloader = Reloader::new(live.clone(), old, None);
         let before = live.load_full();
 
         let reloaded = reloader.apply(config(

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -32,6 +33,16 @@ pub(crate) struct Serving<H> {
     pub handler: H,
     /// The origin client whose local pool `i` belongs to runtime `i`.
     pub origins: origin::Client,
+    /// The HTTPS listeners' TLS config, if they are configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The listeners one runtime serves: the plain one, and the HTTPS one if configured.
+pub(crate) struct Listeners {
+    /// Plain HTTP.
+    pub plain: std::net::TcpListener,
+    /// HTTPS.
+    pub tls: Option<std::net::TcpListener>,
 }
 
 /// The running runtimes.
@@ -47,7 +58,7 @@ impl Runtimes {
     /// Starts one thread with its runtime per listener: runtime `i` serves `listeners[i]`, tracks its connections in
     /// `trackers[i]` and uses local origin pool `i`. Returns once every runtime has registered its listener.
     pub(crate) async fn start<H, F>(
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Listeners>,
         trackers: &[TaskTracker],
         serving: Serving<H>,
     ) -> io::Result<Runtimes>
@@ -73,6 +84,7 @@ impl Runtimes {
                 limits: serving.limits,
                 handler: serving.handler.clone(),
                 origins: serving.origins.clone(),
+                tls: serving.tls.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("grip-client-{index}"))
@@ -109,7 +121,7 @@ impl Runtimes {
 /// One runtime's thread: what it serves.
 struct Runtime<H> {
     index: usize,
-    listener: std::net::TcpListener,
+    listener: Listeners,
     connections: TaskTracker,
     abort: CancellationToken,
     stop: CancellationToken,
@@ -117,6 +129,7 @@ struct Runtime<H> {
     limits: Limits,
     handler: H,
     origins: origin::Client,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<H, F> Runtime<H>
@@ -138,6 +151,7 @@ where
             limits,
             handler,
             origins,
+            tls,
         } = self;
         origin::use_local_pool(index);
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -152,10 +166,16 @@ where
         };
         let registered = {
             let _entered = runtime.enter();
-            tokio::net::TcpListener::from_std(listener)
+            tokio::net::TcpListener::from_std(listener.plain).and_then(|plain| {
+                let tls = listener
+                    .tls
+                    .map(tokio::net::TcpListener::from_std)
+                    .transpose()?;
+                Ok((plain, tls))
+            })
         };
-        let listener = match registered {
-            Ok(listener) => listener,
+        let (listener, tls_listener) = match registered {
+            Ok(listeners) => listeners,
             Err(e) => {
                 let _ = started.send(Err(e));
                 return;
@@ -165,8 +185,37 @@ where
             return; // the start-up was abandoned
         }
         runtime.block_on(async {
+            let https = {
+                let (connections, stop, handler) =
+                    (connections.clone(), stop.clone(), handler.clone());
+                async move {
+                    if let (Some(listener), Some(tls)) = (tls_listener, tls) {
+                        front::serve(
+                            "https",
+                            listener,
+                            Some(tls),
+                            connections,
+                            stop,
+                            grace,
+                            limits,
+                            handler,
+                        )
+                        .await;
+                    }
+                }
+            };
+            let plain = front::serve(
+                "proxy",
+                listener,
+                None,
+                connections,
+                stop,
+                grace,
+                limits,
+                handler,
+            );
             tokio::select! {
-                () = front::serve("proxy", listener, connections, stop, grace, limits, handler) => {}
+                _ = futures_util::future::join(plain, https) => {}
                 () = abort.cancelled() => {}
             }
         });

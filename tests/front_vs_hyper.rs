@@ -43,6 +43,7 @@ async fn start_ours() -> SocketAddr {
     tokio::spawn(grip_proxy::front::serve(
         "proxy",
         listener,
+        None,
         tokio_util::task::TaskTracker::new(),
         CancellationToken::new(),
         Duration::from_secs(1),

@@ -2,7 +2,7 @@
 //! Validation binds nothing; each error names the key and the reason.
 //!
 //! Each section has a file of its own (`proxy`, `control` with `[control.auth]`, `hold`, `publish`, `origin`,
-//! `last_ids`, `shutdown`, `bus`, `metrics`, `routes`) that owns its raw form (serde, defaults), its typed form,
+//! `last_ids`, `shutdown`, `bus`, `metrics`, `tls`, `routes`) that owns its raw form (serde, defaults), its typed form,
 //! its validation and its rule tests; the checks they share are in `check`. This file puts them together.
 //! Keys are built here, once (route signers, the upstream `Grip-Sig` verifier, control API JWT keys), and the
 //! typed form carries them: nothing after validation parses a key again.
@@ -18,6 +18,7 @@ mod proxy;
 mod publish;
 mod routes;
 mod shutdown;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +36,7 @@ pub use proxy::{ProxyLimits, RawProxy, RuntimeMode, UpstreamConfig, MAX_THREADS,
 pub use publish::{PublishConfig, RawPublish};
 pub use routes::{RawRoute, RouteConfig, DEFAULT_SIG_KEY};
 pub use shutdown::RawShutdown;
+pub use tls::{RawSni, RawTls, TlsConfig};
 
 /// A config that cannot be used: the key path and the reason, printed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,8 @@ pub struct RawConfig {
     pub bus: RawBus,
     /// `[metrics]`
     pub metrics: RawMetrics,
+    /// `[tls]`
+    pub tls: RawTls,
     /// `[[routes]]`
     pub routes: Vec<RawRoute>,
 }
@@ -106,6 +110,7 @@ impl Default for RawConfig {
             shutdown: RawShutdown::default(),
             bus: RawBus::default(),
             metrics: RawMetrics::default(),
+            tls: RawTls::default(),
             routes: vec![RawRoute::default()],
         }
     }
@@ -186,6 +191,8 @@ pub struct Config {
     pub bus: BusConfig,
     /// A listener of its own for `/metrics`, `/health` and `/ready`, if configured.
     pub metrics_listen: Option<SocketAddr>,
+    /// The HTTPS listener for clients, if configured.
+    pub tls: Option<TlsConfig>,
     /// Routes, in file order (the table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
 }
@@ -280,6 +287,12 @@ impl TryFrom<RawConfig> for Config {
         let publish = publish::validate(&raw.publish)?;
         let bus = bus::validate(&raw.bus)?;
         let metrics_listen = metrics::validate(&raw.metrics, proxy.listen, control.listen)?;
+        let mut taken = vec![
+            ("proxy.listen", proxy.listen),
+            ("control.listen", control.listen),
+        ];
+        taken.extend(metrics_listen.map(|m| ("metrics.listen", m)));
+        let tls = tls::validate(&raw.tls, &taken)?;
         let routes = routes::validate(&raw.routes)?;
         Ok(Config {
             listen: proxy.listen,
@@ -300,6 +313,7 @@ impl TryFrom<RawConfig> for Config {
             shutdown_grace,
             bus,
             metrics_listen,
+            tls,
             routes,
         })
     }

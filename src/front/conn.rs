@@ -16,16 +16,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::body::RequestBody;
+use super::io::Io;
 use super::{ClientBodyError, Limits};
 use crate::body::{Body, BoxError};
 use crate::h1::decode::{Decoded, Decoder};
 use crate::h1::encode;
 use crate::h1::request::{self, Reject};
-use crate::h1::{socket, DirectWrite, Framing, PreEncoded, Written};
-
-/// Bytes read from the socket per `try_read`: a stack buffer, copied into the connection buffer only when data
-/// arrives, so that an idle or parked connection owns no read buffer at all.
-const READ_CHUNK: usize = 8192;
+use crate::h1::{socket, Framing, PreEncoded, Written};
 
 /// What happened while the handler ran.
 enum Event {
@@ -37,10 +34,11 @@ enum Event {
     Quiet,
 }
 
-/// Serves a connection until it closes.
+/// Serves a connection until it closes: over TLS with `tls`, after a handshake bounded by the header timeout.
 pub(crate) async fn run<H, F>(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     handler: H,
     limits: Arc<Limits>,
     stop: CancellationToken,
@@ -49,10 +47,37 @@ pub(crate) async fn run<H, F>(
     F: Future<Output = Response<Body>>,
 {
     let mut conn = Conn {
-        stream: Arc::new(stream),
+        stream: match tls {
+            None => Io::Plain(Arc::new(stream)),
+            Some(config) => match crate::tls::server::Session::new(config) {
+                Ok(session) => Io::tls(stream, session),
+                Err(e) => {
+                    tracing::warn!(client.addr = %peer, error = %e, "TLS session could not be created");
+                    return;
+                }
+            },
+        },
         buf: BytesMut::new(),
         limits,
     };
+    if conn.stream.is_tls() {
+        // Boxed: the handshake's state is needed once, not in every parked connection's future.
+        let handshake = Box::pin(tokio::time::timeout(
+            conn.limits.header_timeout,
+            conn.stream.handshake(&mut conn.buf),
+        ));
+        let failed = match handshake.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("not completed within the header timeout".to_owned()),
+        };
+        if let Some(reason) = failed {
+            // Debug level: scanners, old clients and clients that do not trust the certificate are common, and
+            // nothing here is the operator's to fix.
+            tracing::debug!(client.addr = %peer, reason, "TLS handshake failed");
+            return;
+        }
+    }
     match conn.serve(peer, &handler, &stop).await {
         Ok(()) => {}
         // A client that stopped reading: worth a line, as it may be a slow-read attack or a stuck client.
@@ -77,8 +102,8 @@ struct Begun<F> {
 }
 
 struct Conn {
-    /// Shared with the registry while a request is parked ([`DirectWrite`]); written only by this task otherwise.
-    stream: Arc<TcpStream>,
+    /// The socket, plain or under TLS.
+    stream: Io,
     /// Bytes read but not consumed: a partial head, body bytes, pipelined requests. Empty (no allocation)
     /// between requests and while parked.
     buf: BytesMut,
@@ -128,7 +153,7 @@ impl Conn {
             if expect_continue {
                 // Boxed: a timed write's timer would otherwise be part of this future in every state.
                 Box::pin(write_timed(
-                    &self.stream,
+                    &mut self.stream,
                     b"HTTP/1.1 100 Continue\r\n\r\n",
                     self.limits.write_timeout,
                 ))
@@ -143,7 +168,7 @@ impl Conn {
             let keep_alive =
                 Box::pin(self.write_response(resp, is_head, version, keep_alive)).await?;
             if !keep_alive {
-                socket::shutdown_write(&self.stream);
+                self.stream.shutdown_write();
                 return Ok(());
             }
         }
@@ -190,9 +215,12 @@ impl Conn {
         // A request that may be parked, on a connection that takes the shared keep-alive encoding of a release
         // as it is: the release may write its answer to this socket itself.
         if version == Version::HTTP_11 && !is_head && keep_alive && decoder.is_done() {
-            parts
-                .extensions
-                .insert(DirectWrite::new(self.stream.clone()));
+            if let Some(lent) = self.stream.lend() {
+                parts.extensions.insert(lent);
+            }
+        }
+        if self.stream.is_tls() {
+            parts.extensions.insert(super::Https);
         }
         if self.buf.is_empty() {
             // Release the read buffer: a parked request must not keep one.
@@ -232,7 +260,7 @@ impl Conn {
             }
             let idle = self.buf.is_empty();
             tokio::select! {
-                r = socket::read_ready(&self.stream) => r?,
+                r = socket::read_ready(self.stream.tcp()) => r?,
                 _ = tokio::time::sleep_until(deadline) => {
                     if !idle {
                         return Ok(Err(Reject { status: StatusCode::REQUEST_TIMEOUT, reason: "request head not received in time" }));
@@ -249,15 +277,7 @@ impl Conn {
 
     /// One non-blocking read into the buffer. `Some(0)`: EOF; `None`: nothing there after all.
     fn read_some(&mut self) -> io::Result<Option<usize>> {
-        let mut chunk = [0u8; READ_CHUNK];
-        match socket::try_read(&self.stream, &mut chunk) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(Some(n))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.stream.read_some(&mut self.buf)
     }
 
     /// Runs the handler to its response while feeding it the body and watching the socket. `Ok(None)`: the client
@@ -333,7 +353,7 @@ impl Conn {
             // inline it would size every parked connection's future.
             let waited = Box::pin(tokio::time::timeout(
                 self.limits.body_read_timeout,
-                socket::read_ready(&self.stream),
+                socket::read_ready(self.stream.tcp()),
             ))
             .await;
             match waited {
@@ -349,7 +369,7 @@ impl Conn {
         } else if self.buf.len() >= self.limits.max_head {
             return Ok(Event::Quiet);
         } else {
-            socket::read_ready(&self.stream).await?;
+            socket::read_ready(self.stream.tcp()).await?;
         }
         match self.read_some() {
             Ok(Some(0)) | Err(_) => {
@@ -372,11 +392,11 @@ impl Conn {
     ) -> io::Result<bool> {
         if let Some(marker) = resp.extensions().get::<super::Streaming>().cloned() {
             if !is_head {
-                let peer = self.stream.peer_addr().ok();
+                let peer = self.stream.tcp().peer_addr().ok();
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
                 let started = tokio::time::Instant::now();
                 let ended = super::stream::write(
-                    &self.stream,
+                    &mut self.stream,
                     resp,
                     marker,
                     version,
@@ -400,12 +420,12 @@ impl Conn {
             Some(pre) if resp.extensions().get::<Written>().is_some() => {
                 let written = resp.extensions().get::<Written>().map_or(0, |w| w.0);
                 let rest = pre.wire().get(written..).unwrap_or_default();
-                write_timed(&self.stream, rest, self.limits.write_timeout).await?;
+                write_timed(&mut self.stream, rest, self.limits.write_timeout).await?;
                 return Ok(keep_alive);
             }
             // A release shared by many clients: its bytes are ready when the connection is what they were made for.
             Some(pre) if version == Version::HTTP_11 && !is_head && keep_alive => {
-                write_timed(&self.stream, pre.wire(), self.limits.write_timeout).await?;
+                write_timed(&mut self.stream, pre.wire(), self.limits.write_timeout).await?;
                 return Ok(true);
             }
             Some(pre) => pre.response(),
@@ -431,7 +451,7 @@ impl Conn {
         );
         let write_timeout = self.limits.write_timeout;
         if framing == Framing::Empty {
-            write_timed(&self.stream, &out, write_timeout).await?;
+            write_timed(&mut self.stream, &out, write_timeout).await?;
             return Ok(keep_alive);
         }
         let mut written: u64 = 0;
@@ -442,7 +462,7 @@ impl Conn {
                 Some(Err(e)) => {
                     // The origin failed mid-body: the client sees a truncated response and a closed connection.
                     tracing::warn!(error = %e, "response body failed mid-stream");
-                    write_timed(&self.stream, &out, write_timeout).await?;
+                    write_timed(&mut self.stream, &out, write_timeout).await?;
                     return Ok(false);
                 }
             };
@@ -455,7 +475,7 @@ impl Conn {
             written += data.len() as u64;
             let chunked = framing == Framing::Chunked;
             let more = !body.is_end_stream();
-            let put = socket::put_body_piece(&self.stream, &mut out, &data, chunked, more);
+            let put = socket::put_body_piece_to(&mut self.stream, &mut out, &data, chunked, more);
             tokio::time::timeout(write_timeout, put)
                 .await
                 .map_err(|_| write_timed_out())??;
@@ -468,12 +488,12 @@ impl Conn {
                     written,
                     "response body length differs from its declared length"
                 );
-                write_timed(&self.stream, &out, write_timeout).await?;
+                write_timed(&mut self.stream, &out, write_timeout).await?;
                 return Ok(false);
             }
             _ => {}
         }
-        write_timed(&self.stream, &out, write_timeout).await?;
+        write_timed(&mut self.stream, &out, write_timeout).await?;
         Ok(keep_alive)
     }
 
@@ -496,8 +516,8 @@ impl Conn {
             Version::HTTP_11,
         );
         out.extend_from_slice(body.as_bytes());
-        write_timed(&self.stream, &out, self.limits.write_timeout).await?;
-        socket::shutdown_write(&self.stream);
+        write_timed(&mut self.stream, &out, self.limits.write_timeout).await?;
+        self.stream.shutdown_write();
         Ok(())
     }
 }
@@ -505,11 +525,11 @@ impl Conn {
 /// Writes all of `bytes`, or fails with `TimedOut` when the client takes none of them for `limit`: a client that
 /// stops reading must not keep its connection, and the origin connection streaming to it, forever.
 pub(super) async fn write_timed(
-    stream: &TcpStream,
+    stream: &mut Io,
     bytes: &[u8],
     limit: std::time::Duration,
 ) -> io::Result<()> {
-    tokio::time::timeout(limit, socket::write_all(stream, bytes))
+    tokio::time::timeout(limit, stream.write_all(bytes))
         .await
         .map_err(|_| write_timed_out())?
 }

@@ -3,6 +3,7 @@
 
 mod body;
 mod conn;
+mod io;
 mod stream;
 
 use std::future::Future;
@@ -17,6 +18,10 @@ use tokio_util::task::TaskTracker;
 use crate::body::Body;
 pub use body::RequestBody;
 pub(crate) use stream::{StreamAbort, Streaming};
+
+/// Marks a request that came over TLS (an HTTPS listener): `X-Forwarded-Proto: https` toward the origin.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Https;
 
 /// Per-connection bounds.
 #[derive(Debug, Clone, Copy)]
@@ -79,12 +84,14 @@ pub enum ClientBodyError {
 }
 
 /// Accepts connections on `listener` until `stop` fires, then lets open connections finish their current request
-/// (a parked one is answered by the registry's close) for at most `grace`. `name` names the listener in logs. Each
-/// connection's task is spawned on the current runtime and tracked by `connections` (its `len` is the connections
-/// open now; it is closed when this returns).
+/// (a parked one is answered by the registry's close) for at most `grace`. `name` names the listener in logs. With
+/// `tls`, connections are HTTPS. Each connection's task is spawned on the current runtime and tracked by
+/// `connections` (its `len` is the connections open now; it is closed when this returns).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     connections: TaskTracker,
     stop: CancellationToken,
     grace: Duration,
@@ -103,6 +110,7 @@ pub async fn serve<H, F>(
         tracker.spawn(conn::run(
             stream,
             peer,
+            tls.clone(),
             handler.clone(),
             limits.clone(),
             stop.clone(),
@@ -145,6 +153,7 @@ mod tests {
         let fut = conn::run(
             stream,
             peer,
+            None,
             handler,
             std::sync::Arc::new(Limits::default()),
             CancellationToken::new(),

@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::conn::{write_timed, write_timed_out};
+use super::io::Io;
+use crate::body::Body;
+use crate::h1::{encode, socket, Framing};
 use bytes::{Buf, BytesMut};
 use http::{Response, Version};
 use http_body_util::BodyExt;
-use tokio::net::TcpStream;
-
-use super::conn::{write_timed, write_timed_out};
-use crate::body::Body;
-use crate::h1::{encode, socket, Framing};
 
 /// Marks a response whose body is a live stream. Its data frames are written exactly as given: already framed for
 /// `framing` (chunks, or raw bytes for a close-delimited HTTP/1.0 response).
@@ -69,8 +68,8 @@ impl Ended {
 }
 
 /// Writes a stream response to the end. `Err(TimedOut)`: the client took nothing for `write_timeout`.
-pub(crate) async fn write(
-    stream: &TcpStream,
+pub(super) async fn write(
+    stream: &mut Io,
     resp: Response<Body>,
     marker: Streaming,
     version: Version,
@@ -100,7 +99,12 @@ pub(crate) async fn write(
     };
     let mut deadline = tokio::time::Instant::now() + write_timeout;
     loop {
-        // Write what can be written now, without waiting.
+        // Write what can be written now, without waiting: a TLS connection's ciphertext first.
+        match stream.flush_now() {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => return Ok(Ended::ClientGone),
+            Err(e) => return Err(e),
+        }
         while !pending.is_empty() {
             match stream.try_write(&pending) {
                 Ok(n) => {
@@ -115,9 +119,8 @@ pub(crate) async fn write(
         if pending.is_empty() && pending.capacity() > 0 {
             pending = BytesMut::new(); // caught up: an idle stream keeps no buffer
         }
-        marker
-            .caught_up
-            .store(pending.is_empty(), Ordering::Relaxed);
+        let backlog = !pending.is_empty() || stream.unsent() > 0;
+        marker.caught_up.store(!backlog, Ordering::Relaxed);
         if pending.len() > marker.max_queued {
             (marker.slow)();
             tracing::info!(client.addr = %peer, queued = pending.len(), limit = marker.max_queued, "stream client dropped: too far behind");
@@ -136,7 +139,7 @@ pub(crate) async fn write(
                 }
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
-                    if pending.is_empty() {
+                    if !backlog {
                         // The client's time to take this starts now: it may have been idle for longer than the
                         // write timeout (publishes may have written to its socket meanwhile).
                         deadline = tokio::time::Instant::now() + write_timeout;
@@ -165,15 +168,15 @@ pub(crate) async fn write(
                     return Ok(Ended::Aborted);
                 }
             },
-            r = socket::write_ready(stream), if !pending.is_empty() => r?,
-            r = socket::read_ready(stream) => {
+            r = socket::write_ready(stream.tcp()), if backlog => r?,
+            r = socket::read_ready(stream.tcp()) => {
                 r?;
                 if client_left(stream) {
                     return Ok(Ended::ClientGone);
                 }
             }
             // In an async block: the timer is made only when the branch is enabled (a backlog), not on every turn.
-            _ = async { tokio::time::sleep_until(deadline).await }, if !pending.is_empty() => {
+            _ = async { tokio::time::sleep_until(deadline).await }, if backlog => {
                 return Err(write_timed_out());
             }
         }
@@ -183,13 +186,11 @@ pub(crate) async fn write(
 /// Reads what the client sent and drops it: the stream is this connection's last response, so nothing more is read
 /// as a request; only the connection's end (EOF or a reset) matters. A plain function, so that its buffer is on
 /// the stack only while it runs, never in the stream's future.
-fn client_left(stream: &TcpStream) -> bool {
-    let mut scratch = [0u8; 512];
-    match socket::try_read(stream, &mut scratch) {
-        Ok(0) => true,
+fn client_left(stream: &mut Io) -> bool {
+    let mut scratch = BytesMut::new();
+    match stream.read_some(&mut scratch) {
+        Ok(Some(0)) | Err(_) => true,
         Ok(_) => false,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
     }
 }
 

@@ -83,11 +83,41 @@ pub(crate) async fn read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Resu
 /// body go out with one syscall.
 const COALESCE_MAX: usize = 16 * 1024;
 
+/// Where a writer of message bodies sends whole slices, waiting as needed: a socket, or a client connection's
+/// transport (which may encrypt).
+pub(crate) trait WriteAll {
+    /// Writes all of `bytes`.
+    fn write_all(
+        &mut self,
+        bytes: &[u8],
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+impl WriteAll for &TcpStream {
+    fn write_all(
+        &mut self,
+        bytes: &[u8],
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        write_all(self, bytes)
+    }
+}
+
 /// Adds one piece of a message body to `out` (which may hold a head or earlier pieces), framed as a chunk when
 /// `chunked`, and writes what is buffered when it would grow past [`COALESCE_MAX`] or when `more` is coming
 /// later (so what is here must not wait for it). Whatever stays in `out` is the caller's to write at the end.
 pub(crate) async fn put_body_piece(
     stream: &TcpStream,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    chunked: bool,
+    more: bool,
+) -> io::Result<()> {
+    put_body_piece_to(&mut &*stream, out, data, chunked, more).await
+}
+
+/// [`put_body_piece`] to any [`WriteAll`].
+pub(crate) async fn put_body_piece_to<W: WriteAll>(
+    writer: &mut W,
     out: &mut Vec<u8>,
     data: &[u8],
     chunked: bool,
@@ -99,15 +129,15 @@ pub(crate) async fn put_body_piece(
     if out.len() + data.len() <= COALESCE_MAX {
         out.extend_from_slice(data);
     } else {
-        write_all(stream, out).await?;
+        writer.write_all(out).await?;
         out.clear();
-        write_all(stream, data).await?;
+        writer.write_all(data).await?;
     }
     if chunked {
         out.extend_from_slice(b"\r\n");
     }
     if more && !out.is_empty() {
-        write_all(stream, out).await?;
+        writer.write_all(out).await?;
         out.clear();
     }
     Ok(())

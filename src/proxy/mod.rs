@@ -314,7 +314,13 @@ where
         headers::Upstream {
             grip_sig: route.signer.header(),
             client_addr: state.x_forwarded_for.then_some(client),
-            proto: state.x_forwarded_proto.then_some("http"),
+            proto: state.x_forwarded_proto.then_some(
+                if parts.extensions.get::<crate::front::Https>().is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+            ),
             trusted,
         },
     );

@@ -2,6 +2,7 @@
 //! toward origins, `grip-proxy publish` and Redis (`client`), and the HTTPS client listeners (`server`).
 
 pub mod pem;
+pub mod server;
 
 /// The crypto provider every config is built with: ring (also the build's JWT crypto), TLS 1.2 and 1.3 suites.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
