@@ -214,7 +214,15 @@ impl Env<'_> {
                 nginx_bin: Kind::Nginx.default_bin(workspace_root()),
                 out: self.out,
             };
-            run.https = Some(ctx.https_figures(&inst, HttpsPlan::of(&[])).await?);
+            let mut f = ctx.https_figures(&inst, HttpsPlan::of(&[])).await?;
+            if let Some(m) = f.memory.as_mut() {
+                m.main_plain_kib_per_held = run
+                    .fanout
+                    .iter()
+                    .find(|r| r.n == m.n)
+                    .map(|r| r.kib_per_held);
+            }
+            run.https = Some(f);
         }
         Ok(())
     }

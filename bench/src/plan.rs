@@ -320,6 +320,9 @@ pub(crate) struct HttpsMemory {
     pub https: FanoutRound,
     /// HTTPS KiB per held client ÷ plain KiB per held client.
     pub ratio: f64,
+    /// Figure 1 at the same N on the run's main instance, if the run measured it (that instance
+    /// held other rounds before, so its allocator had grown already).
+    pub main_plain_kib_per_held: Option<f64>,
 }
 
 /// One window of full TLS handshakes through one proxy.

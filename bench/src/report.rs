@@ -142,6 +142,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     }
     bus_rows(&mut s, r);
     remembered::rows(&mut s, r);
+    https::rows(&mut s, &r.https);
 
     let _ = writeln!(s, "\n### Held rounds (one channel, one publish)\n");
     let _ = writeln!(

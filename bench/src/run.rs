@@ -309,9 +309,12 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     eprintln!("memory per remembered channel, on an instance of its own");
     let remembered = ctx.remembered_figures(opts).await?;
     eprintln!("HTTPS, on instances of their own (nginx with TLS beside grip-proxy)");
-    let https = ctx
+    let mut https = ctx
         .https_figures(&https_instances(opts), HttpsPlan::of(&[]))
         .await?;
+    if let Some(m) = https.memory.as_mut() {
+        m.main_plain_kib_per_held = fanout.iter().find(|f| f.n == m.n).map(|f| f.kib_per_held);
+    }
     eprintln!("cross-instance delivery through the Redis bus");
     let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).

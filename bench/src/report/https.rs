@@ -137,6 +137,46 @@ pub(crate) fn https_lines(f: &HttpsFigures) -> String {
     s
 }
 
+/// Figure 8 rows of the single-target report's main table.
+pub(super) fn rows(s: &mut String, f: &HttpsFigures) {
+    if let Some(why) = &f.skipped {
+        let _ = writeln!(s, "| 8 | HTTPS | skipped ({why}) | — | — |");
+        return;
+    }
+    if let Some(m) = &f.memory {
+        let _ = writeln!(
+            s,
+            "| 8 | Memory per held HTTPS long-poll, N={} | {:.2} KiB/held (plain: {:.2} KiB/held; HTTPS ÷ plain {:.2}) | — | — |",
+            thousands(m.n as f64),
+            m.https.kib_per_held,
+            m.plain.kib_per_held,
+            m.ratio
+        );
+    }
+    let g = rps(&f.grip_passthrough);
+    if let Some(vs) = versus(&g, &rps(&f.nginx_passthrough)) {
+        let _ = writeln!(
+            s,
+            "| 8 | HTTPS pass-through, grip-proxy ÷ nginx with TLS ({} keep-alive conns) | {:.2} (median of {} runs; {} req/s) | ≥ {VS_NGINX_TARGET:.1} | {} |",
+            f.grip_passthrough.first().map_or(0, |p| p.conns),
+            vs.0,
+            vs.2,
+            thousands(median(g).unwrap_or(0.0)),
+            super::meets(vs.0 >= VS_NGINX_TARGET)
+        );
+    }
+    let g = rate(&f.grip_handshakes);
+    if let Some(vs) = versus(&g, &rate(&f.nginx_handshakes)) {
+        let _ = writeln!(
+            s,
+            "| 8 | Full TLS handshakes/s, grip-proxy ÷ nginx with TLS | {:.2} (median of {} runs; {}/s) | — | — |",
+            vs.0,
+            vs.2,
+            thousands(median(g).unwrap_or(0.0))
+        );
+    }
+}
+
 /// The HTTPS section of a report (`### HTTPS`): a table of the figures, then every window.
 pub(crate) fn section(s: &mut String, f: &HttpsFigures) {
     let _ = writeln!(s, "\n### HTTPS\n");
@@ -239,6 +279,12 @@ pub(crate) fn section(s: &mut String, f: &HttpsFigures) {
          memory per held client on two fresh instances (plain clients on one, HTTPS on the other, both with the HTTPS \
          listener, warmed up alike)."
     );
+    if let Some(main) = f.memory.as_ref().and_then(|m| m.main_plain_kib_per_held) {
+        let _ = writeln!(
+            s,
+            "Figure 1 at the same N on the run's main instance (after its smaller rounds): {main:.2} KiB/held."
+        );
+    }
     if let Some(m) = &f.memory {
         let _ = writeln!(
             s,
@@ -301,6 +347,7 @@ pub(crate) fn section(s: &mut String, f: &HttpsFigures) {
         for r in rows {
             let _ = writeln!(s, "{r}");
         }
+        let _ = writeln!(s);
     }
 }
 

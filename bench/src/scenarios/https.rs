@@ -99,6 +99,7 @@ impl Ctx {
             plain,
             https,
             ratio,
+            main_plain_kib_per_held: None,
         })
     }
 
