@@ -227,9 +227,18 @@ impl Ctx {
         let rss0 = self.rss_kib();
         let (mut name_bytes, mut id_bytes, mut released) = (0usize, 0usize, 0usize);
         let started = Instant::now();
+        let held_base = self.metric("grip_proxy_held_clients").await.unwrap_or(0);
         for r in 0..rounds {
             let prefix = format!("chn{r:04}-");
-            let held0 = self.metric("grip_proxy_held_clients").await.unwrap_or(0);
+            // The previous round's clients were all released, but the gauge gives their places
+            // back as their guards drop, a little after the answers: wait (bounded) until it is
+            // back to where the churn started, so that this round's count starts from there.
+            let back = Instant::now() + Duration::from_secs(10);
+            let mut held0 = self.metric("grip_proxy_held_clients").await.unwrap_or(0);
+            while held0 > held_base && Instant::now() < back {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                held0 = self.metric("grip_proxy_held_clients").await.unwrap_or(0);
+            }
             let failed = self.open_clients("hold", k, &prefix, k, 120_000).await?;
             let want = held0 + (k - failed) as u64;
             let deadline = Instant::now() + Duration::from_secs(30);
