@@ -1,6 +1,5 @@
-//! HTTPS for the benchmark: the run's CA and leaf certificate for 127.0.0.1/localhost (rcgen,
-//! PEM files in a temp dir), the clients' rustls config trusting that CA, and a client connection
-//! that is plain TCP or TLS.
+//! HTTPS for the benchmark: the run's CA and leaf certificate (rcgen, PEM in a temp dir), the
+//! clients' rustls connector trusting that CA, and a client connection that is plain TCP or TLS.
 
 use crate::children::Result;
 use crate::http::{get_request, RespReader};

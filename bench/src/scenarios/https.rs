@@ -1,6 +1,5 @@
-//! The HTTPS figures, on grip-proxy instances started with an HTTPS listener (`[tls]`) for them
-//! and nginx with TLS on the same origin: memory per held HTTPS long-poll (next to plain ones at
-//! the same N), keep-alive HTTPS pass-through, and full TLS handshakes per second.
+//! The HTTPS figures, on fresh grip-proxy instances with `[tls]` and nginx with TLS on the same origin:
+//! memory per held HTTPS long-poll against plain, keep-alive HTTPS pass-through, full handshakes/s.
 
 use super::{fields, num, Ctx, Forwarder};
 use crate::children::{broadcast, Result};
