@@ -168,7 +168,7 @@ impl App {
 
         tasks.spawn(registry.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));
 
-        tracing::info!(proxy = %proxy_addr, https = ?tls_addr, control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), runtime = config.runtime.as_str(), threads = config.threads, "grip-proxy listening");
+        tracing::info!(proxy = %proxy_addr, https = tls_addr.map(tracing::field::display), control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), runtime = config.runtime.as_str(), threads = config.threads, "grip-proxy listening");
         Ok(App {
             proxy_addr,
             tls_addr,
