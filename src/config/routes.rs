@@ -312,6 +312,26 @@ path_prefix = "api""#,
                 "[[routes]]\nsig_alg = \"PS256\"",
                 r#"routes[0].sig_alg: "PS256" is not supported (expected HS256, RS256 or ES256)"#,
             ),
+            (
+                "[[routes]]\norigin = \"http://a:1\"\ntls_ca = \"x\"",
+                r#"routes[0].tls_ca: only for an https:// origin (origin is "http://a:1")"#,
+            ),
+            (
+                "[[routes]]\norigin = \"http://a:1\"\ntls_server_name = \"a\"",
+                r#"routes[0].tls_server_name: only for an https:// origin (origin is "http://a:1")"#,
+            ),
+            (
+                "[[routes]]\norigin = \"https://a:1\"\ntls_ca = \"hello\"",
+                "routes[0].tls_ca: no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+            ),
+            (
+                "[[routes]]\norigin = \"https://a:1\"\ntls_server_name = \"not a name\"",
+                r#"routes[0].tls_server_name: "not a name" is not a valid DNS name or IP address"#,
+            ),
+            (
+                "[[routes]]\norigin = \"https://a:1\"\ntls_skip_verify = true\ntls_ca = \"x\"",
+                "routes[0].tls_skip_verify: cannot be combined with tls_ca (nothing would be verified against it)",
+            ),
         ];
         for (toml, want) in cases {
             assert_eq!(err(toml), want, "{toml}");
@@ -322,6 +342,40 @@ path_prefix = "api""#,
             "{e}"
         );
         assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn https_origins_share_client_configs_and_compare_by_setting() {
+        let toml = "[[routes]]\norigin = \"https://a.test\"\n\
+                    [[routes]]\norigin = \"https://b.test:8443\"\ntls_skip_verify = true\n\
+                    [[routes]]\norigin = \"https://[::1]\"\ntls_skip_verify = true\n\
+                    tls_server_name = \"c.test\"";
+        let c = Config::from_toml_str(toml).unwrap();
+        let tls = |i: usize| c.routes[i].tls.as_ref().unwrap();
+        assert_eq!(
+            tls(1).config_id(),
+            tls(2).config_id(),
+            "one config per trust"
+        );
+        assert_ne!(tls(0).config_id(), tls(1).config_id());
+        let again = Config::from_toml_str(toml).unwrap();
+        assert_ne!(
+            tls(1).config_id(),
+            again.routes[1].tls.as_ref().unwrap().config_id()
+        );
+        assert_eq!(c, again, "compared by the settings, not the configs built");
+        assert_ne!(c.routes[1], c.routes[2]);
+        let warnings = c.warnings();
+        assert!(
+            warnings.iter().any(|w| w.starts_with(
+                "routes[1].tls_skip_verify: the certificate of origin https://b.test:8443 is not verified"
+            )),
+            "{warnings:?}"
+        );
+        assert!(warnings
+            .iter()
+            .any(|w| w.starts_with("routes[2].tls_skip_verify")));
+        assert!(c.routes[0].tls.as_ref().is_some_and(|t| !t.skips_verify()));
     }
 
     #[test]
