@@ -246,6 +246,7 @@ impl Config {
                 self.control_listen
             ));
         }
+        routes::warnings(&self.routes, &mut out);
         out
     }
 }
