@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::h1::{encode, socket};
+use crate::h1::socket;
 
 /// A connection to an origin.
 pub(super) enum Transport {
@@ -42,7 +42,9 @@ impl Transport {
             Transport::Plain(stream) => {
                 socket::put_body_piece(stream, out, data, chunked, more).await
             }
-            Transport::Tls(stream) => tls_put_body_piece(stream, out, data, chunked, more).await,
+            Transport::Tls(stream) => {
+                socket::put_body_piece_to(&mut **stream, out, data, chunked, more).await
+            }
         }
     }
 
@@ -116,42 +118,16 @@ impl Transport {
     }
 }
 
-/// Buffered bytes are written together with the next body piece when both fit in this much (as on the plain path,
-/// [`socket::put_body_piece`]).
-const COALESCE_MAX: usize = 16 * 1024;
-
 /// Writes all of `bytes` and sends them: nothing stays in the session's buffer.
 async fn tls_write_all(stream: &mut TlsStream<TcpStream>, bytes: &[u8]) -> io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
 }
 
-/// [`socket::put_body_piece`] over TLS: the same coalescing, so that a head and a small piece go out as one record.
-async fn tls_put_body_piece(
-    stream: &mut TlsStream<TcpStream>,
-    out: &mut Vec<u8>,
-    data: &[u8],
-    chunked: bool,
-    more: bool,
-) -> io::Result<()> {
-    if chunked {
-        encode::chunk_header(out, data.len());
+impl socket::WriteAll for TlsStream<TcpStream> {
+    fn write_all(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+        tls_write_all(self, bytes)
     }
-    if out.len() + data.len() <= COALESCE_MAX {
-        out.extend_from_slice(data);
-    } else {
-        tls_write_all(stream, out).await?;
-        out.clear();
-        tls_write_all(stream, data).await?;
-    }
-    if chunked {
-        out.extend_from_slice(b"\r\n");
-    }
-    if more && !out.is_empty() {
-        tls_write_all(stream, out).await?;
-        out.clear();
-    }
-    Ok(())
 }
 
 /// A TLS read's result with an EOF without close_notify taken as the end of the stream, as for plain TCP: whether
