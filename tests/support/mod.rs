@@ -570,6 +570,40 @@ impl Drop for Origin {
     }
 }
 
+/// An origin's request handling: the request is recorded (whole body) before the handler's reply is sent.
+fn recording<H>(
+    log: Arc<Log>,
+    handler: Arc<H>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+where
+    H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+{
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (log, handler) = (log.clone(), handler.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let reply = handler(&log.record(parts, body));
+            tokio::time::sleep(reply.delay).await;
+            let mut resp = Response::new(reply.body);
+            *resp.status_mut() = reply.status;
+            for (name, value) in reply.headers {
+                resp.headers_mut().append(name, value);
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
 async fn serve_origin<H>(listener: TcpListener, log: Arc<Log>, handler: Arc<H>)
 where
     H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
@@ -581,26 +615,7 @@ where
             continue;
         };
         while conns.try_join_next().is_some() {}
-        let (log, handler) = (log.clone(), handler.clone());
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (log, handler) = (log.clone(), handler.clone());
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let reply = handler(&log.record(parts, body));
-                tokio::time::sleep(reply.delay).await;
-                let mut resp = Response::new(reply.body);
-                *resp.status_mut() = reply.status;
-                for (name, value) in reply.headers {
-                    resp.headers_mut().append(name, value);
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        });
+        let service = recording(log.clone(), handler.clone());
         conns.spawn(
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service),
@@ -1114,25 +1129,7 @@ pub(crate) mod tls {
                     Some(rustls::HandshakeKind::Resumed) => handshakes.lock().resumed += 1,
                     _ => handshakes.lock().full += 1,
                 }
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (log, handler) = (log.clone(), handler.clone());
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let reply = handler(&log.record(parts, body));
-                        tokio::time::sleep(reply.delay).await;
-                        let mut resp = Response::new(reply.body);
-                        *resp.status_mut() = reply.status;
-                        for (name, value) in reply.headers {
-                            resp.headers_mut().append(name, value);
-                        }
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
+                let service = super::recording(log, handler);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
