@@ -155,10 +155,18 @@ impl App {
                 },
             ));
         }
+        let control_tls = config
+            .control_tls
+            .clone()
+            .map(|certificates| {
+                crate::tls::server::config(crate::tls::server::Resolver::new(certificates))
+            })
+            .transpose()
+            .map_err(StartError::Tls)?;
         tasks.spawn(front::serve(
             "control",
             control_listener,
-            None,
+            control_tls,
             TaskTracker::new(),
             stop.clone(),
             config.shutdown_grace,

@@ -605,17 +605,17 @@ async fn sighup_rejects_an_invalid_file_keeping_the_old_route_then_applies_a_val
 /// A self-signed certificate for localhost written to `<name>.crt` and `<name>.key` beside the config: (its DER, the
 /// `cert`/`key` lines of a `[tls]` section).
 fn self_signed(name: &str) -> (Vec<u8>, String) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let made = support::tls::self_signed(&["localhost"]);
     let cert = temp_config(&format!("{name}.crt"));
     let key = temp_config(&format!("{name}.key"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&cert, &made.cert_pem).unwrap();
+    std::fs::write(&key, &made.key_pem).unwrap();
     let lines = format!(
         "cert = \"file:{}\"\nkey = \"file:{}\"\n",
         cert.display(),
         key.display()
     );
-    (made.cert.der().to_vec(), lines)
+    (made.der.to_vec(), lines)
 }
 
 /// The certificate the HTTPS listener at `addr` presents for localhost (the client trusts `roots`).

@@ -14,12 +14,17 @@ use tokio::process::Command;
 
 /// `grip-proxy publish --url https://{server} ARGS`, with no config or URL from the environment.
 fn publish_cmd(server: &TlsOrigin, args: &[&str]) -> Command {
+    publish_to(server.addr(), args)
+}
+
+/// `grip-proxy publish --url https://{addr} ARGS`.
+fn publish_to(addr: std::net::SocketAddr, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_grip-proxy"));
     cmd.env_remove("GRIP_PROXY_CONFIG")
         .env_remove("GRIP_URL")
         .arg("publish")
         .arg("--url")
-        .arg(format!("https://{}", server.addr()))
+        .arg(format!("https://{addr}"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -127,4 +132,47 @@ async fn an_unusable_cacert_is_a_usage_error() {
         stderr(&out)
     );
     assert_eq!(server.count(), 0);
+}
+
+/// The proxy's own control API over HTTPS (`control.tls_cert`): a publish from the command line releases a client.
+#[tokio::test]
+async fn publishes_to_the_proxys_own_https_control_api() {
+    let dir = TempDir::new("tls-control");
+    let ca = Ca::new("control CA");
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let cert = dir.file("control.crt", &leaf.cert_pem);
+    let key = dir.file("control.key", &leaf.key_pem);
+    let cacert = dir.file("ca.pem", &ca.pem());
+    let origin = Origin::start(|_| Reply::hold("over-https")).await;
+    let proxy = Proxy::to(origin.addr())
+        .toml(&format!(
+            "[control]\ntls_cert = \"file:{}\"\ntls_key = \"file:{}\"",
+            cert.display(),
+            key.display()
+        ))
+        .start()
+        .await;
+    let held = Pending::get(proxy.addr(), "/wait");
+    proxy.wait_held(1).await;
+
+    let cacert = cacert.to_str().unwrap();
+    let out = run(publish_to(
+        proxy.control_addr(),
+        &["--cacert", cacert, "over-https", "released"],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(held.response().await.text(), "released\n");
+
+    // The control listener speaks only HTTPS now.
+    let plain = within(LIMIT, async {
+        let mut conn = RawConn::open(proxy.control_addr()).await;
+        conn.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        conn.closed().await
+    })
+    .await;
+    assert!(
+        plain,
+        "a plain request to the HTTPS control listener gets no answer"
+    );
 }

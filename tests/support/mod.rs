@@ -895,7 +895,7 @@ pub(crate) mod tls {
     pub(crate) struct Leaf {
         pub(crate) cert_pem: String,
         pub(crate) key_pem: String,
-        der: CertificateDer<'static>,
+        pub(crate) der: CertificateDer<'static>,
         key_der: Vec<u8>,
     }
 
