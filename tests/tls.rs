@@ -107,7 +107,7 @@ fn https_section(dir: &TempDir, ca: &Ca) -> String {
     let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
     format!(
         "[tls]\nlisten = \"127.0.0.1:0\"\n{}",
-        cert_lines(&dir, "server", &leaf)
+        cert_lines(dir, "server", &leaf)
     )
 }
 
