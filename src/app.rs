@@ -155,10 +155,18 @@ impl App {
                 },
             ));
         }
+        let control_tls = config
+            .control_tls
+            .clone()
+            .map(|certificates| {
+                crate::tls::server::config(crate::tls::server::Resolver::new(certificates))
+            })
+            .transpose()
+            .map_err(StartError::Tls)?;
         tasks.spawn(front::serve(
             "control",
             control_listener,
-            None,
+            control_tls,
             TaskTracker::new(),
             stop.clone(),
             config.shutdown_grace,
@@ -168,7 +176,7 @@ impl App {
 
         tasks.spawn(registry.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));
 
-        tracing::info!(proxy = %proxy_addr, https = ?tls_addr, control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), runtime = config.runtime.as_str(), threads = config.threads, "grip-proxy listening");
+        tracing::info!(proxy = %proxy_addr, https = tls_addr.map(tracing::field::display), control = %control_addr, metrics = ?metrics_addr, routes = config.routes.len(), bus = bus.kind(), runtime = config.runtime.as_str(), threads = config.threads, "grip-proxy listening");
         Ok(App {
             proxy_addr,
             tls_addr,

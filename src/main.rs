@@ -63,7 +63,7 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for the process (ring): TLS configs made by libraries (the Redis client's) find it.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    grip_proxy::tls::client::install_provider();
     if let Some(Command::Publish(args)) = cli.command {
         return ExitCode::from(grip_proxy::cli::publish::main(args));
     }

@@ -129,6 +129,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             old.control_max_body != new.control_max_body,
         ),
         ("control.auth", old.control_auth != new.control_auth),
+        ("control.tls", old.control_tls != new.control_tls),
         ("proxy limits", old.limits != new.limits),
         ("publish", old.publish != new.publish),
         ("origin", old.origin != new.origin),

@@ -1,4 +1,5 @@
-//! The route table: (host, path prefix) to an origin and its `Grip-Sig` signer. Immutable; a pure lookup.
+//! The route table: (host, path prefix) to an origin, its `Grip-Sig` signer and its TLS setting. Immutable; a
+//! pure lookup.
 
 use std::sync::Arc;
 
@@ -6,6 +7,7 @@ use http::uri::{Authority, Scheme};
 
 use crate::config::RouteConfig;
 use crate::grip::sig::Signer;
+use crate::tls::client::OriginTls;
 
 /// Where matching requests go.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub(crate) struct Route {
     pub authority: Authority,
     /// Signs requests to this origin (built with the config, shared with it).
     pub signer: Arc<Signer>,
+    /// An `https` origin's TLS setting (built with the config, shared with it).
+    pub tls: Option<OriginTls>,
 }
 
 /// Routes sorted most specific first: exact hosts before `*`, then longer path prefixes first.
@@ -43,6 +47,7 @@ impl RouteTable {
                 scheme: r.scheme.clone(),
                 authority: r.authority.clone(),
                 signer: r.signer.clone(),
+                tls: r.tls.clone(),
             })
             .collect();
         // Stable sort keeps file order among equally specific routes.

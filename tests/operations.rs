@@ -602,6 +602,101 @@ async fn sighup_rejects_an_invalid_file_keeping_the_old_route_then_applies_a_val
     std::fs::remove_file(&path).unwrap();
 }
 
+/// A self-signed certificate for localhost written to `<name>.crt` and `<name>.key` beside the config: (its DER, the
+/// `cert`/`key` lines of a `[tls]` section).
+fn self_signed(name: &str) -> (Vec<u8>, String) {
+    let made = support::tls::self_signed(&["localhost"]);
+    let cert = temp_config(&format!("{name}.crt"));
+    let key = temp_config(&format!("{name}.key"));
+    std::fs::write(&cert, &made.cert_pem).unwrap();
+    std::fs::write(&key, &made.key_pem).unwrap();
+    let lines = format!(
+        "cert = \"file:{}\"\nkey = \"file:{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    (made.der.to_vec(), lines)
+}
+
+/// The certificate the HTTPS listener at `addr` presents for localhost (the client trusts `roots`).
+async fn served_certificate(addr: SocketAddr, roots: &[&[u8]]) -> Vec<u8> {
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        store.add(der.to_vec().into()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_https_certificate_and_refuses_a_broken_one() {
+    let origin = Origin::start(|_| Reply::text("ok")).await;
+    let path = temp_config("sighup-tls");
+    let (first, first_lines) = self_signed("sighup-tls-first");
+    let (second, second_lines) = self_signed("sighup-tls-second");
+    let config = |cert_lines: &str| {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[control]\nlisten = \"127.0.0.1:0\"\n\
+             [tls]\nlisten = \"127.0.0.1:0\"\n{cert_lines}\
+             [[routes]]\norigin = \"http://{}\"\n",
+            origin.addr()
+        )
+    };
+    std::fs::write(&path, config(&first_lines)).unwrap();
+    let mut child = grip_proxy().arg("--config").arg(&path).spawn().unwrap();
+    let mut log = Log::of(&mut child);
+    let started = log.next("grip-proxy listening").await;
+    let https: SocketAddr = started["https"].as_str().unwrap().parse().unwrap();
+    let roots: [&[u8]; 2] = [&first, &second];
+    assert!(within(LIMIT, served_certificate(https, &roots)).await == first);
+
+    std::fs::write(&path, config(&second_lines)).unwrap();
+    hup(&child);
+    log.next("HTTPS certificates reloaded").await;
+    log.next("configuration reloaded").await;
+    assert!(within(LIMIT, served_certificate(https, &roots)).await == second);
+
+    std::fs::write(
+        &path,
+        config("cert = \"file:/nonexistent.crt\"\nkey = \"k\"\n"),
+    )
+    .unwrap();
+    hup(&child);
+    let rejected = log.next("configuration reload rejected").await;
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("tls.cert: cannot read /nonexistent.crt"),
+        "{rejected}"
+    );
+    assert!(within(LIMIT, served_certificate(https, &roots)).await == second);
+
+    signal(&child, "TERM");
+    assert_eq!(within(LIMIT, child.wait()).await.unwrap().code(), Some(0));
+    for name in [
+        "sighup-tls",
+        "sighup-tls-first.crt",
+        "sighup-tls-first.key",
+        "sighup-tls-second.crt",
+        "sighup-tls-second.key",
+    ] {
+        let _ = std::fs::remove_file(temp_config(name));
+    }
+}
+
 // === logs ===
 
 #[tokio::test]

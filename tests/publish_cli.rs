@@ -220,7 +220,7 @@ async fn usage_errors_exit_2() {
         &["--hint", "--close", "c"][..],
         &["--code", "1000", "c", "x"],
         &["-H", "no colon", "c", "x"],
-        &["--url", "https://127.0.0.1:5561", "c", "x"],
+        &["--url", "ftp://127.0.0.1:5561", "c", "x"],
         &[],
     ] {
         let out = run(publish_cmd(None, args)).await;

@@ -15,92 +15,24 @@ use grip_proxy::config::Overrides;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
+use support::tls::{Ca, Leaf, TempDir};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 // === Certificates ===
 
-/// A CA made for one test.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A leaf certificate for `names` (host names or IP addresses), signed by this CA: (chain PEM, key PEM, DER).
-    fn issue(&self, names: &[&str]) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "grip-proxy test");
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            chain: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-}
-
-struct Leaf {
-    chain: String,
-    key: String,
-    der: CertificateDer<'static>,
-}
-
-/// A directory for one test's files, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(test: &str) -> Dir {
-        let dir =
-            std::env::temp_dir().join(format!("grip-proxy-tls-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    /// Writes `text` to `name` and returns the path.
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// Writes a leaf's chain and key as `<name>.crt` and `<name>.key`; returns the `[tls]`-style keys for them.
-    fn leaf(&self, name: &str, leaf: &Leaf) -> String {
-        let cert = self.write(&format!("{name}.crt"), &leaf.chain);
-        let key = self.write(&format!("{name}.key"), &leaf.key);
-        format!(
-            "cert = \"file:{}\"\nkey = \"file:{}\"",
-            cert.display(),
-            key.display()
-        )
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes a leaf's chain and key as `<name>.crt` and `<name>.key` in `dir`; the `cert`/`key` lines naming them.
+fn cert_lines(dir: &TempDir, name: &str, leaf: &Leaf) -> String {
+    let cert = dir.file(&format!("{name}.crt"), &leaf.cert_pem);
+    let key = dir.file(&format!("{name}.key"), &leaf.key_pem);
+    format!(
+        "cert = \"file:{}\"\nkey = \"file:{}\"",
+        cert.display(),
+        key.display()
+    )
 }
 
 // === A TLS client ===
@@ -171,11 +103,11 @@ impl HttpsConn {
 }
 
 /// A CA, a certificate for localhost and 127.0.0.1 in `dir`, and the `[tls]` section serving it on 127.0.0.1:0.
-fn https_section(dir: &Dir, ca: &Ca) -> String {
-    let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+fn https_section(dir: &TempDir, ca: &Ca) -> String {
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
     format!(
         "[tls]\nlisten = \"127.0.0.1:0\"\n{}",
-        dir.leaf("server", &leaf)
+        cert_lines(dir, "server", &leaf)
     )
 }
 
@@ -187,7 +119,7 @@ fn tls_addr(proxy: &Proxy) -> SocketAddr {
 
 #[tokio::test]
 async fn an_https_client_is_held_and_released_by_a_publish_and_the_origin_is_told_https() {
-    let dir = Dir::new("held");
+    let dir = TempDir::new("tls-held");
     let ca = Ca::new("held CA");
     let origin = Origin::start(|r: &Recorded| match r.path() {
         "/plain" => Reply::text("plain\n"),
@@ -230,7 +162,7 @@ async fn an_https_client_is_held_and_released_by_a_publish_and_the_origin_is_tol
 
 #[tokio::test]
 async fn a_large_response_and_a_stream_cross_tls_whole_and_in_order() {
-    let dir = Dir::new("large");
+    let dir = TempDir::new("tls-large");
     let ca = Ca::new("large CA");
     let big: Bytes = (0..3_000_000u32)
         .map(|i| (i % 251) as u8)
@@ -288,22 +220,22 @@ async fn a_large_response_and_a_stream_cross_tls_whole_and_in_order() {
 
 #[tokio::test]
 async fn sni_picks_the_certificate_exact_names_before_wildcards_and_the_default_otherwise() {
-    let dir = Dir::new("sni");
+    let dir = TempDir::new("tls-sni");
     let ca = Ca::new("sni CA");
-    let default = ca.issue(&["default.test", "other.test", "127.0.0.1"]);
-    let api = ca.issue(&["api.test"]);
-    let wild = ca.issue(&["*.wild.test", "exact.wild.test"]);
-    let exact = ca.issue(&["exact.wild.test"]);
+    let default = ca.leaf(&["default.test", "other.test", "127.0.0.1"]);
+    let api = ca.leaf(&["api.test"]);
+    let wild = ca.leaf(&["*.wild.test", "exact.wild.test"]);
+    let exact = ca.leaf(&["exact.wild.test"]);
     let origin = Origin::start(|_: &Recorded| Reply::text("ok\n")).await;
     let toml = format!(
         "[tls]\nlisten = \"127.0.0.1:0\"\n{}\n\
          [[tls.sni]]\nhosts = [\"*.wild.test\"]\n{}\n\
          [[tls.sni]]\nhosts = [\"api.test\"]\n{}\n\
          [[tls.sni]]\nhosts = [\"exact.wild.test\"]\n{}\n",
-        dir.leaf("default", &default),
-        dir.leaf("wild", &wild),
-        dir.leaf("api", &api),
-        dir.leaf("exact", &exact),
+        cert_lines(&dir, "default", &default),
+        cert_lines(&dir, "wild", &wild),
+        cert_lines(&dir, "api", &api),
+        cert_lines(&dir, "exact", &exact),
     );
     let proxy = Proxy::to(origin.addr()).toml(&toml).start().await;
     let addr = tls_addr(&proxy);
@@ -336,16 +268,16 @@ async fn sni_picks_the_certificate_exact_names_before_wildcards_and_the_default_
 
 #[tokio::test]
 async fn a_reload_swaps_the_certificate_for_new_handshakes_while_a_held_client_stays_held() {
-    let dir = Dir::new("reload");
+    let dir = TempDir::new("tls-reload");
     let ca = Ca::new("reload CA");
     let origin =
         Origin::start(|_: &Recorded| Reply::hold("reload").header("Grip-Timeout", "30")).await;
-    let first = ca.issue(&["localhost"]);
-    let second = ca.issue(&["localhost"]);
+    let first = ca.leaf(&["localhost"]);
+    let second = ca.leaf(&["localhost"]);
     // The config file the reload reads; the certificate files it names are rewritten between reloads.
     let config = |leaf: &Leaf| -> PathBuf {
-        let section = dir.leaf("server", leaf);
-        dir.write(
+        let section = cert_lines(&dir, "server", leaf);
+        dir.file(
             "grip-proxy.toml",
             &format!(
                 "[[routes]]\norigin = \"http://{}\"\n[tls]\nlisten = \"127.0.0.1:0\"\n{section}\n",
@@ -379,7 +311,7 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_while_a_held_client_s
     assert_eq!(proxy.registry().held(), 1, "the held client is still held");
 
     // A broken certificate is refused: the reload fails and the certificate in force stays.
-    dir.write(
+    dir.file(
         "server.crt",
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
@@ -404,7 +336,7 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_while_a_held_client_s
 
 #[tokio::test]
 async fn failed_handshakes_close_the_connection_and_never_reach_the_origin() {
-    let dir = Dir::new("refused");
+    let dir = TempDir::new("tls-refused");
     let ca = Ca::new("refused CA");
     let origin = Origin::start(|_: &Recorded| Reply::text("ok\n")).await;
     let proxy = Proxy::to(origin.addr())
@@ -470,7 +402,7 @@ async fn curl_with_the_ca_gets_through_and_without_it_refuses_the_certificate() 
     {
         panic!("curl is needed for this test (apt-get install -y curl)");
     }
-    let dir = Dir::new("curl");
+    let dir = TempDir::new("tls-curl");
     let ca = Ca::new("curl CA");
     let origin = Origin::start(|r: &Recorded| {
         Reply::text(&format!(
@@ -483,7 +415,7 @@ async fn curl_with_the_ca_gets_through_and_without_it_refuses_the_certificate() 
         .toml(&https_section(&dir, &ca))
         .start()
         .await;
-    let ca_file = dir.write("ca.pem", &ca.pem());
+    let ca_file = dir.file("ca.pem", &ca.pem());
     let url = format!("https://localhost:{}/hello", tls_addr(&proxy).port());
     let resolve = format!("localhost:{}:127.0.0.1", tls_addr(&proxy).port());
     let curl = |extra: &[&str]| {
@@ -545,11 +477,11 @@ async fn curl_with_the_ca_gets_through_and_without_it_refuses_the_certificate() 
 /// The binary refuses to start with a certificate it cannot read, naming the key.
 #[test]
 fn a_missing_or_broken_certificate_file_exits_64_naming_the_key() {
-    let dir = Dir::new("exit");
+    let dir = TempDir::new("tls-exit");
     let ca = Ca::new("exit CA");
-    let leaf = ca.issue(&["localhost"]);
-    let key = dir.write("server.key", &leaf.key);
-    let broken = dir.write("broken.crt", "not a certificate\n");
+    let leaf = ca.leaf(&["localhost"]);
+    let key = dir.file("server.key", &leaf.key_pem);
+    let broken = dir.file("broken.crt", "not a certificate\n");
     let cases: [(PathBuf, &str); 2] = [
         (
             Path::new("/nonexistent/server.crt").to_path_buf(),
@@ -558,7 +490,7 @@ fn a_missing_or_broken_certificate_file_exits_64_naming_the_key() {
         (broken, "tls.cert: no PEM certificate"),
     ];
     for (cert, want) in cases {
-        let config = dir.write(
+        let config = dir.file(
             "grip-proxy.toml",
             &format!(
                 "[tls]\nlisten = \"127.0.0.1:0\"\ncert = \"file:{}\"\nkey = \"file:{}\"\n",

@@ -52,6 +52,8 @@ impl RedisBus {
         max_message: usize,
         stop: CancellationToken,
     ) -> Result<(Arc<RedisBus>, impl Future<Output = ()> + Send + 'static), BusError> {
+        // A `rediss://` URL: redis-rs builds its rustls config with the process's default crypto provider.
+        crate::tls::client::install_provider();
         let client = config.client().map_err(BusError::Redis)?;
         let bus = Arc::new(RedisBus {
             config: config.clone(),

@@ -1,9 +1,12 @@
 //! `grip-proxy publish`: posts one item to a control API, like Pushpin's `pushpin-publish`. The URL comes from
 //! `--url`, else `GRIP_URL`, else `http://127.0.0.1:5561`; as with the GRIP client libraries, a `GRIP_URL` may carry
-//! `?iss=..&key=..` (a JWT is then signed with that key) or `user:password@` (Basic). Exit codes: 0 published, 1
-//! refused or failed (the reason on stderr), 2 usage.
+//! `?iss=..&key=..` (a JWT is then signed with that key) or `user:password@` (Basic). An `https://` URL is reached
+//! over TLS (rustls), verified against the system's roots or `--cacert`. Exit codes: 0 published, 1 refused or
+//! failed (the reason on stderr), 2 usage.
 
 use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -12,6 +15,8 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
+
+use crate::tls::client::{self as tls_client, Trust};
 
 /// The control API of a local grip-proxy (and Pushpin's).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5561";
@@ -42,6 +47,9 @@ CONTENT is sent as the body of held responses (and as http-stream content), with
 By default the item carries both formats: http-response (releases response holds) and http-stream (appended to \
 streams). --stream sends the http-stream format only, so response holds on the channel stay held. --close \
 publishes an http-stream close action: it ends the streams on the channel.
+
+An https:// URL is verified against the system's trusted roots, or only against the CA bundle given with \
+--cacert; --insecure skips verification (for tests only: anyone on the path could read the credentials).
 
 Exit codes: 0 published, 1 refused or failed (the reason on stderr), 2 usage.")]
 pub struct Args {
@@ -88,6 +96,12 @@ pub struct Args {
     /// Authorization: Basic, as USER:PASSWORD.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub user: Option<String>,
+    /// For an https:// URL: trust the CA certificates in this PEM file (in place of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// For an https:// URL: do not verify the server's certificate (prints a warning).
+    #[arg(short = 'k', long, conflicts_with = "cacert")]
+    pub insecure: bool,
 }
 
 /// Why a publish did not happen.
@@ -105,6 +119,15 @@ pub enum CliError {
         /// host:port tried.
         addr: String,
         /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake with an `https://` URL's server failed (e.g. its certificate could not be verified).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// host:port.
+        addr: String,
+        /// Why (rustls's reason, e.g. `invalid peer certificate: UnknownIssuer`).
         #[source]
         source: std::io::Error,
     },
@@ -147,6 +170,7 @@ impl CliError {
 
 /// Runs the subcommand: prints `Published` or the error, and returns the exit code.
 pub fn main(args: Args) -> u8 {
+    tls_client::install_provider();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,6 +206,7 @@ pub async fn run(
     stdin: impl FnOnce() -> Result<Vec<u8>, CliError>,
 ) -> Result<(), CliError> {
     let target = Target::parse(&args.url)?;
+    let trust = trust(args, &target)?;
     let authorization = authorization(args, &target)?;
     let content = if args.hint || args.close {
         None
@@ -194,7 +219,29 @@ pub async fn run(
     };
     let item = item(args, content.as_deref())?;
     let body = json!({ "items": [item] }).to_string();
-    post(&target, authorization, body).await
+    post(&target, trust, authorization, body).await
+}
+
+/// What an `https://` URL's certificate is verified against (`None` for `http://`, where --cacert and --insecure
+/// mean nothing).
+fn trust(args: &Args, target: &Target) -> Result<Option<Trust>, CliError> {
+    if !target.tls {
+        return Ok(None);
+    }
+    if args.insecure {
+        eprintln!(
+            "grip-proxy publish: warning: --insecure: the certificate of {} is not verified",
+            target.addr
+        );
+        return Ok(Some(Trust::Insecure));
+    }
+    let Some(path) = &args.cacert else {
+        return Ok(Some(Trust::System));
+    };
+    let usage = |why: String| CliError::Usage(format!("--cacert {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| usage(e.to_string()))?;
+    let roots = crate::tls::pem::roots(&pem).map_err(|e| usage(e.to_string()))?;
+    Ok(Some(Trust::Roots(Arc::new(roots))))
 }
 
 /// The one item, in the format Pushpin's `pushpin-publish` sends (formats nested under `formats`).
@@ -270,8 +317,12 @@ fn header_pair(h: &str) -> Result<[String; 2], CliError> {
 /// Where to post, and the credentials the URL carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// `host:port` to connect to (port 80 when absent).
+    /// `https`: TLS to the server.
+    pub tls: bool,
+    /// `host:port` to connect to (port 80, or 443 for https, when absent).
     pub addr: String,
+    /// The host without its port: for https, the name verified and sent as SNI.
+    pub name: String,
     /// The `Host` header.
     pub host: String,
     /// The path of `/publish/` under the URL's path.
@@ -283,18 +334,13 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `http://[user:password@]host[:port][/path][?iss=..&key=..]`.
+    /// Parses `http[s]://[user:password@]host[:port][/path][?iss=..&key=..]`.
     pub fn parse(url: &str) -> Result<Target, CliError> {
         let usage = |why: &str| CliError::Usage(format!("URL {url:?}: {why}"));
-        let rest = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(usage(
-                    "https is not supported by this client (the control API is plain HTTP; reach it on loopback \
-                     or through a tunnel)",
-                ))
-            }
-            _ => return Err(usage("expected http://host:port")),
+        let (tls, rest) = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+            _ => return Err(usage("expected http://host:port or https://host:port")),
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = match rest.find('/') {
@@ -312,12 +358,14 @@ impl Target {
             Some(i) => !host.ends_with(']') && host[i + 1..].parse::<u16>().is_ok(),
             None => false,
         };
-        let addr = if has_port {
-            host.to_owned()
+        let (addr, name) = if has_port {
+            let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+            (host.to_owned(), name.to_owned())
         } else if host.contains(':') && !host.starts_with('[') {
             return Err(usage("bad port"));
         } else {
-            format!("{host}:80")
+            let port = if tls { 443 } else { 80 };
+            (format!("{host}:{port}"), host.to_owned())
         };
         let basic = userinfo.map(|u| {
             let (user, pass) = u.split_once(':').unwrap_or((u, ""));
@@ -341,7 +389,9 @@ impl Target {
             _ => return Err(usage("iss and key go together")),
         };
         Ok(Target {
+            tls,
             addr,
+            name,
             host: host.to_owned(),
             path: format!("{}/publish/", path.trim_end_matches('/')),
             basic,
@@ -405,6 +455,7 @@ fn authorization(args: &Args, target: &Target) -> Result<Option<HeaderValue>, Cl
 
 async fn post(
     target: &Target,
+    trust: Option<Trust>,
     authorization: Option<HeaderValue>,
     body: String,
 ) -> Result<(), CliError> {
@@ -413,13 +464,17 @@ async fn post(
         addr: addr.clone(),
         timeout: EXCHANGE_TIMEOUT,
     };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(target, authorization, body))
-        .await
-        .map_err(|_| timed_out())?
+    tokio::time::timeout(
+        EXCHANGE_TIMEOUT,
+        exchange(target, trust, authorization, body),
+    )
+    .await
+    .map_err(|_| timed_out())?
 }
 
 async fn exchange(
     target: &Target,
+    trust: Option<Trust>,
     authorization: Option<HeaderValue>,
     body: String,
 ) -> Result<(), CliError> {
@@ -441,10 +496,23 @@ async fn exchange(
         addr: addr.clone(),
         source,
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http_err)?;
-    tokio::spawn(conn);
+    let mut sender = match trust {
+        None => {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(http_err)?;
+            tokio::spawn(conn);
+            sender
+        }
+        Some(trust) => {
+            let stream = tls_handshake(target, &trust, stream).await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(http_err)?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
     let mut req = Request::new(Full::new(Bytes::from(body)));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = target
@@ -479,6 +547,35 @@ async fn exchange(
         status,
         message: message(&answer),
     })
+}
+
+/// The TLS session with an `https://` URL's server, verified as `trust` says, within the connect timeout.
+async fn tls_handshake(
+    target: &Target,
+    trust: &Trust,
+    stream: tokio::net::TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, CliError> {
+    let tls_err = |source| CliError::Tls {
+        addr: target.addr.clone(),
+        source,
+    };
+    let invalid = |e: String| tls_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
+    let config = match trust {
+        Trust::System => tls_client::system_http1_config(),
+        other => tls_client::http1_config(other),
+    }
+    .map_err(|e| invalid(e.to_string()))?;
+    let name = tls_client::server_name(&target.name).map_err(invalid)?;
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            tls_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no TLS session within {CONNECT_TIMEOUT:?}"),
+            ))
+        })?
+        .map_err(tls_err)
 }
 
 /// The reason in an error answer: `{"error": ..}` or `{"message": ..}` of a JSON body, else its text.
@@ -531,8 +628,20 @@ mod tests {
         assert_eq!(t.jwt, Some(("me".into(), b"hi".to_vec())));
         let t = Target::parse("http://[::1]:5561/").unwrap();
         assert_eq!(t.addr, "[::1]:5561");
+        let t = Target::parse("https://example.com/x").unwrap();
+        assert!(t.tls);
+        assert_eq!(
+            (t.addr.as_str(), t.name.as_str(), t.path.as_str()),
+            ("example.com:443", "example.com", "/x/publish/")
+        );
+        let t = Target::parse("https://[::1]:8443").unwrap();
+        assert_eq!((t.addr.as_str(), t.name.as_str()), ("[::1]:8443", "[::1]"));
+        assert!(!Target::parse("http://a:1").unwrap().tls);
         for (bad, why) in [
-            ("https://a:1", "https is not supported"),
+            (
+                "ftp://a:1",
+                "expected http://host:port or https://host:port",
+            ),
             ("a:1", "expected http://host:port"),
             ("http://a:x", "bad port"),
             ("http:///x", "no host"),

@@ -58,6 +58,9 @@ pub struct RawBus {
     pub ping_interval_secs: f64,
     /// `Retry-After` of the 503 a publish gets while the bus is down.
     pub retry_after_secs: u64,
+    /// For a `rediss://` URL: the CA bundle (PEM) Redis's certificate is verified against, in place of the
+    /// system's trusted roots. Secret spec (`file:PATH`, `env:NAME` or the PEM text).
+    pub tls_ca: Option<String>,
 }
 
 impl Default for RawBus {
@@ -73,6 +76,7 @@ impl Default for RawBus {
             reconnect_max_secs: 5.0,
             ping_interval_secs: 5.0,
             retry_after_secs: 1,
+            tls_ca: None,
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct RedisConfig {
     pub ping_interval: Duration,
     /// `Retry-After` of a 503.
     pub retry_after: Duration,
+    /// The CA bundle (PEM) of a `rediss://` Redis, if given.
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -134,7 +140,16 @@ impl RedisConfig {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        redis::Client::open(info)
+        match &self.tls_ca {
+            None => redis::Client::open(info),
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
     }
 
     /// The URL with any password replaced by `***`, for logs and errors.
@@ -156,6 +171,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_max", &self.reconnect_max)
             .field("ping_interval", &self.ping_interval)
             .field("retry_after", &self.retry_after)
+            .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -214,6 +230,25 @@ pub(super) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
         ),
     )?;
     positive("bus.retry_after_secs", raw.retry_after_secs)?;
+    let tls = matches!(scheme, Some("rediss" | "valkeys"));
+    let tls_ca = match &raw.tls_ca {
+        None => None,
+        Some(_) if !tls => {
+            return Err(invalid(
+                "bus.tls_ca",
+                format!("only for a rediss:// URL (bus.url is {shown:?})"),
+            ))
+        }
+        Some(spec) => {
+            let pem = secret("bus.tls_ca", spec)?;
+            crate::tls::pem::roots(&pem).map_err(|e| invalid("bus.tls_ca", e.to_string()))?;
+            Some(pem)
+        }
+    };
+    if tls {
+        // redis-rs builds its rustls config with the process's default provider.
+        crate::tls::client::install_provider();
+    }
     let config = RedisConfig {
         url: url.to_owned(),
         password,
@@ -225,6 +260,7 @@ pub(super) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
         reconnect_max,
         ping_interval: secs("bus.ping_interval_secs", raw.ping_interval_secs)?,
         retry_after: Duration::from_secs(raw.retry_after_secs),
+        tls_ca,
     };
     config.client().map_err(|e| {
         invalid(
@@ -348,6 +384,20 @@ mod tests {
                 },
                 "bus.password: environment variable GRIP_PROXY_TEST_UNSET_VARIABLE is not set",
             ),
+            (
+                RawBus {
+                    tls_ca: Some("hello".into()),
+                    ..raw("redis://h")
+                },
+                r#"bus.tls_ca: only for a rediss:// URL (bus.url is "redis://h")"#,
+            ),
+            (
+                RawBus {
+                    tls_ca: Some("hello".into()),
+                    ..raw("rediss://h")
+                },
+                "bus.tls_ca: no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+            ),
         ];
         for (raw, want) in cases {
             assert_eq!(err(raw.clone()), want, "{raw:?}");
@@ -358,6 +408,20 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn rediss_with_a_ca_bundle() {
+        let ca = rcgen::generate_simple_self_signed(vec!["redis.test".into()]).unwrap();
+        let c = validate(&RawBus {
+            tls_ca: Some(ca.cert.pem()),
+            ..raw("rediss://redis.test:6380/0")
+        })
+        .unwrap()
+        .redis
+        .unwrap();
+        assert!(c.client().is_ok());
+        assert!(format!("{c:?}").contains("tls_ca: Some(\"<set>\")"));
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct RawControl {
     pub max_body: usize,
     /// `[control.auth]`: credentials publishers must present (none by default).
     pub auth: RawAuth,
+    /// Serve the control API over HTTPS with this certificate chain (PEM, secret spec); `tls_key` with it.
+    pub tls_cert: Option<String>,
+    /// The private key of `tls_cert` (PEM, secret spec).
+    pub tls_key: Option<String>,
 }
 
 impl Default for RawControl {
@@ -28,6 +32,8 @@ impl Default for RawControl {
             listen: "127.0.0.1:5561".into(),
             max_body: 1_000_000,
             auth: RawAuth::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -100,6 +106,7 @@ pub(super) struct Control {
     pub(super) listen: SocketAddr,
     pub(super) max_body: usize,
     pub(super) auth: AuthConfig,
+    pub(super) tls: Option<crate::tls::server::Certificates>,
 }
 
 /// Validates `[control]`. Its listener must not take the proxy's address (`proxy_listen`).
@@ -109,10 +116,19 @@ pub(super) fn validate(c: &RawControl, proxy_listen: SocketAddr) -> Result<Contr
         return Err(invalid("control.listen", "must differ from proxy.listen"));
     }
     positive("control.max_body", c.max_body)?;
+    let tls = match (&c.tls_cert, &c.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(crate::tls::server::Certificates::new(
+            super::tls::certificate(("control.tls_cert", cert), ("control.tls_key", key))?,
+        )),
+        (Some(_), None) => return Err(invalid("control.tls_key", "needed with tls_cert")),
+        (None, Some(_)) => return Err(invalid("control.tls_cert", "needed with tls_key")),
+    };
     Ok(Control {
         listen,
         max_body: c.max_body,
         auth: auth(&c.auth)?,
+        tls,
     })
 }
 

@@ -173,6 +173,8 @@ pub struct Config {
     pub control_max_body: usize,
     /// Publish credentials (none: open).
     pub control_auth: AuthConfig,
+    /// The control API's certificate, when it is served over HTTPS.
+    pub control_tls: Option<crate::tls::server::Certificates>,
     /// Client listener bounds.
     pub limits: ProxyLimits,
     /// A trusted GRIP proxy in front, if any.
@@ -246,6 +248,7 @@ impl Config {
                 self.control_listen
             ));
         }
+        routes::warnings(&self.routes, &mut out);
         out
     }
 }
@@ -304,6 +307,7 @@ impl TryFrom<RawConfig> for Config {
             request_buffer_size: proxy.request_buffer_size,
             control_max_body: control.max_body,
             control_auth: control.auth,
+            control_tls: control.tls,
             limits: proxy.limits,
             upstream: proxy.upstream,
             hold,

@@ -104,7 +104,7 @@ pub(super) fn validate(
 }
 
 /// Loads one certificate; an error names the key (of the chain or of the private key) it is about.
-fn certificate(
+pub(super) fn certificate(
     (cert_key, cert_spec): (&str, &str),
     (key_key, key_spec): (&str, &str),
 ) -> Result<Certificate, ConfigError> {

@@ -34,11 +34,39 @@ enum Event {
     Quiet,
 }
 
-/// Serves a connection until it closes: over TLS with `tls`, after a handshake bounded by the header timeout.
-pub(crate) async fn run<H, F>(
+/// The task serving a newly accepted connection until it closes: over TLS with `tls`, after a handshake bounded
+/// by the header timeout. `None`: the TLS session could not be created (logged).
+pub(crate) fn start<H, F>(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    handler: H,
+    limits: Arc<Limits>,
+    stop: CancellationToken,
+) -> Option<impl Future<Output = ()>>
+where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    // Made here rather than in the task: the TLS config is not needed once the session exists, and the task's
+    // future (what every parked connection costs) would keep a slot for it.
+    let io = match tls {
+        None => Io::Plain(Arc::new(stream)),
+        Some(config) => match crate::tls::server::Session::new(config.clone()) {
+            Ok(session) => Io::tls(stream, session),
+            Err(e) => {
+                tracing::warn!(client.addr = %peer, error = %e, "TLS session could not be created");
+                return None;
+            }
+        },
+    };
+    Some(run(io, peer, handler, limits, stop))
+}
+
+/// Serves a connection until it closes.
+async fn run<H, F>(
+    io: Io,
+    peer: SocketAddr,
     handler: H,
     limits: Arc<Limits>,
     stop: CancellationToken,
@@ -47,16 +75,7 @@ pub(crate) async fn run<H, F>(
     F: Future<Output = Response<Body>>,
 {
     let mut conn = Conn {
-        stream: match tls {
-            None => Io::Plain(Arc::new(stream)),
-            Some(config) => match crate::tls::server::Session::new(config) {
-                Ok(session) => Io::tls(stream, session),
-                Err(e) => {
-                    tracing::warn!(client.addr = %peer, error = %e, "TLS session could not be created");
-                    return;
-                }
-            },
-        },
+        stream: io,
         buf: BytesMut::new(),
         limits,
     };

@@ -67,7 +67,7 @@ impl Io {
         let Io::Tls(tls) = self else {
             return Ok(());
         };
-        let mut progress = tls.session.receive(&[], buf).map_err(tls_error)?;
+        let mut progress = tls.session.receive(&mut [], buf).map_err(tls_error)?;
         loop {
             tls.flush().await?;
             if progress != Progress::Handshaking {
@@ -86,7 +86,10 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            progress = tls.session.receive(&chunk[..n], buf).map_err(tls_error)?;
+            progress = tls
+                .session
+                .receive(&mut chunk[..n], buf)
+                .map_err(tls_error)?;
         }
     }
 
@@ -110,7 +113,10 @@ impl Io {
                     return Ok(Some(0));
                 }
                 let before = buf.len();
-                let progress = tls.session.receive(&chunk[..n], buf).map_err(tls_error)?;
+                let progress = tls
+                    .session
+                    .receive(&mut chunk[..n], buf)
+                    .map_err(tls_error)?;
                 // A key update or an alert to answer: sent now if the socket takes it, else before the next write.
                 tls.flush_now()?;
                 match buf.len() - before {

@@ -107,14 +107,17 @@ pub async fn serve<H, F>(
         let Some((stream, peer)) = crate::accept::accept(name, &listener, &stop).await else {
             break;
         };
-        tracker.spawn(conn::run(
+        let started = conn::start(
             stream,
             peer,
-            tls.clone(),
+            tls.as_ref(),
             handler.clone(),
             limits.clone(),
             stop.clone(),
-        ));
+        );
+        if let Some(connection) = started {
+            tracker.spawn(connection);
+        }
     }
     drop(listener);
     tracker.close();
@@ -150,19 +153,20 @@ mod tests {
         let config = Config::default();
         let state = Arc::new(ProxyState::new(&config, Registry::new((&config).into())));
         let handler = move |req, peer| proxy::serve(state.clone(), req, peer);
-        let fut = conn::run(
+        let fut = conn::start(
             stream,
             peer,
             None,
             handler,
             std::sync::Arc::new(Limits::default()),
             CancellationToken::new(),
-        );
+        )
+        .unwrap();
         let size = std::mem::size_of_val(&fut);
         println!("connection task future: {size} bytes");
         assert!(
-            size <= 920,
-            "connection future is {size} bytes (measured 888)"
+            size <= 896,
+            "connection future is {size} bytes (measured 872)"
         );
         drop(client);
     }

@@ -13,7 +13,7 @@ use tokio::time::Sleep;
 
 use super::pool::{Conn, Pool, READ_CHUNK};
 use crate::body::BoxError;
-use crate::h1::{socket, Decoded, Decoder, Framing};
+use crate::h1::{Decoded, Decoder, Framing};
 
 /// The connection a body is read from, and how it is delimited.
 pub(super) struct Reading {
@@ -114,8 +114,7 @@ impl http_body::Body for OriginBody {
                 }
             }
             reading.conn.buf.reserve(READ_CHUNK);
-            let read = match socket::poll_read_buf(&reading.conn.stream, &mut reading.conn.buf, cx)
-            {
+            let read = match reading.conn.stream.poll_read_buf(&mut reading.conn.buf, cx) {
                 Poll::Ready(read) => read,
                 Poll::Pending => {
                     let timeout = reading.read_timeout;

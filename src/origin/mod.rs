@@ -2,12 +2,18 @@
 //! task): it writes the request and reads the response head on a pooled keep-alive connection, and the response
 //! body reads from that connection as the caller polls it. No dispatch task or channel sits in between.
 //!
+//! An `https` origin is reached over TLS (rustls), with the setting its route gives in the request's extensions
+//! ([`OriginTls`]), else the system's roots; plain `http` connections are read and written readiness-based on
+//! the socket, with no TLS cost.
+//!
 //! Idle connections are pooled per runtime in per-core mode (a socket belongs to the runtime that registered it):
 //! a thread that serves one of those runtimes says so once ([`use_local_pool`]); every other thread shares one pool.
 
 mod body;
 mod pool;
+mod transport;
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
@@ -17,13 +23,15 @@ use http::uri::Authority;
 use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
-use crate::h1::{encode, response, socket, Framing};
+use crate::h1::{encode, response, Framing};
+use crate::tls::client::{self as tls_client, OriginTls};
 pub(crate) use body::OriginBody;
 use pool::{Conn, Pool};
+use transport::Transport;
 
 /// Why an exchange with an origin failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +40,16 @@ pub(crate) enum OriginError {
     #[error("connect to {addr}: {source}")]
     Connect {
         /// The address tried.
+        addr: Box<str>,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS handshake with an `https` origin failed: most often its certificate could not be verified (the
+    /// reason is rustls's, e.g. `invalid peer certificate: UnknownIssuer`).
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        /// The address connected to.
         addr: Box<str>,
         /// What went wrong.
         #[source]
@@ -157,7 +175,9 @@ impl Client {
         self.all_pools().map(|pool| pool.len()).sum()
     }
 
-    /// Sends a request (its URI carries the origin's authority) and waits for the response head.
+    /// Sends a request (its URI carries the origin's scheme and authority) and waits for the response head. An
+    /// `https` request is sent over TLS with the [`OriginTls`] in its extensions (its route's), else verified
+    /// against the system's roots.
     ///
     /// A request without a body that fails on a reused connection before any response byte arrived (the origin
     /// closed it while it was idle) is sent again on a new connection.
@@ -189,13 +209,26 @@ impl Client {
         let mut head = Vec::with_capacity(512);
         encode::request_head(&mut head, &parts, &authority, framing);
         let is_head = parts.method == http::Method::HEAD;
-        let key = authority.as_str();
+        let tls = match parts.uri.scheme_str() {
+            Some("https") => Some(TlsTarget::of(&parts.extensions, &authority)?),
+            _ => None,
+        };
+        let key: Cow<'_, str> = match &tls {
+            None => Cow::Borrowed(authority.as_str()),
+            // Never equal to an authority (it has a '/'): TLS and plain connections to a host:port stay apart,
+            // and so do those of different settings.
+            Some(t) => Cow::Owned(format!(
+                "https://{authority}/{:x}/{:?}",
+                t.id, t.server_name
+            )),
+        };
+        let key = &*key;
         let mut body = (!matches!(framing, Framing::Empty | Framing::Length(0))).then_some(body);
         let pool = self.pool();
         loop {
             let (conn, reused) = match pool.checkout(key) {
                 Some(conn) => (conn, true),
-                None => (self.connect(&authority).await?, false),
+                None => (self.connect(&authority, tls.as_ref()).await?, false),
             };
             let sending = exchange(
                 conn,
@@ -220,13 +253,19 @@ impl Client {
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Conn, OriginError> {
-        let addr: Box<str> = match authority.port() {
-            Some(_) => authority.as_str().into(),
-            None => format!("{}:80", authority.host()).into(),
+    /// A new connection: TCP, and for `https` the TLS handshake, both within the connect timeout.
+    async fn connect(
+        &self,
+        authority: &Authority,
+        tls: Option<&TlsTarget>,
+    ) -> Result<Conn, OriginError> {
+        let addr: Box<str> = match (authority.port(), tls) {
+            (Some(_), _) => authority.as_str().into(),
+            (None, None) => format!("{}:80", authority.host()).into(),
+            (None, Some(_)) => format!("{}:443", authority.host()).into(),
         };
-        let connected =
-            tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*addr)).await;
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let connected = tokio::time::timeout_at(deadline, TcpStream::connect(&*addr)).await;
         let stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(OriginError::Connect { addr, source }),
@@ -237,7 +276,54 @@ impl Client {
         };
         // Small requests and responses: no Nagle delay.
         let _ = stream.set_nodelay(true);
-        Ok(Conn::new(stream))
+        let Some(tls) = tls else {
+            return Ok(Conn::new(Transport::Plain(stream)));
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let handshake = connector.connect(tls.server_name.clone(), stream);
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(stream)) => Ok(Conn::new(Transport::Tls(Box::new(stream)))),
+            Ok(Err(source)) => Err(OriginError::Tls { addr, source }),
+            Err(_) => {
+                let source = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake not done within the connect timeout",
+                );
+                Err(OriginError::Tls { addr, source })
+            }
+        }
+    }
+}
+
+/// How an `https` request's connection is made: the client config, the name verified, and the config's identity
+/// (part of the pool key).
+struct TlsTarget {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    id: usize,
+}
+
+impl TlsTarget {
+    /// The route's setting if the request carries one; else the system's roots and the URI's host.
+    fn of(extensions: &http::Extensions, authority: &Authority) -> Result<Self, OriginError> {
+        if let Some(tls) = extensions.get::<OriginTls>() {
+            return Ok(TlsTarget {
+                config: tls.config().clone(),
+                server_name: tls.server_name().clone(),
+                id: tls.config_id(),
+            });
+        }
+        let failed = |e: String| OriginError::Tls {
+            addr: authority.as_str().into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        };
+        let config = tls_client::system_http1_config().map_err(|e| failed(e.to_string()))?;
+        let server_name = tls_client::server_name(authority.host()).map_err(failed)?;
+        Ok(TlsTarget {
+            id: Arc::as_ptr(&config) as usize,
+            config,
+            server_name,
+        })
     }
 }
 
@@ -278,7 +364,7 @@ async fn exchange(
         }
         let received_before = !conn.buf.is_empty();
         conn.buf.reserve(pool::READ_CHUNK);
-        let error = match socket::read_buf(&conn.stream, &mut conn.buf).await {
+        let error = match conn.stream.read_buf(&mut conn.buf).await {
             Ok(0) if received_before => {
                 OriginError::Invalid("connection closed in the middle of the response head")
             }
@@ -347,7 +433,8 @@ async fn write_request(
             continue;
         }
         let more = !body.is_end_stream();
-        socket::put_body_piece(&conn.stream, &mut out, &data, chunked, more)
+        conn.stream
+            .put_body_piece(&mut out, &data, chunked, more)
             .await
             .map_err(OriginError::Io)?;
     }
@@ -369,14 +456,10 @@ async fn answered_early(
     conn: &mut Conn,
     is_head: bool,
 ) -> Result<Option<response::Head>, OriginError> {
-    socket::read_ready(&conn.stream)
-        .await
-        .map_err(OriginError::Io)?;
-    conn.buf.reserve(pool::READ_CHUNK);
-    match socket::try_read_buf(&conn.stream, &mut conn.buf) {
-        Ok(0) => Err(OriginError::Closed),
-        Ok(_) => Ok(response::parse(&mut conn.buf, is_head)?),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+    match conn.stream.read_some(&mut conn.buf, pool::READ_CHUNK).await {
+        Ok(Some(0)) => Err(OriginError::Closed),
+        Ok(Some(_)) => Ok(response::parse(&mut conn.buf, is_head)?),
+        Ok(None) => Ok(None),
         Err(e) => Err(OriginError::Io(e)),
     }
 }

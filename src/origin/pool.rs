@@ -1,27 +1,26 @@
-//! Idle keep-alive connections to origins, by authority: most recently used first, closed after the idle
-//! timeout, checked for a close by the origin before they are handed out.
+//! Idle keep-alive connections to origins, by key (the authority; for TLS also the scheme and the TLS setting):
+//! most recently used first, closed after the idle timeout, checked for a close by the origin before reuse.
 
 use std::collections::HashMap;
-use std::io;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use super::transport::Transport;
 
 /// Bytes of buffer space made available before each read from an origin.
 pub(super) const READ_CHUNK: usize = 8192;
 
 /// An origin connection and the bytes read from it but not consumed yet.
 pub(super) struct Conn {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Transport,
     pub(super) buf: BytesMut,
 }
 
 impl Conn {
-    pub(super) fn new(stream: TcpStream) -> Self {
+    pub(super) fn new(stream: Transport) -> Self {
         Conn {
             stream,
             buf: BytesMut::new(),
@@ -54,7 +53,7 @@ impl Pool {
     pub(super) fn checkout(&self, key: &str) -> Option<Conn> {
         let now = Instant::now();
         loop {
-            let idle = {
+            let mut idle = {
                 let mut map = self.idle.lock();
                 let list = map.get_mut(key)?;
                 let idle = list.pop()?;
@@ -65,7 +64,7 @@ impl Pool {
                 }
                 idle
             };
-            if is_open(&idle.conn.stream) {
+            if idle.conn.stream.is_open() {
                 return Some(idle.conn);
             }
         }
@@ -125,19 +124,5 @@ impl Pool {
     /// Idle connections in the pool.
     pub(super) fn len(&self) -> usize {
         self.idle.lock().values().map(Vec::len).sum()
-    }
-}
-
-/// Whether an idle connection is still open: not readable (no EOF, no stray bytes), or readable but with
-/// nothing to read after all. Costs no syscall when the runtime has seen no readiness since the last read.
-fn is_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
     }
 }

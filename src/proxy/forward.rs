@@ -18,6 +18,7 @@ use crate::config::OriginConfig;
 use crate::error::ProxyError;
 use crate::front::ClientBodyError;
 use crate::origin::{self, OriginBody, OriginError};
+use crate::tls::client::OriginTls;
 
 /// The origin client. Cheap to clone (the pools are shared).
 #[derive(Clone)]
@@ -70,6 +71,10 @@ impl Forwarder {
             Err(_) => Err(ProxyError::OriginTimeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(OriginError::Connect { source, .. })) => Err(ProxyError::OriginConnect(source)),
+            // Counted and answered as an unreachable origin; the message keeps the TLS reason.
+            Ok(Err(e @ OriginError::Tls { .. })) => {
+                Err(ProxyError::OriginConnect(std::io::Error::other(e)))
+            }
             Ok(Err(OriginError::RequestBody(e))) => Err(request_body_error(e)),
             Ok(Err(e)) => Err(ProxyError::OriginProtocol(Box::new(e))),
         }
@@ -187,6 +192,8 @@ pub(crate) struct Replayable {
     /// client). Unpacked only for a re-send.
     headers: PackedHeaders,
     body: Option<Arc<Mutex<Capture>>>,
+    /// The route's TLS setting for an `https` origin, given to every send in the request's extensions.
+    tls: Option<OriginTls>,
 }
 
 /// Header names and values, each as `u16` name length, `u16` value length, name, value.
@@ -248,13 +255,15 @@ struct Capture {
 
 impl Replayable {
     /// Builds the first request to the origin, keeping what a re-send needs. A body up to `limit` bytes is copied
-    /// as it streams through (chunks are refcounted `Bytes`: the copy is a list of handles).
+    /// as it streams through (chunks are refcounted `Bytes`: the copy is a list of handles). `tls`: the route's
+    /// setting for an `https` origin.
     pub(crate) fn first<B>(
         method: Method,
         uri: Uri,
         headers: HeaderMap,
         incoming: B,
         limit: usize,
+        tls: Option<OriginTls>,
     ) -> (Replayable, Request<Body>)
     where
         B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -276,12 +285,16 @@ impl Replayable {
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers;
+        if let Some(tls) = &tls {
+            req.extensions_mut().insert(tls.clone());
+        }
         (
             Replayable {
                 method,
                 uri,
                 headers: packed,
                 body: capture,
+                tls,
             },
             req,
         )
@@ -317,6 +330,9 @@ impl Replayable {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.unpack();
+        if let Some(tls) = &self.tls {
+            req.extensions_mut().insert(tls.clone());
+        }
         if let Some((name, value)) = extra {
             req.headers_mut().insert(name, value);
         }

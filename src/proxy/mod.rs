@@ -330,6 +330,7 @@ where
         headers,
         body,
         state.max_replay_body,
+        route.tls.clone(),
     ))
 }
 

@@ -38,6 +38,8 @@ pub(crate) struct LinkBase {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     signer: Arc<grip::sig::Signer>,
+    /// The route's TLS setting, for links to its `https` origin.
+    tls: Option<crate::tls::client::OriginTls>,
 }
 
 impl LinkBase {
@@ -46,6 +48,7 @@ impl LinkBase {
             scheme: route.scheme.clone(),
             authority: route.authority.clone(),
             signer: route.signer.clone(),
+            tls: route.tls.clone(),
         }
     }
 }
@@ -642,6 +645,12 @@ fn link_request(
     .map_err(|_| grip::GripError::new("Grip-Link", uri, "not a valid URI"))?;
     let mut req = Request::new(body::empty());
     *req.method_mut() = method;
+    // A link to the route's own origin is verified as the route says; one elsewhere against the system's roots.
+    if let Some(tls) = &base.tls {
+        if target.scheme() == Some(&base.scheme) && target.authority() == Some(&base.authority) {
+            req.extensions_mut().insert(tls.clone());
+        }
+    }
     *req.uri_mut() = target;
     let h = req.headers_mut();
     h.insert(HeaderName::from_static("grip-sig"), base.signer.header());

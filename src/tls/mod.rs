@@ -1,6 +1,7 @@
 //! TLS, on rustls with ring for every role: PEM certificates and keys (`pem`), the configs of the client roles
 //! toward origins, `grip-proxy publish` and Redis (`client`), and the HTTPS client listeners (`server`).
 
+pub mod client;
 pub mod pem;
 pub mod server;
 

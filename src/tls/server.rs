@@ -222,11 +222,20 @@ impl Session {
     /// alerts to send in answer are queued in [`Session::outgoing`].
     pub fn receive(
         &mut self,
-        ciphertext: &[u8],
+        ciphertext: &mut [u8],
         plain: &mut BytesMut,
     ) -> Result<Progress, rustls::Error> {
-        self.incoming.extend_from_slice(ciphertext);
-        self.process(Some(plain))
+        if !self.incoming.is_empty() {
+            self.incoming.extend_from_slice(ciphertext);
+            return self.process(Some(plain));
+        }
+        // The common case: whole records. Processed where they are (the caller's buffer); only a partial record
+        // at the end is kept.
+        let (progress, used) = self.process_in(ciphertext, Some(plain));
+        if progress.is_ok() {
+            self.incoming.extend_from_slice(&ciphertext[used..]);
+        }
+        progress
     }
 
     /// Whether the handshake is still under way.
@@ -235,21 +244,37 @@ impl Session {
     }
 
     /// Drives the connection over the buffered ciphertext until it needs more input or can send data.
-    fn process(&mut self, mut plain: Option<&mut BytesMut>) -> Result<Progress, rustls::Error> {
+    fn process(&mut self, plain: Option<&mut BytesMut>) -> Result<Progress, rustls::Error> {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let (progress, used) = self.process_in(&mut incoming, plain);
+        incoming.drain(..used);
+        if !incoming.is_empty() {
+            self.incoming = incoming;
+        }
+        progress
+    }
+
+    /// [`Session::process`] over `incoming`; also returns how many of its bytes were used up.
+    fn process_in(
+        &mut self,
+        incoming: &mut [u8],
+        mut plain: Option<&mut BytesMut>,
+    ) -> (Result<Progress, rustls::Error>, usize) {
+        let mut used = 0;
         let progress = loop {
-            let status = self.conn.process_tls_records(&mut self.incoming);
+            let status = self.conn.process_tls_records(&mut incoming[used..]);
             let discard = status.discard;
             let state = match status.state {
                 Ok(state) => state,
-                Err(e) => {
-                    self.incoming.drain(..discard);
-                    return Err(e);
-                }
+                Err(e) => return (Err(e), used + discard),
             };
             let step = match state {
                 ConnectionState::ReadTraffic(mut read) => {
                     while let Some(record) = read.next_record() {
-                        let record = record?;
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(e) => return (Err(e), used + discard),
+                        };
                         if let Some(plain) = plain.as_deref_mut() {
                             plain.extend_from_slice(record.payload);
                         }
@@ -257,25 +282,9 @@ impl Session {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    let start = self.outgoing.len();
-                    self.outgoing.resize(start + 2048, 0);
-                    let written = match encode.encode(&mut self.outgoing[start..]) {
-                        Ok(n) => n,
-                        Err(rustls::unbuffered::EncodeError::InsufficientSize(
-                            InsufficientSizeError { required_size },
-                        )) => {
-                            self.outgoing.resize(start + required_size, 0);
-                            encode.encode(&mut self.outgoing[start..]).map_err(|e| {
-                                rustls::Error::General(format!("encoding a handshake record: {e}"))
-                            })?
-                        }
-                        Err(e) => {
-                            return Err(rustls::Error::General(format!(
-                                "encoding a handshake record: {e}"
-                            )))
-                        }
-                    };
-                    self.outgoing.truncate(start + written);
+                    if let Err(e) = encode_into(&mut encode, &mut self.outgoing) {
+                        return (Err(e), used + discard);
+                    }
                     None
                 }
                 // What was encoded is in `outgoing`, which the connection sends before anything it writes later.
@@ -296,15 +305,12 @@ impl Session {
                 // Early data is not enabled (`max_early_data_size` is 0); anything else is newer than this code.
                 _ => Some(Progress::Open),
             };
-            self.incoming.drain(..discard);
+            used += discard;
             if let Some(progress) = step {
                 break progress;
             }
         };
-        if self.incoming.is_empty() && self.incoming.capacity() > 0 {
-            self.incoming = Vec::new();
-        }
-        Ok(progress)
+        (Ok(progress), used)
     }
 
     /// Encrypts `plain` into [`Session::outgoing`]. Only once the handshake is done.
@@ -378,6 +384,144 @@ impl Session {
         self.outgoing.drain(..n.min(self.outgoing.len()));
         if self.outgoing.is_empty() {
             self.outgoing = Vec::new();
+        }
+    }
+}
+
+/// Appends a handshake record to `outgoing`.
+fn encode_into(
+    encode: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    outgoing: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    let failed = |e: rustls::unbuffered::EncodeError| {
+        rustls::Error::General(format!("encoding a handshake record: {e}"))
+    };
+    let start = outgoing.len();
+    outgoing.resize(start + 2048, 0);
+    let written = match encode.encode(&mut outgoing[start..]) {
+        Ok(n) => n,
+        Err(rustls::unbuffered::EncodeError::InsufficientSize(InsufficientSizeError {
+            required_size,
+        })) => {
+            outgoing.resize(start + required_size, 0);
+            encode.encode(&mut outgoing[start..]).map_err(failed)?
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    outgoing.truncate(start + written);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn certificate(names: &[&str]) -> (Certificate, rustls::pki_types::CertificateDer<'static>) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let made = rcgen::generate_simple_self_signed(names).unwrap();
+        let cert = Certificate::from_pem(
+            made.cert.pem().as_bytes(),
+            made.key_pair.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        (cert, made.cert.der().clone())
+    }
+
+    fn client(root: rustls::pki_types::CertificateDer<'static>) -> rustls::ClientConnection {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(super::super::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        rustls::ClientConnection::new(Arc::new(config), name).unwrap()
+    }
+
+    /// Moves what the client has to send into the session, `piece` bytes at a time.
+    fn to_server(
+        client: &mut rustls::ClientConnection,
+        session: &mut Session,
+        piece: usize,
+    ) -> (Progress, BytesMut) {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut plain = BytesMut::new();
+        let mut progress = session.receive(&mut [], &mut plain).unwrap();
+        for chunk in wire.chunks(piece) {
+            progress = session.receive(&mut chunk.to_vec(), &mut plain).unwrap();
+        }
+        (progress, plain)
+    }
+
+    /// Moves what the session has to send into the client.
+    fn to_client(session: &mut Session, client: &mut rustls::ClientConnection) {
+        let mut wire = session.outgoing().to_vec();
+        session.sent(wire.len());
+        let mut reader = &wire[..];
+        while !reader.is_empty() {
+            client.read_tls(&mut reader).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        wire.clear();
+    }
+
+    #[test]
+    fn records_split_anywhere_are_put_together_and_nothing_is_kept_once_idle() {
+        for piece in [1, 7, 300, 100_000] {
+            let (cert, root) = certificate(&["a.test"]);
+            let mut certs = Certificates::new(certificate(&["default.test"]).0);
+            certs.add(vec![HostPattern::parse("a.test").unwrap()], cert);
+            let config = config(Resolver::new(certs)).unwrap();
+            let mut session = Session::new(config).unwrap();
+            let mut client = client(root);
+            while client.is_handshaking() || session.is_handshaking() {
+                to_server(&mut client, &mut session, piece);
+                to_client(&mut session, &mut client);
+            }
+            assert!(!session.is_handshaking(), "piece {piece}");
+            assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+            let request = vec![b'q'; 40_000];
+            client.writer().write_all(&request).unwrap();
+            let (progress, plain) = to_server(&mut client, &mut session, piece);
+            assert_eq!(progress, Progress::Open);
+            assert_eq!(&plain[..], &request[..], "piece {piece}");
+            assert!(
+                session.incoming.capacity() == 0,
+                "no buffer kept once every record is read"
+            );
+
+            session.encrypt(b"answer").unwrap();
+            to_client(&mut session, &mut client);
+            let mut got = [0u8; 6];
+            client.reader().read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"answer");
+            assert!(
+                session.outgoing.capacity() == 0,
+                "no buffer kept once everything is sent"
+            );
+
+            client.send_close_notify();
+            let (progress, plain) = to_server(&mut client, &mut session, piece);
+            assert_eq!((progress, plain.len()), (Progress::PeerClosed, 0));
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = |t: &str| HostPattern::parse(t);
+        assert!(p("*.a.test").unwrap().matches("x.a.test"));
+        assert!(!p("*.a.test").unwrap().matches("a.test"));
+        assert!(!p("*.a.test").unwrap().matches("y.x.a.test"));
+        assert!(p("A.Test").unwrap().matches("a.test"));
+        for bad in ["", "a..b", "*.", "a b", "*.*.a", "-.a/b"] {
+            assert!(p(bad).is_none(), "{bad:?}");
         }
     }
 }

@@ -570,6 +570,40 @@ impl Drop for Origin {
     }
 }
 
+/// An origin's request handling: the request is recorded (whole body) before the handler's reply is sent.
+fn recording<H>(
+    log: Arc<Log>,
+    handler: Arc<H>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+where
+    H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+{
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (log, handler) = (log.clone(), handler.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let reply = handler(&log.record(parts, body));
+            tokio::time::sleep(reply.delay).await;
+            let mut resp = Response::new(reply.body);
+            *resp.status_mut() = reply.status;
+            for (name, value) in reply.headers {
+                resp.headers_mut().append(name, value);
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
 async fn serve_origin<H>(listener: TcpListener, log: Arc<Log>, handler: Arc<H>)
 where
     H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
@@ -581,26 +615,7 @@ where
             continue;
         };
         while conns.try_join_next().is_some() {}
-        let (log, handler) = (log.clone(), handler.clone());
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (log, handler) = (log.clone(), handler.clone());
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let reply = handler(&log.record(parts, body));
-                tokio::time::sleep(reply.delay).await;
-                let mut resp = Response::new(reply.body);
-                *resp.status_mut() = reply.status;
-                for (name, value) in reply.headers {
-                    resp.headers_mut().append(name, value);
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        });
+        let service = recording(log.clone(), handler.clone());
         conns.spawn(
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service),
@@ -865,4 +880,260 @@ pub(crate) fn hs256(key: &[u8], claims: Value) -> String {
         &jsonwebtoken::EncodingKey::from_secret(key),
     )
     .unwrap()
+}
+
+// === TLS: certificates made at test time, HTTPS origins ===
+
+/// A CA and the certificates it issues, made with rcgen at test time; PEM files in a temporary directory; an
+/// HTTPS origin (hyper over tokio-rustls) that records requests and counts full and resumed handshakes.
+pub(crate) mod tls {
+    use super::*;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    /// A certificate and its key (the chain holds the certificate only: the CA is the trust anchor).
+    pub(crate) struct Leaf {
+        pub(crate) cert_pem: String,
+        pub(crate) key_pem: String,
+        pub(crate) der: CertificateDer<'static>,
+        key_der: Vec<u8>,
+    }
+
+    impl Leaf {
+        fn of(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> Leaf {
+            Leaf {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                der: cert.der().clone(),
+                key_der: key.serialize_der(),
+            }
+        }
+
+        /// A rustls server config presenting this certificate (default session cache: sessions resume).
+        pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.der.clone()], key)
+            .unwrap();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        }
+    }
+
+    /// A test CA.
+    pub(crate) struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    impl Ca {
+        pub(crate) fn new(name: &str) -> Ca {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            Ca { cert, key }
+        }
+
+        pub(crate) fn pem(&self) -> String {
+            self.cert.pem()
+        }
+
+        /// A certificate for `names` (DNS names or IP addresses), valid now.
+        pub(crate) fn leaf(&self, names: &[&str]) -> Leaf {
+            self.issue(names, false)
+        }
+
+        /// A certificate for `names` that expired years ago.
+        pub(crate) fn expired_leaf(&self, names: &[&str]) -> Leaf {
+            self.issue(names, true)
+        }
+
+        fn issue(&self, names: &[&str], expired: bool) -> Leaf {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "test origin");
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+            }
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            Leaf::of(&cert, &key)
+        }
+    }
+
+    /// A self-signed certificate for `names`.
+    pub(crate) fn self_signed(names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::generate_simple_self_signed(names).unwrap();
+        Leaf::of(&cert.cert, &cert.key_pair)
+    }
+
+    /// A directory of its own under the system's temporary directory, removed on drop.
+    pub(crate) struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "grip-proxy-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        /// The path of `name` in the directory (which may not exist).
+        pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
+            self.0.join(name)
+        }
+
+        /// Writes `name` in the directory; its path.
+        pub(crate) fn file(&self, name: &str, contents: &str) -> std::path::PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// TLS handshakes an origin completed, by kind, and those that failed.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Handshakes {
+        pub(crate) full: usize,
+        pub(crate) resumed: usize,
+        pub(crate) failed: usize,
+    }
+
+    /// An HTTPS origin on 127.0.0.1:0: records every request as [`Origin`] does, answers with `handler`, counts
+    /// handshakes. Stops (with all its connections) on drop.
+    pub(crate) struct TlsOrigin {
+        addr: SocketAddr,
+        log: Arc<Log>,
+        handshakes: Arc<Mutex<Handshakes>>,
+        task: JoinHandle<()>,
+    }
+
+    impl TlsOrigin {
+        pub(crate) async fn start<H>(config: Arc<rustls::ServerConfig>, handler: H) -> TlsOrigin
+        where
+            H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+        {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let log = Arc::new(Log {
+                requests: Mutex::new(Vec::new()),
+                count: watch::channel(0).0,
+            });
+            let handshakes = Arc::new(Mutex::new(Handshakes::default()));
+            let task = tokio::spawn(serve_tls(
+                listener,
+                tokio_rustls::TlsAcceptor::from(config),
+                log.clone(),
+                handshakes.clone(),
+                Arc::new(handler),
+            ));
+            TlsOrigin {
+                addr,
+                log,
+                handshakes,
+                task,
+            }
+        }
+
+        pub(crate) fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+
+        pub(crate) fn count(&self) -> usize {
+            self.log.requests.lock().len()
+        }
+
+        pub(crate) fn requests(&self) -> Vec<Recorded> {
+            self.log.requests.lock().clone()
+        }
+
+        pub(crate) fn handshakes(&self) -> Handshakes {
+            *self.handshakes.lock()
+        }
+
+        /// Waits (within `LIMIT`) until request number `n` (0-based) has arrived, and returns it.
+        #[track_caller]
+        pub(crate) fn nth(&self, n: usize) -> impl Future<Output = Recorded> + '_ {
+            let mut count = self.log.count.subscribe();
+            let arrived = within(LIMIT, async move {
+                count.wait_for(|c| *c > n).await.unwrap();
+            });
+            async move {
+                arrived.await;
+                self.log.requests.lock()[n].clone()
+            }
+        }
+    }
+
+    impl Drop for TlsOrigin {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn serve_tls<H>(
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        log: Arc<Log>,
+        handshakes: Arc<Mutex<Handshakes>>,
+        handler: Arc<H>,
+    ) where
+        H: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            while conns.try_join_next().is_some() {}
+            let (acceptor, log, handler, handshakes) = (
+                acceptor.clone(),
+                log.clone(),
+                handler.clone(),
+                handshakes.clone(),
+            );
+            conns.spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    handshakes.lock().failed += 1;
+                    return;
+                };
+                match stream.get_ref().1.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => handshakes.lock().resumed += 1,
+                    _ => handshakes.lock().full += 1,
+                }
+                let service = super::recording(log, handler);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
 }
