@@ -164,15 +164,23 @@ async fn publishes_to_the_proxys_own_https_control_api() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(held.response().await.text(), "released\n");
 
-    // The control listener speaks only HTTPS now.
-    let plain = within(LIMIT, async {
-        let mut conn = RawConn::open(proxy.control_addr()).await;
-        conn.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        conn.closed().await
+    // The control listener speaks only HTTPS now: a plain request gets a TLS alert and the connection closes.
+    let answer = within(LIMIT, async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(proxy.control_addr())
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        answer
     })
     .await;
-    assert!(
-        plain,
-        "a plain request to the HTTPS control listener gets no answer"
+    assert_eq!(
+        answer.first(),
+        Some(&0x15),
+        "a TLS alert record, not HTTP: {answer:?}"
     );
 }

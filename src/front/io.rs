@@ -86,10 +86,14 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            progress = tls
-                .session
-                .receive(&mut chunk[..n], buf)
-                .map_err(tls_error)?;
+            progress = match tls.session.receive(&mut chunk[..n], buf) {
+                Ok(progress) => progress,
+                Err(e) => {
+                    // The alert that says why, if the socket takes it now.
+                    let _ = tls.flush_now();
+                    return Err(tls_error(e));
+                }
+            };
         }
     }
 
@@ -113,10 +117,13 @@ impl Io {
                     return Ok(Some(0));
                 }
                 let before = buf.len();
-                let progress = tls
-                    .session
-                    .receive(&mut chunk[..n], buf)
-                    .map_err(tls_error)?;
+                let progress = match tls.session.receive(&mut chunk[..n], buf) {
+                    Ok(progress) => progress,
+                    Err(e) => {
+                        let _ = tls.flush_now();
+                        return Err(tls_error(e));
+                    }
+                };
                 // A key update or an alert to answer: sent now if the socket takes it, else before the next write.
                 tls.flush_now()?;
                 match buf.len() - before {

@@ -266,7 +266,10 @@ impl Session {
             let discard = status.discard;
             let state = match status.state {
                 Ok(state) => state,
-                Err(e) => return (Err(e), used + discard),
+                Err(e) => {
+                    self.queue_alert();
+                    return (Err(e), used + discard);
+                }
             };
             let step = match state {
                 ConnectionState::ReadTraffic(mut read) => {
@@ -311,6 +314,23 @@ impl Session {
             }
         };
         (Ok(progress), used)
+    }
+
+    /// After a failure: queues the alert rustls prepared for the peer (e.g. `no_application_protocol`,
+    /// `handshake_failure`), so that the client learns why before the connection closes.
+    fn queue_alert(&mut self) {
+        for _ in 0..4 {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    if encode_into(&mut encode, &mut self.outgoing).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => return,
+            }
+        }
     }
 
     /// Encrypts `plain` into [`Session::outgoing`]. Only once the handshake is done.
