@@ -73,11 +73,16 @@ impl App {
             .tls
             .as_ref()
             .map(|tls| crate::tls::server::Resolver::new(tls.certificates.clone()));
+        let handshakes = Arc::new(crate::tls::server::Handshakes::default());
         let tls = certificates
             .clone()
             .map(crate::tls::server::config)
             .transpose()
-            .map_err(StartError::Tls)?;
+            .map_err(StartError::Tls)?
+            .map(|config| front::TlsListener {
+                config,
+                handshakes: handshakes.clone(),
+            });
         let control_listener = bind("control", config.control_listen).await?;
         let control_addr = local_addr("control", config.control_listen, &control_listener)?;
         let metrics_listener = match config.metrics_listen {
@@ -135,7 +140,13 @@ impl App {
             max_body: config.control_max_body,
             auth: control::auth::Auth::new(&config.control_auth),
             bus: bus.clone(),
-            exposition: metrics.exposition(registry.clone(), &bus, origins, &connections),
+            exposition: metrics.exposition(
+                registry.clone(),
+                &bus,
+                origins,
+                &connections,
+                handshakes.clone(),
+            ),
             metrics,
         });
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
@@ -162,7 +173,11 @@ impl App {
                 crate::tls::server::config(crate::tls::server::Resolver::new(certificates))
             })
             .transpose()
-            .map_err(StartError::Tls)?;
+            .map_err(StartError::Tls)?
+            .map(|config| front::TlsListener {
+                config,
+                handshakes: handshakes.clone(),
+            });
         tasks.spawn(front::serve(
             "control",
             control_listener,

@@ -305,6 +305,7 @@ impl Metrics {
         bus: &Bus,
         origins: crate::origin::Client,
         connections: &[TaskTracker],
+        handshakes: Arc<crate::tls::server::Handshakes>,
     ) -> Exposition {
         let mut r = prometheus_client::registry::Registry::with_prefix("grip_proxy");
         r.register(
@@ -331,6 +332,17 @@ impl Metrics {
             "origin_idle_connections",
             "Keep-alive connections to origins idle in the pool now",
             Scraped::gauge(move || origins.idle_connections() as u64),
+        );
+        let completed = handshakes.clone();
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes completed on the HTTPS listeners (clients, and the control API if it is HTTPS)",
+            Scraped::counter(move || completed.completed()),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed there: refused, broken, or not finished within 30 s (the reason is logged at debug)",
+            Scraped::counter(move || handshakes.failed()),
         );
         r.register(
             "client_connections",
@@ -783,12 +795,20 @@ mod tests {
         });
         let runtimes = [TaskTracker::new(), TaskTracker::new()];
         let _open = runtimes[1].track_future(std::future::pending::<()>());
-        let text = m.exposition(holds, &bus, origins, &runtimes).encode();
+        let handshakes = Arc::new(crate::tls::server::Handshakes::default());
+        handshakes.record(true);
+        handshakes.record(false);
+        handshakes.record(false);
+        let text = m
+            .exposition(holds, &bus, origins, &runtimes, handshakes)
+            .encode();
         for want in [
             r#"grip_proxy_requests_total{route="*/api/",status="2xx"} 2"#,
             r#"grip_proxy_requests_total{route="(none)",status="5xx"} 1"#,
             "grip_proxy_holds_started_total 2",
             "grip_proxy_origin_idle_connections 0",
+            "grip_proxy_tls_handshakes_total 1",
+            "grip_proxy_tls_handshake_failures_total 2",
             r#"grip_proxy_client_connections{runtime="0"} 0"#,
             r#"grip_proxy_client_connections{runtime="1"} 1"#,
             r#"grip_proxy_holds_ended_total{reason="timeout"} 1"#,

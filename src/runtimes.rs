@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -34,7 +33,7 @@ pub(crate) struct Serving<H> {
     /// The origin client whose local pool `i` belongs to runtime `i`.
     pub origins: origin::Client,
     /// The HTTPS listeners' TLS config, if they are configured.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<front::TlsListener>,
 }
 
 /// The listeners one runtime serves: the plain one, and the HTTPS one if configured.
@@ -129,7 +128,7 @@ struct Runtime<H> {
     limits: Limits,
     handler: H,
     origins: origin::Client,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<front::TlsListener>,
 }
 
 impl<H, F> Runtime<H>

@@ -393,6 +393,20 @@ async fn failed_handshakes_close_the_connection_and_never_reach_the_origin() {
     let _ = within(LIMIT, tcp.read_to_end(&mut rest)).await;
 
     assert_eq!(origin.count(), 0, "nothing reached the origin");
+    // Counted: four failed handshakes (plaintext, untrusted, h2-only, garbage), none completed. A connection
+    // counts its handshake as it ends, which the client may not wait for: the scrape is repeated until it does.
+    let control = proxy.control_addr();
+    let text = within(LIMIT, async {
+        loop {
+            let text = get(control, "/metrics").await.text().to_owned();
+            if text.contains("grip_proxy_tls_handshake_failures_total 4") {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(text.contains("grip_proxy_tls_handshakes_total 0"), "{text}");
     // The listener still serves.
     let mut conn = within(LIMIT, HttpsConn::open(addr, &ca.pem(), "localhost")).await;
     assert_eq!(within(LIMIT, conn.get("/")).await.text(), "ok\n");

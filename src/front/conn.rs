@@ -39,7 +39,7 @@ enum Event {
 pub(crate) fn start<H, F>(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<&Arc<rustls::ServerConfig>>,
+    tls: Option<&super::TlsListener>,
     handler: H,
     limits: Arc<Limits>,
     stop: CancellationToken,
@@ -52,8 +52,8 @@ where
     // future (what every parked connection costs) would keep a slot for it.
     let io = match tls {
         None => Io::Plain(Arc::new(stream)),
-        Some(config) => match crate::tls::server::Session::new(config.clone()) {
-            Ok(session) => Io::tls(stream, session),
+        Some(tls) => match crate::tls::server::Session::new(tls.config.clone()) {
+            Ok(session) => Io::tls(stream, session, tls.handshakes.clone()),
             Err(e) => {
                 tracing::warn!(client.addr = %peer, error = %e, "TLS session could not be created");
                 return None;
@@ -90,6 +90,7 @@ async fn run<H, F>(
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some("not completed within the header timeout".to_owned()),
         };
+        conn.stream.handshake_done(failed.is_none());
         if let Some(reason) = failed {
             // Debug level: scanners, old clients and clients that do not trust the certificate are common, and
             // nothing here is the operator's to fix.

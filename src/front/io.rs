@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use crate::h1::{socket, DirectWrite};
-use crate::tls::server::{Progress, Session};
+use crate::tls::server::{Handshakes, Progress, Session};
 
 /// Bytes read from the socket per read: a stack buffer, so that an idle connection owns no read buffer at all.
 pub(super) const READ_CHUNK: usize = 8192;
@@ -31,12 +31,25 @@ pub(super) enum Io {
 pub(super) struct Tls {
     tcp: TcpStream,
     session: Session,
+    /// Where the handshake's outcome is counted.
+    handshakes: Arc<Handshakes>,
 }
 
 impl Io {
     /// A TLS connection over `tcp`, before its handshake.
-    pub(super) fn tls(tcp: TcpStream, session: Session) -> Io {
-        Io::Tls(Box::new(Tls { tcp, session }))
+    pub(super) fn tls(tcp: TcpStream, session: Session, handshakes: Arc<Handshakes>) -> Io {
+        Io::Tls(Box::new(Tls {
+            tcp,
+            session,
+            handshakes,
+        }))
+    }
+
+    /// Counts the handshake's outcome (TLS only).
+    pub(super) fn handshake_done(&self, completed: bool) {
+        if let Io::Tls(tls) = self {
+            tls.handshakes.record(completed);
+        }
     }
 
     /// The socket (for readiness waits and its addresses).

@@ -19,6 +19,15 @@ use crate::body::Body;
 pub use body::RequestBody;
 pub(crate) use stream::{StreamAbort, Streaming};
 
+/// What an HTTPS listener needs: its rustls config, and the counters its handshakes go to.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Certificates (by SNI), versions, ALPN.
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+    /// Handshakes completed and failed.
+    pub handshakes: std::sync::Arc<crate::tls::server::Handshakes>,
+}
+
 /// Marks a request that came over TLS (an HTTPS listener): `X-Forwarded-Proto: https` toward the origin.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Https;
@@ -91,7 +100,7 @@ pub enum ClientBodyError {
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<TlsListener>,
     connections: TaskTracker,
     stop: CancellationToken,
     grace: Duration,

@@ -178,6 +178,35 @@ pub fn config(resolver: Arc<Resolver>) -> Result<Arc<rustls::ServerConfig>, rust
     Ok(Arc::new(config))
 }
 
+/// Handshakes of the HTTPS listeners, by outcome (read at scrape time).
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    completed: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Handshakes {
+    /// Counts one handshake.
+    pub fn record(&self, completed: bool) {
+        let counter = if completed {
+            &self.completed
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Handshakes completed so far.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Handshakes failed so far (refused, broken, or not finished in time).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Largest plaintext encrypted at once: one full TLS record.
 const RECORD: usize = 16 * 1024;
 
