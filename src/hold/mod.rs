@@ -996,6 +996,121 @@ mod tests {
         );
     }
 
+    fn with_history(items: usize, max_bytes: usize) -> Registry {
+        let mut config = RegistryConfig::from(&Config::default());
+        config.max_held = 100;
+        config.history = HistoryConfig {
+            items,
+            max_age: Duration::from_secs(60),
+            max_bytes,
+        };
+        Registry::new(config)
+    }
+
+    fn numbered(channel: &str, id: u32, body: &str) -> Arc<Item> {
+        let prev = id.checked_sub(1).filter(|p| *p > 0).map(|p| p.to_string());
+        let id = id.to_string();
+        let mut item = Item::test_response(channel, Some(&id), prev.as_deref(), body);
+        item.http_stream = Some(crate::item::HttpStream::Content(body.to_owned().into()));
+        Arc::new(item)
+    }
+
+    fn taken(feed: &Feed) -> Vec<String> {
+        let mut into = std::collections::VecDeque::new();
+        let waker = std::task::Waker::noop();
+        let _ = feed.poll_take(&mut std::task::Context::from_waker(waker), &mut into);
+        into.iter()
+            .map(|r: &Arc<Release>| r.item.id.as_deref().unwrap_or("-").to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_behind_gets_the_history_then_live_items_and_a_response_hold_the_next_item() {
+        let r = with_history(10, 1 << 20);
+        for id in 1..=5 {
+            r.publish(&numbered("a", id, "x"));
+        }
+        let s = r
+            .subscribe(&[sub("a", Some("2"))], true, 1 << 20, None)
+            .unwrap();
+        assert_eq!(s.replayed(), 3);
+        r.publish(&numbered("a", 6, "x"));
+        assert_eq!(
+            taken(s.feed()),
+            ["3", "4", "5", "6"],
+            "no gap, no duplicate"
+        );
+        match r.park(vec![sub("a", Some("4"))], true, None).err() {
+            Some(ParkError::InHistory { channel, next }) => {
+                assert_eq!(&*channel, "a");
+                assert_eq!(next.0.item.id.as_deref(), Some("5"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.park(vec![sub("a", Some("0"))], true, None).err(),
+            Some(ParkError::Stale { .. })
+        ));
+        assert_eq!(
+            r.held(),
+            1,
+            "only the stream: the answered hold is not parked"
+        );
+        assert_eq!(r.history_of("a").0, 6);
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_holds_under_many_channels_dropping_the_least_recently_published() {
+        let one = history::cost(&numbered("c00000", 1, "x"));
+        let budget = 1000 * one;
+        let r = with_history(5, budget);
+        for round in 1..=3 {
+            for c in 0..2000 {
+                r.publish(&numbered(&format!("c{c:05}"), round, "x"));
+                let (_, bytes) = r.history_totals().unwrap();
+                assert!(bytes <= budget, "{bytes} > {budget}");
+            }
+        }
+        let (items, bytes) = r.history_totals().unwrap();
+        assert!(items > 0 && bytes <= budget);
+        let (counted_items, counted_bytes) = (0..2000).fold((0, 0), |(i, b), c| {
+            let (ci, cb) = r.history_of(&format!("c{c:05}"));
+            (i + ci, b + cb)
+        });
+        assert_eq!(
+            (counted_items, counted_bytes),
+            (items, bytes),
+            "totals agree"
+        );
+        assert!(
+            r.history_of("c01999").0 >= 1 && r.history_of("c00000").0 == 0,
+            "the most recently published keep theirs"
+        );
+        assert_eq!(
+            r.channels(),
+            2000,
+            "last ids stay: only histories are dropped"
+        );
+        r.sweep(Instant::now());
+        assert_eq!(r.history_totals().unwrap().1, bytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn histories_expire_with_their_age_and_their_last_id() {
+        let r = with_history(5, 1 << 20);
+        r.publish(&numbered("a", 1, "x"));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        r.publish(&numbered("a", 2, "x"));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        r.sweep(Instant::now());
+        assert_eq!(r.history_of("a").0, 1, "item 1 is past max_age");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        r.sweep(Instant::now());
+        assert_eq!(r.history_of("a"), (0, 0));
+        assert_eq!(r.channels(), 0);
+        assert_eq!(r.history_totals(), Some((0, 0)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sweep_bounds_last_ids() {
         let r = registry(3);
