@@ -507,6 +507,9 @@ impl Registry {
                     tracing::debug!(%channel, items = flushed.deliveries.len(), "predecessor never came: sending anyway");
                 }
                 registry.forget_if_idle(&channel);
+                if let Some(keeper) = registry.inner.history.as_ref().filter(|k| k.over_budget()) {
+                    registry.evict_history(keeper);
+                }
                 deliver(&registry.inner, flushed.deliveries, flushed.writes);
             }
         });
