@@ -18,6 +18,10 @@ use crate::item::{Action, HttpStream, Item};
 const ITEM_OVERHEAD: usize =
     std::mem::size_of::<Item>() + std::mem::size_of::<Release>() + 2 * 16 + 8 + 32;
 
+/// What a channel's history costs besides its items: the channel's live parts it keeps allocated, the history
+/// itself and its queue's slots.
+pub(crate) const CHANNEL_OVERHEAD: usize = 256;
+
 /// The history settings and the totals of every channel's history: one per registry, when history is on.
 #[derive(Debug)]
 pub(crate) struct Keeper {
@@ -99,7 +103,8 @@ pub(crate) fn cost(item: &Item) -> usize {
     ITEM_OVERHEAD + strings + response + stream
 }
 
-/// One channel's history, oldest first. Its bytes are counted in the registry's [`Totals`] until it is dropped.
+/// One channel's history, oldest first. Its bytes (its items' and [`CHANNEL_OVERHEAD`]) are counted in the
+/// registry's [`Totals`] until it is dropped.
 #[derive(Debug)]
 pub(crate) struct History {
     items: VecDeque<Arc<Release>>,
@@ -109,9 +114,10 @@ pub(crate) struct History {
 
 impl History {
     pub(crate) fn new(totals: Arc<Totals>) -> Self {
+        totals.bytes.fetch_add(CHANNEL_OVERHEAD, Ordering::Relaxed);
         History {
             items: VecDeque::new(),
-            bytes: 0,
+            bytes: CHANNEL_OVERHEAD,
             totals,
         }
     }
@@ -121,7 +127,7 @@ impl History {
         self.items.len()
     }
 
-    /// Bytes kept (see [`cost`]).
+    /// Bytes kept (see [`cost`] and [`CHANNEL_OVERHEAD`]).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -162,12 +168,13 @@ impl History {
         }
     }
 
-    /// Drops everything.
+    /// Drops every item.
     #[cfg(test)]
     fn clear(&mut self) {
-        self.totals.sub(self.bytes, self.items.len());
+        self.totals
+            .sub(self.bytes - CHANNEL_OVERHEAD, self.items.len());
         self.items.clear();
-        self.bytes = 0;
+        self.bytes = CHANNEL_OVERHEAD;
     }
 
     /// The position of the item that follows `prev_id` (names it as its prev-id), if it is kept and younger than
@@ -293,9 +300,9 @@ mod tests {
                 "shared with the release, not copied"
             );
             h.clear();
-            assert_eq!((totals.bytes(), totals.items()), (0, 0));
+            assert_eq!((totals.bytes(), totals.items()), (CHANNEL_OVERHEAD, 0));
             h.push(&one, Instant::now(), &r);
-            assert_eq!(totals.bytes(), expected);
+            assert_eq!(totals.bytes(), expected + CHANNEL_OVERHEAD);
         }
         assert_eq!(
             (totals.bytes(), totals.items()),
@@ -309,7 +316,7 @@ mod tests {
         let totals = Arc::new(Totals::default());
         let mut h = History::new(totals.clone());
         let one = cost(&release(1, None, "x").item);
-        let r = rules(100, 3 * one + one / 2);
+        let r = rules(100, CHANNEL_OVERHEAD + 3 * one + one / 2);
         for i in 1..=10 {
             h.push(&release(i, Some(i - 1), "x"), Instant::now(), &r);
         }

@@ -1064,7 +1064,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_budget_holds_under_many_channels_dropping_the_least_recently_published() {
-        let one = history::cost(&numbered("c00000", 1, "x"));
+        let one = history::cost(&numbered("c00000", 1, "x")) + history::CHANNEL_OVERHEAD;
         let budget = 1000 * one;
         let r = with_history(5, budget);
         for round in 1..=3 {
