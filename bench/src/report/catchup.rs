@@ -61,8 +61,7 @@ pub(super) fn details(s: &mut String, r: &Results) {
     if let Some(x) = ratio(&r.catchup) {
         let _ = writeln!(
             s,
-            "\nCatch-up (each variant on an instance of its own): from history the streams were all caught up in {:.2}× the time the origin's re-fetch took.",
-            x
+            "\nCatch-up (each variant on an instance of its own): from history the streams were all caught up in {x:.2}× the time the origin's re-fetch took."
         );
     }
 }
