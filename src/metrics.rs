@@ -36,6 +36,19 @@ const ORIGIN_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The kinds of hold a channel's history answers: `kind` of the history counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HistoryKind {
+    /// A response hold.
+    Response,
+    /// A stream.
+    Stream,
+}
+
+impl HistoryKind {
+    const LABELS: [&'static str; 2] = ["response", "stream"];
+}
+
 // === labels ===
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,6 +169,10 @@ pub(crate) struct Metrics {
     publish_requests: [Counter; STATUS_CLASSES.len()],
     reloads_family: Family<ResultLabel, Counter>,
     reloads: [Counter; 2],
+    history_hits_family: Family<KindLabel, Counter>,
+    history_hits: [Counter; 2],
+    history_misses_family: Family<KindLabel, Counter>,
+    history_misses: [Counter; 2],
     delivery_latency: Histogram,
     origin_latency: Histogram,
 }
@@ -186,6 +203,12 @@ impl Metrics {
         let reloads_family = Family::<ResultLabel, Counter>::default();
         let reloads = ["ok", "rejected"]
             .map(|result| reloads_family.get_or_create_owned(&ResultLabel { result }));
+        let history_hits_family = Family::<KindLabel, Counter>::default();
+        let history_hits = HistoryKind::LABELS
+            .map(|kind| history_hits_family.get_or_create_owned(&KindLabel { kind }));
+        let history_misses_family = Family::<KindLabel, Counter>::default();
+        let history_misses = HistoryKind::LABELS
+            .map(|kind| history_misses_family.get_or_create_owned(&KindLabel { kind }));
         Metrics {
             requests,
             unrouted,
@@ -205,6 +228,10 @@ impl Metrics {
             publish_requests,
             reloads_family,
             reloads,
+            history_hits_family,
+            history_hits,
+            history_misses_family,
+            history_misses,
             delivery_latency: Histogram::new(DELIVERY_BUCKETS),
             origin_latency: Histogram::new(ORIGIN_BUCKETS),
         }
@@ -290,6 +317,16 @@ impl Metrics {
     /// The control API accepted a publish of `items` items.
     pub(crate) fn items_published(&self, items: usize) {
         self.published_items.inc_by(items as u64);
+    }
+
+    /// `items` items were answered from a channel's history: a response hold's answer, or what a stream missed.
+    pub(crate) fn history_hits(&self, kind: HistoryKind, items: usize) {
+        self.history_hits[kind as usize].inc_by(items as u64);
+    }
+
+    /// A hold behind its channel's last id was not in the history (history on): sent to the origin again.
+    pub(crate) fn history_miss(&self, kind: HistoryKind) {
+        self.history_misses[kind as usize].inc();
     }
 
     /// A configuration reload was applied (`ok`) or rejected.
@@ -402,7 +439,10 @@ impl Metrics {
         r.register(
             "channels",
             "Channel entries kept (with held clients or a remembered last id)",
-            Scraped::gauge(move || holds.channels() as u64),
+            Scraped::gauge({
+                let holds = holds.clone();
+                move || holds.channels() as u64
+            }),
         );
         r.register(
             "holds_started",
@@ -438,6 +478,28 @@ impl Metrics {
             "publish_delivery_seconds",
             "Time from the control API accepting an item (or the bus delivering it) to a released client's response",
             self.delivery_latency.clone(),
+        );
+        r.register(
+            "history_hits",
+            "Items answered from a channel's history to holds behind its last id (kind: response, stream)",
+            self.history_hits_family.clone(),
+        );
+        r.register(
+            "history_misses",
+            "Holds behind their channel's last id whose prev-id was not in the history (history on): re-fetched from the origin",
+            self.history_misses_family.clone(),
+        );
+        let kept = holds.clone();
+        r.register(
+            "history_items",
+            "Items kept in the history of all channels",
+            Scraped::gauge(move || kept.history_totals().map_or(0, |t| t.0) as u64),
+        );
+        let kept = holds.clone();
+        r.register(
+            "history_bytes",
+            "Bytes (estimated) kept in the history of all channels, at most history.max_bytes",
+            Scraped::gauge(move || kept.history_totals().map_or(0, |t| t.1) as u64),
         );
         r.register(
             "config_reloads",

@@ -3,7 +3,7 @@
 //! new requests and handshakes. A request
 //! keeps the state it started with to its end: held clients stay held under the old routes and timeouts, on the
 //! same registry, and are released by publishes as before. An invalid file is rejected with a log line and the
-//! running configuration stays (a certificate that cannot be loaded included). Listeners, `[control]`, `[bus]`, `[origin]`, `[last_ids]`, `[publish]`,
+//! running configuration stays (a certificate that cannot be loaded included). Listeners, `[control]`, `[bus]`, `[origin]`, `[last_ids]`, `[history]`, `[publish]`,
 //! `[shutdown]`, `[metrics]` and the other `[proxy]` limits need a restart: a reload that changes them says so and
 //! leaves them as they are.
 
@@ -134,6 +134,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("publish", old.publish != new.publish),
         ("origin", old.origin != new.origin),
         ("last_ids", old.last_ids != new.last_ids),
+        ("history", old.history != new.history),
         ("shutdown", old.shutdown_grace != new.shutdown_grace),
         ("bus", old.bus != new.bus),
         ("metrics", old.metrics_listen != new.metrics_listen),

@@ -150,6 +150,45 @@ async fn an_item_published_straight_into_redis_releases_clients_on_both_instance
 }
 
 #[tokio::test]
+async fn each_instance_keeps_its_own_history_and_answers_a_hold_behind_from_it() {
+    let redis =
+        redis_or_skip!("each_instance_keeps_its_own_history_and_answers_a_hold_behind_from_it");
+    let origin = Origin::start(|req| match req.path() {
+        "/behind" if req.header("grip-last").is_none() => Reply::hold("c; prev-id=1"),
+        _ => hold_on_path(req),
+    })
+    .await;
+    let history = format!("{}\n[history]\nitems = 10", bus_toml(&redis.url()));
+    let a = Proxy::to(origin.addr()).toml(&history).start().await;
+    let b = Proxy::to(origin.addr()).toml(&history).start().await;
+    a.wait_bus(true).await;
+    b.wait_bus(true).await;
+    for (id, to) in [(1, &b), (2, &a), (3, &b)] {
+        let prev = (id > 1).then(|| id - 1);
+        let resp = publish(to, items(&[numbered("c", id, prev, &id.to_string())])).await;
+        assert_eq!(resp.status, 200, "item {id}: {:?}", resp.body);
+    }
+    a.wait_received(3).await;
+    b.wait_received(3).await;
+    for instance in [&a, &b] {
+        assert_eq!(instance.registry().history_of("c").0, 3);
+        let resp = instance.get("/behind").await;
+        assert_eq!(
+            resp.text(),
+            "2",
+            "the item after 1, from this instance's history"
+        );
+    }
+    assert_eq!(
+        origin.count(),
+        2,
+        "one request per client: nothing re-fetched"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn items_published_to_alternating_instances_apply_in_one_order_with_the_same_last_ids() {
     let redis = redis_or_skip!(
         "items_published_to_alternating_instances_apply_in_one_order_with_the_same_last_ids"

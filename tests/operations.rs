@@ -309,28 +309,28 @@ async fn one_channel_shows_its_held_clients_and_last_id_and_an_unknown_one_is_em
     let proxy = Proxy::start(origin.addr()).await;
     assert_eq!(
         control_json(&proxy, "/channels/news").await,
-        json!({"channel": "news", "held": 0, "streams": 0, "last_id": null})
+        json!({"channel": "news", "held": 0, "streams": 0, "last_id": null, "history": {"items": 0, "bytes": 0}})
     );
 
     let first = Pending::get(proxy.addr(), "/news");
     proxy.wait_held(1).await;
     assert_eq!(
         control_json(&proxy, "/channels/news").await,
-        json!({"channel": "news", "held": 1, "streams": 0, "last_id": null})
+        json!({"channel": "news", "held": 1, "streams": 0, "last_id": null, "history": {"items": 0, "bytes": 0}})
     );
     publish(&proxy, items(&[numbered("news", 7, None, "seven\n")])).await;
     assert_eq!(first.response().await.text(), "seven\n");
     proxy.wait_held(0).await;
     assert_eq!(
         control_json(&proxy, "/channels/news").await,
-        json!({"channel": "news", "held": 0, "streams": 0, "last_id": "7"})
+        json!({"channel": "news", "held": 0, "streams": 0, "last_id": "7", "history": {"items": 0, "bytes": 0}})
     );
 
     // Names are percent-decoded: a channel with a space and a slash.
     publish(&proxy, items(&[numbered("a b/c", 1, None, "x")])).await;
     assert_eq!(
         control_json(&proxy, "/channels/a%20b%2Fc").await,
-        json!({"channel": "a b/c", "held": 0, "streams": 0, "last_id": "1"})
+        json!({"channel": "a b/c", "held": 0, "streams": 0, "last_id": "1", "history": {"items": 0, "bytes": 0}})
     );
 }
 

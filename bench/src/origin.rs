@@ -1,8 +1,9 @@
 //! The origin server (`grip-bench origin`): a small keep-alive HTTP/1.1 server with GRIP hold
-//! responses on `/hold/<channel>`, stream holds on `/stream/<channel>`, `hello` on `/plain` and
-//! request counters on `/stats`.
+//! responses on `/hold/<channel>`, stream holds on `/stream/<channel>`, streams after an id on
+//! `/catchup/<after>/<channel>` (answering a `Grip-Last` re-fetch with what was missed), `hello`
+//! on `/plain` and request counters on `/stats`.
 
-use crate::http::STREAM_START;
+use crate::http::{PUBLISHED_BODY, STREAM_START};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,8 +15,15 @@ struct Counters {
     hold: AtomicU64,
     stream: AtomicU64,
     plain: AtomicU64,
+    /// `/catchup/` requests, and those of them that were `Grip-Last` re-fetches.
+    catchup: AtomicU64,
+    catchup_last: AtomicU64,
     other: AtomicU64,
 }
+
+/// Items a `/catchup/<after>/<channel>` client missed (the catch-up figure publishes ids 1 to
+/// `after + CATCHUP_BEHIND` before the clients come back after `after`).
+pub(crate) const CATCHUP_BEHIND: u64 = 10;
 
 /// Run the origin on `127.0.0.1:port` until stdin closes (the orchestrator went away).
 pub(crate) fn run(port: u16) -> io::Result<()> {
@@ -70,8 +78,11 @@ async fn serve_conn(mut sock: TcpStream, counters: Arc<Counters>) -> io::Result<
             };
             let mut body_len = 0usize;
             let mut conn_close = req.version == Some(0);
+            let mut grip_last = false;
             for h in req.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
+                if h.name.eq_ignore_ascii_case("grip-last") {
+                    grip_last = true;
+                } else if h.name.eq_ignore_ascii_case("content-length") {
                     body_len = std::str::from_utf8(h.value)
                         .ok()
                         .and_then(|v| v.trim().parse().ok())
@@ -89,7 +100,7 @@ async fn serve_conn(mut sock: TcpStream, counters: Arc<Counters>) -> io::Result<
                 break; // wait for the rest of the body
             }
             let path = req.path.unwrap_or("/");
-            respond(path, &counters, &mut out);
+            respond(path, grip_last, &counters, &mut out);
             buf.copy_within(n + body_len..len, 0);
             len -= n + body_len;
             if conn_close {
@@ -115,9 +126,33 @@ async fn serve_conn(mut sock: TcpStream, counters: Arc<Counters>) -> io::Result<
     }
 }
 
-fn respond(path: &str, counters: &Counters, out: &mut Vec<u8>) {
+fn respond(path: &str, grip_last: bool, counters: &Counters, out: &mut Vec<u8>) {
     use std::io::Write;
-    if let Some(channel) = path.strip_prefix("/hold/") {
+    if let Some((after, channel)) = path
+        .strip_prefix("/catchup/")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(after, channel)| Some((after.parse::<u64>().ok()?, channel)))
+    {
+        // A stream after `after`, with the link a stream with a prev-id needs. Asked again with
+        // Grip-Last (the proxy found the client behind and has no history of it), the origin
+        // answers with the items missed as the stream's first piece, and holds after the last.
+        counters.catchup.fetch_add(1, Ordering::Relaxed);
+        let (body, prev) = if grip_last {
+            counters.catchup_last.fetch_add(1, Ordering::Relaxed);
+            (
+                PUBLISHED_BODY.repeat(CATCHUP_BEHIND as usize),
+                after + CATCHUP_BEHIND,
+            )
+        } else {
+            (STREAM_START.to_vec(), after)
+        };
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: stream\r\nGrip-Channel: {channel}; prev-id={prev}\r\nGrip-Link: </catchup/{prev}/{channel}>; rel=next\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        out.extend_from_slice(&body);
+    } else if let Some(channel) = path.strip_prefix("/hold/") {
         let _ = write!(
             out,
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: response\r\nGrip-Channel: {channel}\r\nGrip-Timeout: 120\r\nContent-Length: 8\r\n\r\ntimeout\n"
@@ -140,10 +175,12 @@ fn respond(path: &str, counters: &Counters, out: &mut Vec<u8>) {
         counters.plain.fetch_add(1, Ordering::Relaxed);
     } else if path == "/stats" {
         let body = format!(
-            "{{\"hold\":{},\"stream\":{},\"plain\":{},\"other\":{}}}",
+            "{{\"hold\":{},\"stream\":{},\"plain\":{},\"catchup\":{},\"catchup_last\":{},\"other\":{}}}",
             counters.hold.load(Ordering::Relaxed),
             counters.stream.load(Ordering::Relaxed),
             counters.plain.load(Ordering::Relaxed),
+            counters.catchup.load(Ordering::Relaxed),
+            counters.catchup_last.load(Ordering::Relaxed),
             counters.other.load(Ordering::Relaxed)
         );
         let _ = write!(

@@ -51,6 +51,10 @@ pub(crate) struct Plan {
     pub https_runs: usize,
     /// Connections opening, handshaking, asking and closing at once in the handshake figure.
     pub handshake_conns: usize,
+    /// Catch-up figure: streams reconnecting after an id `CATCHUP_BEHIND` items back, spread over
+    /// `catchup_channels` channels.
+    pub catchup_streams: usize,
+    pub catchup_channels: usize,
     /// Bound on the whole run.
     pub max_run: Duration,
 }
@@ -84,6 +88,8 @@ impl Plan {
                 https_memory_n: 1_000,
                 https_runs: 2,
                 handshake_conns: 32,
+                catchup_streams: 1_000,
+                catchup_channels: 100,
                 max_run: Duration::from_secs(360),
             }
         } else {
@@ -113,6 +119,8 @@ impl Plan {
                 https_memory_n: 10_000,
                 https_runs: 4,
                 handshake_conns: 32,
+                catchup_streams: 10_000,
+                catchup_channels: 100,
                 max_run: Duration::from_secs(1_200),
             }
         }
@@ -231,6 +239,40 @@ pub(crate) struct RememberedFigures {
     pub skipped: Option<String>,
     pub publish: Option<Remembered>,
     pub churn: Option<Remembered>,
+}
+
+/// Figure 9: streams coming back after an id some items back, caught up from the proxy's channel
+/// history, and (history off) by the origin answering the proxy's `Grip-Last` re-fetch; each on
+/// a grip-proxy instance of its own.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct CatchUpFigures {
+    /// Why they were not measured.
+    pub skipped: Option<String>,
+    pub from_history: Option<CatchUp>,
+    pub from_origin: Option<CatchUp>,
+}
+
+/// One catch-up round: every stream connects at once with its prev-id `behind` items back.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct CatchUp {
+    /// `[history] items` of the instance (0: off).
+    pub history_items: usize,
+    pub streams: usize,
+    pub channels: usize,
+    /// Items each stream missed.
+    pub behind: u64,
+    /// Streams that read every missed item; the others failed, ended or were still waiting.
+    pub caught_up: usize,
+    pub not_caught_up: usize,
+    /// From the clients' first connect to the last stream caught up.
+    pub all_ms: f64,
+    /// Per stream, from the first connect to its catch-up.
+    pub latency: Percentiles,
+    /// Requests the origin got for these streams, and how many of them were `Grip-Last` re-fetches.
+    pub origin_requests: u64,
+    pub origin_refetches: u64,
+    /// The proxy's CPU time over the round.
+    pub proxy_cpu_ms: f64,
 }
 
 /// Channels left remembered with no client, and the RSS they cost.
@@ -430,6 +472,7 @@ pub(crate) struct Results {
     pub streams: StreamFigures,
     pub remembered: RememberedFigures,
     pub https: HttpsFigures,
+    pub catchup: CatchUpFigures,
     /// RSS of the proxy (KiB) after each phase, once it is idle again.
     pub rss_after_phase_kib: Vec<(String, u64)>,
     /// Share of the machine's CPU used by processes other than this benchmark's (its

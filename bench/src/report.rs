@@ -1,11 +1,13 @@
 //! Output: the Markdown tables, results.json and a hand-written SVG plot (the stream rows are in
 //! `streams`, memory per remembered channel in `remembered`).
 
+mod catchup;
 mod compare;
 mod https;
 mod remembered;
 mod streams;
 
+pub(crate) use catchup::catchup_lines;
 pub(crate) use compare::markdown as compare_markdown;
 pub(crate) use https::https_lines;
 pub(crate) use remembered::remembered_lines;
@@ -143,6 +145,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     bus_rows(&mut s, r);
     remembered::rows(&mut s, r);
     https::rows(&mut s, &r.https);
+    catchup::rows(&mut s, r);
 
     let _ = writeln!(s, "\n### Held rounds (one channel, one publish)\n");
     let _ = writeln!(
@@ -208,6 +211,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     bus_details(&mut s, r);
     remembered::details(&mut s, r);
     https::section(&mut s, &r.https);
+    catchup::details(&mut s, r);
     let phases: Vec<String> = r
         .rss_after_phase_kib
         .iter()

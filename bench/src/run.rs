@@ -45,6 +45,8 @@ pub(crate) enum Figure {
     HttpsPassthrough,
     /// Full TLS handshakes per second (one request per connection), grip-proxy and nginx.
     Handshakes,
+    /// Streams coming back some items behind: from channel history, and from the origin.
+    Catchup,
 }
 
 impl Figure {
@@ -261,6 +263,10 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options, only: &[Figure]) -> Result<
         let f = ctx.remembered_figures(opts).await?;
         eprint!("{}", crate::report::remembered_lines(&f));
     }
+    if only.contains(&Figure::Catchup) {
+        let f = ctx.catchup_figures(opts).await?;
+        eprint!("{}", crate::report::catchup_lines(&f));
+    }
     let https = HttpsPlan::of(only);
     if !https.is_empty() {
         let f = ctx.https_figures(&https_instances(opts), https).await?;
@@ -315,6 +321,8 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     if let Some(m) = https.memory.as_mut() {
         m.main_plain_kib_per_held = fanout.iter().find(|f| f.n == m.n).map(|f| f.kib_per_held);
     }
+    eprintln!("catch-up of streams behind, from channel history and from the origin");
+    let catchup = ctx.catchup_figures(opts).await?;
     eprintln!("cross-instance delivery through the Redis bus");
     let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
@@ -342,6 +350,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
         streams,
         remembered,
         https,
+        catchup,
         rss_after_phase_kib: phases,
         foreign_cpu_percent,
         notes: ctx.notes.clone(),

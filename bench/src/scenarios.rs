@@ -1,7 +1,8 @@
 //! The five measurements, run by the orchestrator against a started proxy, origin and workers
 //! (the stream figures are in `streams`, memory per remembered channel in `remembered`, the
-//! HTTPS figures in `https`).
+//! HTTPS figures in `https`, catch-up from channel history in `catchup`).
 
+mod catchup;
 mod https;
 mod remembered;
 mod streams;
@@ -169,6 +170,11 @@ impl Ctx {
 
     /// Hold requests the origin has answered so far.
     async fn origin_holds(&self) -> Result<u64> {
+        Ok(self.origin_stats().await?["hold"].as_u64().unwrap_or(0))
+    }
+
+    /// The origin's request counters (`GET /stats`).
+    pub(crate) async fn origin_stats(&self) -> Result<serde_json::Value> {
         let req = get_request(&self.origin.to_string(), "/stats");
         let (status, body) = tokio::time::timeout(
             Duration::from_secs(5),
@@ -180,9 +186,7 @@ impl Ctx {
         if status != 200 {
             return Err(format!("origin /stats answered {status}"));
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| format!("origin /stats: {e}"))?;
-        Ok(v["hold"].as_u64().unwrap_or(0))
+        serde_json::from_str(&body).map_err(|e| format!("origin /stats: {e}"))
     }
 
     pub(crate) async fn wait_idle(&mut self, what: &str) {

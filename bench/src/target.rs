@@ -124,7 +124,7 @@ impl Target {
             Kind::Nginx => "nginx.log",
             Kind::Nchan => "nchan.log",
         });
-        Self::start_with(kind, bin, origin_port, log, None, None).await
+        Self::start_with(kind, bin, origin_port, log, None, None, None).await
     }
 
     /// Start grip-proxy or nginx with an HTTPS listener besides the plain one, serving the run's
@@ -137,7 +137,7 @@ impl Target {
         log: PathBuf,
         certs: &Certs,
     ) -> Result<Self> {
-        let mut t = Self::start_with(kind, bin, origin_port, log, None, Some(certs)).await?;
+        let mut t = Self::start_with(kind, bin, origin_port, log, None, Some(certs), None).await?;
         if kind == Kind::GripProxy {
             t.wait_publish_ready(Duration::from_secs(30)).await?;
         }
@@ -153,7 +153,32 @@ impl Target {
         log: PathBuf,
         bus_url: Option<&str>,
     ) -> Result<Self> {
-        let mut t = Self::start_with(Kind::GripProxy, bin, origin_port, log, bus_url, None).await?;
+        let mut t =
+            Self::start_with(Kind::GripProxy, bin, origin_port, log, bus_url, None, None).await?;
+        t.wait_publish_ready(Duration::from_secs(30)).await?;
+        Ok(t)
+    }
+
+    /// A grip-proxy instance like [`Target::start_instance`] (memory bus), with these config
+    /// file settings (written next to its log).
+    pub(crate) async fn start_instance_with(
+        bin: &Path,
+        origin_port: u16,
+        log: PathBuf,
+        toml: &str,
+    ) -> Result<Self> {
+        let conf = log.with_extension("toml");
+        std::fs::write(&conf, toml).map_err(|e| format!("write {}: {e}", conf.display()))?;
+        let mut t = Self::start_with(
+            Kind::GripProxy,
+            bin,
+            origin_port,
+            log,
+            None,
+            None,
+            Some(&conf),
+        )
+        .await?;
         t.wait_publish_ready(Duration::from_secs(30)).await?;
         Ok(t)
     }
@@ -165,6 +190,7 @@ impl Target {
         log: PathBuf,
         bus_url: Option<&str>,
         tls: Option<&Certs>,
+        config: Option<&Path>,
     ) -> Result<Self> {
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut control: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
@@ -203,6 +229,9 @@ impl Target {
                     .env("RUST_LOG", "warn");
                 if let Some(url) = bus_url {
                     c.arg("--bus").arg(url);
+                }
+                if let Some(conf) = config {
+                    c.arg("--config").arg(conf);
                 }
                 if let (Some(certs), Some(a)) = (tls, tls_listen) {
                     let stem = log

@@ -20,6 +20,10 @@
 //!   waiting once its first piece is read; `collect` reports each client's first published chunk.
 //! - `stream_count ADDR COUNT PREFIX NCHAN OFFSET MAX_MS` -> `connected SENT FAILED`: like
 //!   `stream`, but every published chunk is counted (no `collect`).
+//! - `catchup ADDR COUNT PREFIX NCHAN OFFSET MAX_MS ROUTE WANT` -> `connected SENT FAILED`: like
+//!   `stream` on `GET /ROUTE/PREFIX{(OFFSET+i)%NCHAN}` (ROUTE: `catchup/AFTER`); `collect`
+//!   reports the time each client had read WANT published items (one chunk each, or joined in
+//!   one piece by an origin answering a re-fetch): when it had caught up.
 //! - `stream_window T_START T_END` -> `window`: count chunks read in [T_START, T_END) from now.
 //! - `stream_stop` -> `streamed IN_WINDOW TOTAL OTHER ENDED FAILED`: drop the streams; published
 //!   chunks read in the window and in all, other chunks, streams that ended or broke early,
@@ -139,6 +143,13 @@ async fn command_loop(id: usize) -> io::Result<()> {
                 let kind = Clients::Stream(streams::Mode::Count);
                 start_group(&mut group, &args, kind, &tls).await
             }
+            Some("catchup") => match arg::<u64>(&args, 8) {
+                Ok(want) => {
+                    let kind = Clients::Stream(streams::Mode::CatchUp(want));
+                    start_group(&mut group, &args, kind, &tls).await
+                }
+                Err(e) => Err(e),
+            },
             Some("tls") => arg::<std::path::PathBuf>(&args, 1).and_then(|ca| {
                 tls = Some(crate::tls::connector(&ca)?);
                 Ok("tls".to_string())

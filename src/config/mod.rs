@@ -2,7 +2,7 @@
 //! Validation binds nothing; each error names the key and the reason.
 //!
 //! Each section has a file of its own (`proxy`, `control` with `[control.auth]`, `hold`, `publish`, `origin`,
-//! `last_ids`, `shutdown`, `bus`, `metrics`, `tls`, `routes`) that owns its raw form (serde, defaults), its typed form,
+//! `last_ids`, `history`, `shutdown`, `bus`, `metrics`, `tls`, `routes`) that owns its raw form (serde, defaults), its typed form,
 //! its validation and its rule tests; the checks they share are in `check`. This file puts them together.
 //! Keys are built here, once (route signers, the upstream `Grip-Sig` verifier, control API JWT keys), and the
 //! typed form carries them: nothing after validation parses a key again.
@@ -10,6 +10,7 @@
 mod bus;
 mod check;
 mod control;
+mod history;
 mod hold;
 mod last_ids;
 mod metrics;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 
 pub use bus::{BusConfig, RawBus, RedisConfig, Startup};
 pub use control::{AuthConfig, RawAuth, RawControl};
+pub use history::{HistoryConfig, RawHistory, MAX_HISTORY_ITEMS};
 pub use hold::{HoldConfig, RawHold};
 pub use last_ids::{LastIdsConfig, RawLastIds};
 pub use metrics::RawMetrics;
@@ -86,6 +88,8 @@ pub struct RawConfig {
     pub origin: RawOrigin,
     /// `[last_ids]`
     pub last_ids: RawLastIds,
+    /// `[history]`
+    pub history: RawHistory,
     /// `[shutdown]`
     pub shutdown: RawShutdown,
     /// `[bus]`
@@ -107,6 +111,7 @@ impl Default for RawConfig {
             publish: RawPublish::default(),
             origin: RawOrigin::default(),
             last_ids: RawLastIds::default(),
+            history: RawHistory::default(),
             shutdown: RawShutdown::default(),
             bus: RawBus::default(),
             metrics: RawMetrics::default(),
@@ -187,6 +192,8 @@ pub struct Config {
     pub origin: OriginConfig,
     /// Last-id memory bounds.
     pub last_ids: LastIdsConfig,
+    /// Per-channel history (`[history]`).
+    pub history: HistoryConfig,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     /// The publish bus (memory, or Redis).
@@ -286,6 +293,7 @@ impl TryFrom<RawConfig> for Config {
         let hold = hold::validate(&raw.hold)?;
         let origin = origin::validate(&raw.origin)?;
         let last_ids = last_ids::validate(&raw.last_ids)?;
+        let history = history::validate(&raw.history)?;
         let shutdown_grace = shutdown::validate(&raw.shutdown)?;
         let publish = publish::validate(&raw.publish)?;
         let bus = bus::validate(&raw.bus)?;
@@ -314,6 +322,7 @@ impl TryFrom<RawConfig> for Config {
             publish,
             origin,
             last_ids,
+            history,
             shutdown_grace,
             bus,
             metrics_listen,

@@ -1,4 +1,5 @@
-//! Channel introspection: `GET /channels/<name>` answers `{"channel", "held", "streams", "last_id"}` (response
+//! Channel introspection: `GET /channels/<name>` answers `{"channel", "held", "streams", "last_id", "history"}`
+//! (`history`: the items and bytes kept in the channel's history; response
 //! holds and streams apart; an unknown channel is held 0, last id null: never a 404, so a backend can poll it until
 //! its client is parked), and `GET /channels?limit=N&offset=M` a page of the busiest channels, most clients first. The list costs one
 //! pass over the channel map and a heap of at most `offset + limit` entries.
@@ -34,15 +35,19 @@ pub(crate) fn serve(registry: &Registry, path: &str, query: Option<&str>) -> Res
         };
     }
     match percent_encoding::percent_decode_str(name).decode_utf8() {
-        Ok(name) => json(
-            StatusCode::OK,
-            &json!({
-                "channel": name,
-                "held": registry.held_on(&name),
-                "streams": registry.streams_on(&name),
-                "last_id": registry.last_id(&name),
-            }),
-        ),
+        Ok(name) => {
+            let (items, bytes) = registry.history_of(&name);
+            json(
+                StatusCode::OK,
+                &json!({
+                    "channel": name,
+                    "held": registry.held_on(&name),
+                    "streams": registry.streams_on(&name),
+                    "last_id": registry.last_id(&name),
+                    "history": {"items": items, "bytes": bytes},
+                }),
+            )
+        }
         Err(_) => json(
             StatusCode::BAD_REQUEST,
             &json!({ "error": "channel name: not UTF-8 once percent-decoded" }),

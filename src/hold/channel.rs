@@ -10,9 +10,36 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::feed::Feed;
+use super::history::{History, Keeper};
 use super::waiter::Waiter;
 use super::Release;
 use crate::item::Item;
+
+/// What a member behind the last id gets from the history after `prev`: a response hold, the item that follows
+/// (if it answers one); a stream, every item from that one on, pushed to its feed. `None`: not in the history.
+fn from_history(
+    (keeper, history): (&Keeper, &History),
+    member: Member<'_>,
+    prev: &str,
+) -> Option<ParkOutcome> {
+    let now = Instant::now();
+    let max_age = keeper.rules.max_age;
+    match member {
+        Member::Waiter(_) => history
+            .next_response(prev, now, max_age)
+            .map(|r| ParkOutcome::FromHistory(r.clone())),
+        Member::Stream(feed) => {
+            let mut replayed = 0;
+            for release in history.since(prev, now, max_age)? {
+                // A new feed's socket belongs to its connection: a push queues, never claims it.
+                let claimed = feed.push(release, release.stream_len());
+                debug_assert!(!claimed, "a new feed queues");
+                replayed += 1;
+            }
+            Some(ParkOutcome::Replayed(replayed))
+        }
+    }
+}
 
 /// Parked clients by waiter id. A hold on several channels is in each; the first delivery takes it and the others
 /// find it taken.
@@ -64,6 +91,11 @@ pub(crate) enum ParkOutcome {
     Parked,
     /// The channel's last id differs from the hold's prev-id: the client is behind, and is not inserted.
     Stale,
+    /// A response hold is behind, and the item that follows its prev-id is in the history: that is its answer
+    /// (it is not inserted).
+    FromHistory(Arc<Release>),
+    /// A stream was behind: the items it missed were pushed to its feed from the history, and it is in.
+    Replayed(usize),
 }
 
 /// What a publish did to a channel: items to deliver now, in order, each with the waiters it takes.
@@ -100,6 +132,8 @@ struct Live {
     /// Ids seen within the duplicate window besides `last_id` (which is checked on its own), oldest first, at most
     /// `RECENT_IDS_MAX`.
     recent_ids: VecDeque<(Box<str>, Instant)>,
+    /// The last items applied, when history is on (boxed: most channels in use have none).
+    history: Option<Box<History>>,
 }
 
 impl Live {
@@ -108,6 +142,7 @@ impl Live {
             && self.streams.is_empty()
             && self.pending.is_empty()
             && self.recent_ids.is_empty()
+            && self.history.as_ref().is_none_or(|h| h.is_empty())
     }
 }
 
@@ -183,15 +218,29 @@ impl Channel {
 
     /// Checks a hold's prev-id against the last id (unless `None`), then adds the member. Runs under the entry
     /// lock.
+    ///
+    /// A member behind the last id catches up from the history (`keeper`: history is on) when it holds the item
+    /// that follows the member's prev-id: a response hold is answered with that item, a stream is given it and
+    /// every later one, in order, before it is inserted. Both under the entry lock, so that no publish comes in
+    /// between: nothing missed, nothing twice.
     pub(crate) fn join(
         &mut self,
         id: u64,
         member: Member<'_>,
         prev_id: Option<&str>,
+        keeper: Option<&Keeper>,
     ) -> ParkOutcome {
+        let mut outcome = ParkOutcome::Parked;
         if let (Some(last), Some(prev)) = (self.last_id.as_deref(), prev_id) {
             if last != prev {
-                return ParkOutcome::Stale;
+                let caught_up = keeper
+                    .zip(self.history())
+                    .and_then(|history| from_history(history, member, prev));
+                match caught_up {
+                    None => return ParkOutcome::Stale,
+                    Some(answer @ ParkOutcome::FromHistory(_)) => return answer,
+                    Some(replayed) => outcome = replayed,
+                }
             }
         }
         let live = self.live();
@@ -199,13 +248,47 @@ impl Channel {
             Member::Waiter(waiter) => live.waiters.insert(id, waiter.clone()).map(drop),
             Member::Stream(feed) => live.streams.insert(id, feed.clone()).map(drop),
         };
-        ParkOutcome::Parked
+        outcome
+    }
+
+    /// The history kept, if any.
+    fn history(&self) -> Option<&History> {
+        self.live.as_ref()?.history.as_deref()
+    }
+
+    /// Items and bytes in the history.
+    pub(crate) fn history_len(&self) -> (usize, usize) {
+        self.history().map_or((0, 0), |h| (h.len(), h.bytes()))
+    }
+
+    /// Drops the history (its items may no longer follow on from what clients had: a recovery, a forgotten id).
+    pub(crate) fn clear_history(&mut self) {
+        if let Some(l) = self.live.as_mut() {
+            l.history = None;
+        }
+        self.tidy();
+    }
+
+    /// Drops history items older than `max_age`.
+    pub(crate) fn expire_history(&mut self, now: Instant, max_age: Duration) {
+        if let Some(h) = self.live.as_mut().and_then(|l| l.history.as_mut()) {
+            h.expire(now, max_age);
+            if h.is_empty() {
+                self.clear_history();
+            }
+        }
     }
 
     /// Publishes an item (as Pushpin sequences them): a duplicate id is dropped; an item whose `prev-id` is not
     /// the known last id waits for its predecessor (unless `no-seq`); otherwise it goes out now, followed by any
     /// waiting items it was the predecessor of. Runs under the entry lock; the caller sends after releasing it.
-    pub(crate) fn publish(&mut self, item: &Arc<Item>, now: Instant, seq: Sequencing) -> Published {
+    pub(crate) fn publish(
+        &mut self,
+        item: &Arc<Item>,
+        now: Instant,
+        seq: Sequencing,
+        keeper: Option<&Keeper>,
+    ) -> Published {
         let mut out = Published::default();
         if let Some(id) = item.id.as_deref() {
             if self.seen_recently(id, now, seq.duplicate_window) {
@@ -223,7 +306,7 @@ impl Channel {
             }
             if self.live().pending.len() >= seq.max_pending {
                 if let Some((oldest, _)) = self.live().pending.pop_front() {
-                    self.apply_chain(oldest, now, seq, &mut out);
+                    self.apply_chain(oldest, now, seq, keeper, &mut out);
                 }
             }
             let deadline = now + seq.wait;
@@ -231,13 +314,18 @@ impl Channel {
             out.queued_until = Some(deadline);
             return out;
         }
-        self.apply_chain(item.clone(), now, seq, &mut out);
+        self.apply_chain(item.clone(), now, seq, keeper, &mut out);
         self.tidy();
         out
     }
 
     /// Sends out, in order, the waiting items whose time is up (each followed by what it was the predecessor of).
-    pub(crate) fn flush_expired(&mut self, now: Instant, seq: Sequencing) -> Published {
+    pub(crate) fn flush_expired(
+        &mut self,
+        now: Instant,
+        seq: Sequencing,
+        keeper: Option<&Keeper>,
+    ) -> Published {
         let mut out = Published::default();
         while let Some(l) = self.live.as_mut() {
             if l.pending
@@ -247,7 +335,7 @@ impl Channel {
                 break;
             }
             if let Some((item, _)) = l.pending.pop_front() {
-                self.apply_chain(item, now, seq, &mut out);
+                self.apply_chain(item, now, seq, keeper, &mut out);
             }
         }
         out.queued_until = self
@@ -258,7 +346,14 @@ impl Channel {
         out
     }
 
-    fn apply_chain(&mut self, item: Arc<Item>, now: Instant, seq: Sequencing, out: &mut Published) {
+    fn apply_chain(
+        &mut self,
+        item: Arc<Item>,
+        now: Instant,
+        seq: Sequencing,
+        keeper: Option<&Keeper>,
+        out: &mut Published,
+    ) {
         let mut next = Some(item);
         while let Some(item) = next.take() {
             // The id it replaces stays a duplicate for the rest of its window.
@@ -277,6 +372,13 @@ impl Channel {
                 _ => HashMap::new(),
             };
             let release = Arc::new(Release::new(item));
+            if let Some(keeper) = keeper {
+                // Kept as released: the item and its release (its encodings built once) are shared, not copied.
+                self.live()
+                    .history
+                    .get_or_insert_with(|| Box::new(History::new(keeper.totals.clone())))
+                    .push(&release, now, &keeper.rules);
+            }
             // Streams get the item here, under the entry lock, so that every stream sees the channel's items in the
             // order they were applied (a push never waits: a feed past its bound ends instead).
             if release.item.http_stream.is_some() {
@@ -373,23 +475,23 @@ mod tests {
         let (s, _rx) = slot();
         assert!(
             matches!(
-                c.join(1, Member::Waiter(&s), Some("x")),
+                c.join(1, Member::Waiter(&s), Some("x"), None),
                 ParkOutcome::Parked
             ),
             "unknown last id: park"
         );
-        let p = c.publish(&item(Some("2"), None), Instant::now(), SEQ);
+        let p = c.publish(&item(Some("2"), None), Instant::now(), SEQ, None);
         assert_eq!(
             p.deliveries[0].1.len(),
             1,
             "the publish takes the parked waiter"
         );
         assert!(matches!(
-            c.join(2, Member::Waiter(&s), Some("2")),
+            c.join(2, Member::Waiter(&s), Some("2"), None),
             ParkOutcome::Parked
         ));
         assert!(matches!(
-            c.join(3, Member::Waiter(&s), Some("1")),
+            c.join(3, Member::Waiter(&s), Some("1"), None),
             ParkOutcome::Stale
         ));
         assert_eq!(
@@ -398,15 +500,18 @@ mod tests {
             "a stale park changes nothing"
         );
         assert!(
-            matches!(c.join(4, Member::Waiter(&s), None), ParkOutcome::Parked),
+            matches!(
+                c.join(4, Member::Waiter(&s), None, None),
+                ParkOutcome::Parked
+            ),
             "a retry parks unchecked"
         );
         assert_eq!(c.waiter_count(), 2);
-        let p = c.publish(&item(Some("3"), None), Instant::now(), SEQ);
+        let p = c.publish(&item(Some("3"), None), Instant::now(), SEQ, None);
         assert_eq!(p.deliveries[0].1.len(), 2);
         assert_eq!(c.waiter_count(), 0);
         assert_eq!(c.last_id.as_deref(), Some("3"));
-        c.publish(&item(None, None), Instant::now(), SEQ);
+        c.publish(&item(None, None), Instant::now(), SEQ, None);
         assert!(c.is_idle());
     }
 
@@ -415,20 +520,21 @@ mod tests {
         let mut c = Channel::new();
         let (s, _rx) = slot();
         assert!(
-            !c.publish(&item(Some("1"), None), Instant::now(), SEQ)
+            !c.publish(&item(Some("1"), None), Instant::now(), SEQ, None)
                 .duplicate
         );
-        c.join(1, Member::Waiter(&s), None);
-        let p = c.publish(&item(Some("1"), None), Instant::now(), SEQ);
+        c.join(1, Member::Waiter(&s), None, None);
+        let p = c.publish(&item(Some("1"), None), Instant::now(), SEQ, None);
         assert!(p.duplicate && p.deliveries.is_empty());
         assert_eq!(c.waiter_count(), 1, "a duplicate takes no one");
         assert!(
-            !c.publish(&item(None, None), Instant::now(), SEQ).duplicate,
+            !c.publish(&item(None, None), Instant::now(), SEQ, None)
+                .duplicate,
             "no id: never a duplicate"
         );
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(
-            !c.publish(&item(Some("1"), None), Instant::now(), SEQ)
+            !c.publish(&item(Some("1"), None), Instant::now(), SEQ, None)
                 .duplicate,
             "outside the window"
         );
@@ -437,16 +543,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_channel_kept_for_its_last_id_is_compact_and_still_knows_its_duplicates() {
         let mut c = Channel::new();
-        c.publish(&item(Some("1"), None), Instant::now(), SEQ);
+        c.publish(&item(Some("1"), None), Instant::now(), SEQ, None);
         assert!(c.live.is_none(), "one id: nothing but the id and its time");
-        c.publish(&item(Some("2"), Some("1")), Instant::now(), SEQ);
+        c.publish(&item(Some("2"), Some("1")), Instant::now(), SEQ, None);
         assert!(
-            c.publish(&item(Some("1"), None), Instant::now(), SEQ)
+            c.publish(&item(Some("1"), None), Instant::now(), SEQ, None)
                 .duplicate,
             "a superseded id is still a duplicate within the window"
         );
         assert!(
-            c.publish(&item(Some("2"), None), Instant::now(), SEQ)
+            c.publish(&item(Some("2"), None), Instant::now(), SEQ, None)
                 .duplicate
         );
         tokio::time::advance(Duration::from_secs(61)).await;
@@ -454,7 +560,7 @@ mod tests {
         assert!(c.live.is_none(), "the recent ids went with their window");
         assert_eq!(c.last_id.as_deref(), Some("2"));
         let (s, _rx) = slot();
-        c.join(1, Member::Waiter(&s), None);
+        c.join(1, Member::Waiter(&s), None, None);
         c.leave(1, Kind::Waiter);
         assert!(c.live.is_none(), "a client that leaves leaves nothing");
         assert!(
@@ -469,15 +575,15 @@ mod tests {
         let mut c = Channel::new();
         let now = Instant::now();
         assert_eq!(
-            ids(&c.publish(&item(Some("1"), None), now, SEQ)),
+            ids(&c.publish(&item(Some("1"), None), now, SEQ, None)),
             ["1"],
             "first item goes at once"
         );
-        let p = c.publish(&item(Some("3"), Some("2")), now, SEQ);
+        let p = c.publish(&item(Some("3"), Some("2")), now, SEQ, None);
         assert!(p.deliveries.is_empty());
         assert_eq!(p.queued_until, Some(now + SEQ.wait));
         assert_eq!(
-            ids(&c.publish(&item(Some("2"), Some("1")), now, SEQ)),
+            ids(&c.publish(&item(Some("2"), Some("1")), now, SEQ, None)),
             ["2", "3"],
             "both, in order"
         );
@@ -485,7 +591,7 @@ mod tests {
         let mut no_seq = Item::test_response("c", Some("9"), Some("7"), "x");
         no_seq.no_seq = true;
         assert_eq!(
-            ids(&c.publish(&Arc::new(no_seq), now, SEQ)),
+            ids(&c.publish(&Arc::new(no_seq), now, SEQ, None)),
             ["9"],
             "no-seq skips the wait"
         );
@@ -495,21 +601,21 @@ mod tests {
     async fn waiting_is_bounded_in_time_and_count() {
         let mut c = Channel::new();
         let now = Instant::now();
-        c.publish(&item(Some("1"), None), now, SEQ);
-        c.publish(&item(Some("5"), Some("4")), now, SEQ);
+        c.publish(&item(Some("1"), None), now, SEQ, None);
+        c.publish(&item(Some("5"), Some("4")), now, SEQ, None);
         assert!(c
-            .flush_expired(now + Duration::from_secs(4), SEQ)
+            .flush_expired(now + Duration::from_secs(4), SEQ, None)
             .deliveries
             .is_empty());
         assert_eq!(
-            ids(&c.flush_expired(now + SEQ.wait, SEQ)),
+            ids(&c.flush_expired(now + SEQ.wait, SEQ, None)),
             ["5"],
             "sent anyway after the wait"
         );
-        c.publish(&item(Some("7"), Some("6")), now, SEQ);
-        c.publish(&item(Some("9"), Some("8")), now, SEQ);
+        c.publish(&item(Some("7"), Some("6")), now, SEQ, None);
+        c.publish(&item(Some("9"), Some("8")), now, SEQ, None);
         assert_eq!(
-            ids(&c.publish(&item(Some("11"), Some("10")), now, SEQ)),
+            ids(&c.publish(&item(Some("11"), Some("10")), now, SEQ, None)),
             ["7"],
             "over the count: oldest goes"
         );

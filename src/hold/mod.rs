@@ -3,6 +3,7 @@
 
 mod channel;
 mod feed;
+mod history;
 mod release;
 mod waiter;
 
@@ -13,12 +14,13 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{Config, LastIdsConfig, PublishConfig};
+use crate::config::{Config, HistoryConfig, LastIdsConfig, PublishConfig};
 use crate::grip::ChannelSub;
 use crate::h1::{DirectWrite, PreEncoded};
 use crate::item::Item;
 use channel::{Channel, Kind, Member, ParkOutcome};
 pub(crate) use feed::{Fed, Feed, FeedEnd};
+use history::Keeper;
 pub(crate) use release::{shared_response, Release};
 use std::task::Waker;
 pub(crate) use waiter::Direct;
@@ -169,7 +171,28 @@ pub(crate) enum ParkError {
     /// As many clients are held as allowed.
     #[error("too many held clients")]
     Full,
+    /// The channel's last id is not the hold's prev-id, and the item that follows the prev-id is in the
+    /// channel's history: the response hold's answer, at once.
+    #[error("channel {channel:?} is past the hold's prev-id; the next item is in its history")]
+    InHistory {
+        /// The channel.
+        channel: Box<str>,
+        /// The item that follows the hold's prev-id.
+        next: NextItem,
+    },
 }
+
+/// The item a response hold behind its channel gets from the history. Equal when it is the same release.
+#[derive(Debug, Clone)]
+pub(crate) struct NextItem(pub(crate) Arc<Release>);
+
+impl PartialEq for NextItem {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for NextItem {}
 
 /// The registry's bounds and rules.
 #[derive(Debug, Clone)]
@@ -180,6 +203,8 @@ pub(crate) struct RegistryConfig {
     pub publish: PublishConfig,
     /// Most parked clients at once.
     pub max_held: usize,
+    /// Per-channel history.
+    pub history: HistoryConfig,
 }
 
 impl From<&Config> for RegistryConfig {
@@ -188,6 +213,7 @@ impl From<&Config> for RegistryConfig {
             last_ids: c.last_ids.clone(),
             publish: c.publish.clone(),
             max_held: c.limits.max_held,
+            history: c.history.clone(),
         }
     }
 }
@@ -234,6 +260,8 @@ struct Inner {
     written_part: AtomicU64,
     /// Stream items a publish wrote whole to an idle stream's socket (no wake-up of its connection).
     stream_written: AtomicU64,
+    /// Per-channel history, when it is on.
+    history: Option<Keeper>,
 }
 
 impl Registry {
@@ -243,6 +271,7 @@ impl Registry {
             last_ids: limits,
             publish,
             max_held,
+            history,
         } = config;
         Registry {
             inner: Arc::new(Inner {
@@ -266,6 +295,7 @@ impl Registry {
                 written_all: AtomicU64::new(0),
                 written_part: AtomicU64::new(0),
                 stream_written: AtomicU64::new(0),
+                history: history.enabled().then(|| Keeper::new(history)),
             }),
         }
     }
@@ -287,7 +317,7 @@ impl Registry {
         direct: Option<Direct>,
     ) -> Result<Parked, ParkError> {
         let waiter = Arc::new(Waiter::new(subs, direct));
-        let id = self.join(waiter.subs(), check_prev_id, Member::Waiter(&waiter))?;
+        let (id, _) = self.join(waiter.subs(), check_prev_id, Member::Waiter(&waiter))?;
         Ok(Parked {
             registry: self.clone(),
             id,
@@ -308,10 +338,11 @@ impl Registry {
         direct: Option<DirectWrite>,
     ) -> Result<Subscription, ParkError> {
         let feed = Arc::new(Feed::new(queue_limit, direct));
-        let id = self.join(subs, check_prev_id, Member::Stream(&feed))?;
+        let (id, replayed) = self.join(subs, check_prev_id, Member::Stream(&feed))?;
         Ok(Subscription {
             registry: self.clone(),
             id,
+            replayed,
             channels: subs.iter().map(|s| s.name.clone()).collect(),
             feed,
         })
@@ -319,13 +350,14 @@ impl Registry {
 
     /// Takes a place against `max_held` and adds `member` to each channel of `subs`, checking prev-ids under each
     /// channel's entry lock, so that a publish either comes before (and the check sees its id) or after (and finds
-    /// the member). Returns the member's id; on an error nothing is left behind.
+    /// the member). Returns the member's id, and how many items a stream behind was given from the history; on an
+    /// error nothing is left behind.
     fn join(
         &self,
         subs: &[ChannelSub],
         check_prev_id: bool,
         member: Member<'_>,
-    ) -> Result<u64, ParkError> {
+    ) -> Result<(u64, usize), ParkError> {
         if self.is_closed() {
             return Err(ParkError::Closed);
         }
@@ -334,18 +366,30 @@ impl Registry {
             return Err(ParkError::Full);
         }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let keeper = self.inner.history.as_ref();
+        let mut replayed = 0;
         for (i, sub) in subs.iter().enumerate() {
             let prev_id = sub.prev_id.as_deref().filter(|_| check_prev_id);
-            let outcome = self.with_channel(&sub.name, |c| c.join(id, member, prev_id));
-            if let ParkOutcome::Stale = outcome {
-                self.forget_if_idle(&sub.name);
-                self.leave(subs[..i].iter().map(|s| &*s.name), id, member.kind());
-                self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
-                return Err(ParkError::Stale {
+            let outcome = self.with_channel(&sub.name, |c| c.join(id, member, prev_id, keeper));
+            let refused = match outcome {
+                ParkOutcome::Parked => continue,
+                ParkOutcome::Replayed(n) => {
+                    replayed += n;
+                    continue;
+                }
+                ParkOutcome::Stale => ParkError::Stale {
                     channel: sub.name.clone(),
                     prev_id: sub.prev_id.clone().unwrap_or_default(),
-                });
-            }
+                },
+                ParkOutcome::FromHistory(next) => ParkError::InHistory {
+                    channel: sub.name.clone(),
+                    next: NextItem(next),
+                },
+            };
+            self.forget_if_idle(&sub.name);
+            self.leave(subs[..i].iter().map(|s| &*s.name), id, member.kind());
+            self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+            return Err(refused);
         }
         // close() sets the flag before draining: either the drain saw our member, or we see the flag here.
         if self.is_closed() {
@@ -358,7 +402,7 @@ impl Registry {
         }
         self.inner.held.fetch_add(1, Ordering::SeqCst);
         self.notify_held();
-        Ok(id)
+        Ok((id, replayed))
     }
 
     /// Gives back the place a member took (its guard is dropped).
@@ -385,7 +429,8 @@ impl Registry {
         // No clock read per item: the instant the item was accepted, read once for its whole publish request.
         let now = item.accepted;
         let seq = self.inner.sequencing;
-        let published = self.with_channel(&item.channel, |c| c.publish(item, now, seq));
+        let keeper = self.inner.history.as_ref();
+        let published = self.with_channel(&item.channel, |c| c.publish(item, now, seq, keeper));
         if published.duplicate {
             tracing::debug!(channel = %item.channel, id = ?item.id, "duplicate item dropped");
             return 0;
@@ -406,7 +451,38 @@ impl Registry {
             self.inner.over_capacity.notify_one();
         }
         self.forget_if_idle(&item.channel);
+        if let Some(keeper) = keeper.filter(|k| k.over_budget()) {
+            self.evict_history(keeper);
+        }
         deliver(&self.inner, published.deliveries, published.writes)
+    }
+
+    /// Brings the histories of all channels under their byte budget: drops the histories of the least recently
+    /// published channels until the total is a little under it. One publisher at a time does this (a scan of the
+    /// map, amortised over the eighth of the budget it frees); the others go on meanwhile.
+    fn evict_history(&self, keeper: &Keeper) {
+        if keeper.evicting.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let mut kept: Vec<(Instant, Box<str>)> = self
+            .inner
+            .channels
+            .iter()
+            .filter(|c| c.history_len().0 > 0)
+            .map(|c| (c.published_at, c.key().clone()))
+            .collect();
+        kept.sort_unstable_by_key(|(at, _)| *at);
+        let low_water = keeper.low_water();
+        for (_, name) in kept {
+            if keeper.totals.bytes() <= low_water {
+                break;
+            }
+            if let Some(mut c) = self.inner.channels.get_mut(&*name) {
+                c.clear_history();
+            }
+            self.forget_if_idle(&name);
+        }
+        keeper.evicting.store(false, Ordering::Release);
     }
 
     /// Sends out the channel's waiting items whose time is up, at `deadline`.
@@ -422,12 +498,18 @@ impl Registry {
                 .inner
                 .channels
                 .get_mut(&*channel)
-                .map(|mut c| c.flush_expired(Instant::now(), registry.inner.sequencing));
+                .map(|mut c| {
+                    let keeper = registry.inner.history.as_ref();
+                    c.flush_expired(Instant::now(), registry.inner.sequencing, keeper)
+                });
             if let Some(flushed) = flushed {
                 if !flushed.deliveries.is_empty() {
                     tracing::debug!(%channel, items = flushed.deliveries.len(), "predecessor never came: sending anyway");
                 }
                 registry.forget_if_idle(&channel);
+                if let Some(keeper) = registry.inner.history.as_ref().filter(|k| k.over_budget()) {
+                    registry.evict_history(keeper);
+                }
                 deliver(&registry.inner, flushed.deliveries, flushed.writes);
             }
         });
@@ -453,7 +535,9 @@ impl Registry {
             // Streams stay subscribed: a shutdown ends their feeds, a recovery asks them to catch up.
             feeds.extend(entry.streams().map(|f| (Arc::as_ptr(f), f.clone())));
             if forget_ids {
+                // What comes next may not follow on from the history: it goes with the last id.
                 entry.last_id = None;
+                entry.clear_history();
             }
         }
         if forget_ids {
@@ -527,6 +611,20 @@ impl Registry {
             .and_then(|c| c.last_id.as_deref().map(str::to_owned))
     }
 
+    /// Items and bytes in one channel's history.
+    pub fn history_of(&self, channel: &str) -> (usize, usize) {
+        self.inner
+            .channels
+            .get(channel)
+            .map_or((0, 0), |c| c.history_len())
+    }
+
+    /// Items and bytes in every channel's history; `None` when history is off.
+    pub fn history_totals(&self) -> Option<(usize, usize)> {
+        let totals = &self.inner.history.as_ref()?.totals;
+        Some((totals.items(), totals.bytes()))
+    }
+
     /// Channel entries kept (with waiters or a last id).
     pub fn channels(&self) -> usize {
         self.inner.channels.len()
@@ -580,10 +678,15 @@ impl Registry {
     pub(crate) fn sweep(&self, now: Instant) {
         let ttl = self.inner.limits.ttl;
         let window = self.inner.sequencing.duplicate_window;
+        let max_age = self.inner.history.as_ref().map(|k| k.rules.max_age);
         self.inner.channels.retain(|_, c| {
             c.forget_recent(now, window);
             if c.last_id.is_some() && now.saturating_duration_since(c.published_at) >= ttl {
                 c.last_id = None;
+                c.clear_history();
+            }
+            if let Some(max_age) = max_age {
+                c.expire_history(now, max_age);
             }
             !c.is_idle()
         });
@@ -701,6 +804,8 @@ impl Drop for Parked {
 pub(crate) struct Subscription {
     registry: Registry,
     id: u64,
+    /// Items the stream was given from the history when it subscribed (it was behind).
+    replayed: usize,
     channels: Vec<Box<str>>,
     feed: Arc<Feed>,
 }
@@ -709,6 +814,11 @@ impl Subscription {
     /// The feed items arrive in.
     pub(crate) fn feed(&self) -> &Feed {
         &self.feed
+    }
+
+    /// Items the stream was given from the history when it subscribed: it was behind, and catches up from them.
+    pub(crate) fn replayed(&self) -> usize {
+        self.replayed
     }
 
     /// Moves the subscription to `subs` (a followed link held again): channels no longer named are left, new ones
@@ -723,7 +833,7 @@ impl Subscription {
         for sub in subs {
             if !keep.contains(&sub.name) {
                 self.registry.with_channel(&sub.name, |c| {
-                    c.join(self.id, Member::Stream(&self.feed), None)
+                    c.join(self.id, Member::Stream(&self.feed), None, None)
                 });
             }
         }
@@ -887,6 +997,121 @@ mod tests {
             (r.streams(), r.streams_on("b"), r.streams_on("c")),
             (0, 0, 0)
         );
+    }
+
+    fn with_history(items: usize, max_bytes: usize) -> Registry {
+        let mut config = RegistryConfig::from(&Config::default());
+        config.max_held = 100;
+        config.history = HistoryConfig {
+            items,
+            max_age: Duration::from_secs(60),
+            max_bytes,
+        };
+        Registry::new(config)
+    }
+
+    fn numbered(channel: &str, id: u32, body: &str) -> Arc<Item> {
+        let prev = id.checked_sub(1).filter(|p| *p > 0).map(|p| p.to_string());
+        let id = id.to_string();
+        let mut item = Item::test_response(channel, Some(&id), prev.as_deref(), body);
+        item.http_stream = Some(crate::item::HttpStream::Content(body.to_owned().into()));
+        Arc::new(item)
+    }
+
+    fn taken(feed: &Feed) -> Vec<String> {
+        let mut into = std::collections::VecDeque::new();
+        let waker = std::task::Waker::noop();
+        let _ = feed.poll_take(&mut std::task::Context::from_waker(waker), &mut into);
+        into.iter()
+            .map(|r: &Arc<Release>| r.item.id.as_deref().unwrap_or("-").to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_behind_gets_the_history_then_live_items_and_a_response_hold_the_next_item() {
+        let r = with_history(10, 1 << 20);
+        for id in 1..=5 {
+            r.publish(&numbered("a", id, "x"));
+        }
+        let s = r
+            .subscribe(&[sub("a", Some("2"))], true, 1 << 20, None)
+            .unwrap();
+        assert_eq!(s.replayed(), 3);
+        r.publish(&numbered("a", 6, "x"));
+        assert_eq!(
+            taken(s.feed()),
+            ["3", "4", "5", "6"],
+            "no gap, no duplicate"
+        );
+        match r.park(vec![sub("a", Some("4"))], true, None).err() {
+            Some(ParkError::InHistory { channel, next }) => {
+                assert_eq!(&*channel, "a");
+                assert_eq!(next.0.item.id.as_deref(), Some("5"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.park(vec![sub("a", Some("0"))], true, None).err(),
+            Some(ParkError::Stale { .. })
+        ));
+        assert_eq!(
+            r.held(),
+            1,
+            "only the stream: the answered hold is not parked"
+        );
+        assert_eq!(r.history_of("a").0, 6);
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_holds_under_many_channels_dropping_the_least_recently_published() {
+        let one = history::cost(&numbered("c00000", 1, "x")) + history::CHANNEL_OVERHEAD;
+        let budget = 1000 * one;
+        let r = with_history(5, budget);
+        for round in 1..=3 {
+            for c in 0..2000 {
+                r.publish(&numbered(&format!("c{c:05}"), round, "x"));
+                let (_, bytes) = r.history_totals().unwrap();
+                assert!(bytes <= budget, "{bytes} > {budget}");
+            }
+        }
+        let (items, bytes) = r.history_totals().unwrap();
+        assert!(items > 0 && bytes <= budget);
+        let (counted_items, counted_bytes) = (0..2000).fold((0, 0), |(i, b), c| {
+            let (ci, cb) = r.history_of(&format!("c{c:05}"));
+            (i + ci, b + cb)
+        });
+        assert_eq!(
+            (counted_items, counted_bytes),
+            (items, bytes),
+            "totals agree"
+        );
+        assert!(
+            r.history_of("c01999").0 >= 1 && r.history_of("c00000").0 == 0,
+            "the most recently published keep theirs"
+        );
+        assert_eq!(
+            r.channels(),
+            2000,
+            "last ids stay: only histories are dropped"
+        );
+        r.sweep(Instant::now());
+        assert_eq!(r.history_totals().unwrap().1, bytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn histories_expire_with_their_age_and_their_last_id() {
+        let r = with_history(5, 1 << 20);
+        r.publish(&numbered("a", 1, "x"));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        r.publish(&numbered("a", 2, "x"));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        r.sweep(Instant::now());
+        assert_eq!(r.history_of("a").0, 1, "item 1 is past max_age");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        r.sweep(Instant::now());
+        assert_eq!(r.history_of("a"), (0, 0));
+        assert_eq!(r.channels(), 0);
+        assert_eq!(r.history_totals(), Some((0, 0)));
     }
 
     #[tokio::test(start_paused = true)]

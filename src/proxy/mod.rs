@@ -1,6 +1,7 @@
 //! The proxy service: each client request goes through named phases: route, prepare, forward, inspect, park,
 //! respond. A hold parks the request in the registry until a publish, the timeout, or shutdown.
 
+mod catch_up;
 pub(crate) mod forward;
 pub(crate) mod headers;
 mod interned;
@@ -449,7 +450,12 @@ async fn wait(
         Ok(parked) => parked,
         Err(ParkError::Stale { channel, prev_id }) => {
             tracing::debug!(%channel, %prev_id, "hold is behind the channel's last id: re-fetching");
+            catch_up::missed(state, crate::metrics::HistoryKind::Response);
             return Waited::Refetch(grip_last(&channel, &prev_id));
+        }
+        Err(ParkError::InHistory { channel, next }) => {
+            tracing::debug!(%channel, "hold is behind the channel's last id: answered from its history");
+            return catch_up::answer(state, held, &next.0);
         }
         Err(ParkError::Closed) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
         Err(ParkError::Full) => {
@@ -497,8 +503,11 @@ fn open_stream(
         Ok(sub) => sub,
         Err(ParkError::Stale { channel, prev_id }) => {
             tracing::debug!(%channel, %prev_id, "stream hold is behind the channel's last id: re-fetching");
+            catch_up::missed(state, crate::metrics::HistoryKind::Stream);
             return Waited::Refetch(grip_last(&channel, &prev_id));
         }
+        // Only a response hold is answered from the history; a stream is fed from it as it subscribes.
+        Err(ParkError::InHistory { .. }) => return Waited::Refetch(None),
         Err(ParkError::Closed) => return Waited::Answer(held.to_response(), Outcome::Shutdown),
         Err(ParkError::Full) => {
             state.metrics.hold_refused();
@@ -506,6 +515,7 @@ fn open_stream(
         }
     };
     state.metrics.stream_opened();
+    catch_up::replayed(state, sub.replayed());
     let base = stream::LinkBase::of(route);
     let resp = stream::response(state.clone(), sub, hold, held, base, chunked);
     Waited::Answer(resp, Outcome::Streaming)

@@ -40,7 +40,7 @@ fn id_publish_body(items: &[(String, String)]) -> Vec<u8> {
 
 /// POST every body to `/publish/` on `control`, one after the other on a keep-alive connection
 /// (reconnecting if the proxy closes it); each must be answered 200 within 30 s.
-async fn post_all(control: SocketAddr, bodies: &[Vec<u8>]) -> Result<()> {
+pub(super) async fn post_all(control: SocketAddr, bodies: &[Vec<u8>]) -> Result<()> {
     let host = control.to_string();
     let mut conn: Option<(TcpStream, RespReader)> = None;
     for body in bodies {

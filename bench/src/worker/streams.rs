@@ -23,6 +23,8 @@ pub(super) enum Mode {
     FirstItem,
     /// Count every published chunk (`stream_stop`).
     Count,
+    /// Report the time this many published items had been read (`collect`), then idle.
+    CatchUp(u64),
 }
 
 /// Chunk counters shared by the counting clients of a worker.
@@ -44,6 +46,8 @@ pub(super) struct Counts {
 enum Piece {
     Start,
     Published,
+    /// Several published bodies in one piece (an origin's catch-up answer).
+    Many(u64),
     Other(Vec<u8>),
     /// The last chunk: the proxy ended the stream.
     End,
@@ -122,8 +126,15 @@ impl ChunkReader {
             return Ok(None);
         }
         let data = &self.buf[eol + 2..end];
+        let repeated = data.len() / PUBLISHED_BODY.len().max(1);
         let piece = if data == PUBLISHED_BODY {
             Piece::Published
+        } else if repeated > 1
+            && data
+                .chunks(PUBLISHED_BODY.len())
+                .all(|c| c == PUBLISHED_BODY)
+        {
+            Piece::Many(repeated as u64)
         } else if data == STREAM_START {
             Piece::Start
         } else {
@@ -214,6 +225,8 @@ async fn read_stream(
         return Ok(true);
     }
     let mut sampled = false;
+    // Published items read so far (a catch-up client).
+    let mut caught: u64 = 0;
     loop {
         let t = now_ns();
         let in_window =
@@ -225,6 +238,20 @@ async fn read_stream(
                     *opened = true;
                     st.waiting.fetch_add(1, Relaxed);
                 }
+                Piece::Published | Piece::Many(_) if matches!(mode, Mode::CatchUp(_)) => {
+                    caught += match piece {
+                        Piece::Many(n) => n,
+                        _ => 1,
+                    };
+                    if matches!(mode, Mode::CatchUp(want) if caught >= want) {
+                        let _ = tx.send(Ev::Resp {
+                            kind: BodyKind::Published,
+                            status,
+                            t,
+                        });
+                        return Ok(true);
+                    }
+                }
                 Piece::Published if mode == Mode::FirstItem => {
                     let _ = tx.send(Ev::Resp {
                         kind: BodyKind::Published,
@@ -235,7 +262,7 @@ async fn read_stream(
                 }
                 Piece::Published => published += 1,
                 Piece::End => return Ok(false),
-                Piece::Start | Piece::Other(_) => {
+                Piece::Start | Piece::Many(_) | Piece::Other(_) => {
                     counts.other.fetch_add(1, Relaxed);
                     if !sampled {
                         sampled = true;
@@ -278,6 +305,9 @@ mod tests {
         assert_eq!(r.next_piece().unwrap(), Some(Piece::Published));
         assert_eq!(r.next_piece().unwrap(), Some(Piece::Other(b"abc".to_vec())));
         assert_eq!(r.next_piece().unwrap(), Some(Piece::End));
+        let mut r = reader(b"c\r\nhello\nhello\n\r\n7\r\nhello\nh\r\n");
+        assert_eq!(r.next_piece().unwrap(), Some(Piece::Many(2)));
+        assert!(matches!(r.next_piece().unwrap(), Some(Piece::Other(_))));
     }
 
     #[test]
