@@ -2,7 +2,7 @@
 //! Validation binds nothing; each error names the key and the reason.
 //!
 //! Each section has a file of its own (`proxy`, `control` with `[control.auth]`, `hold`, `publish`, `origin`,
-//! `last_ids`, `shutdown`, `bus`, `metrics`, `tls`, `routes`) that owns its raw form (serde, defaults), its typed form,
+//! `last_ids`, `shutdown`, `bus`, `metrics`, `tls`, `limits`, `routes`) that owns its raw form (serde, defaults), its typed form,
 //! its validation and its rule tests; the checks they share are in `check`. This file puts them together.
 //! Keys are built here, once (route signers, the upstream `Grip-Sig` verifier, control API JWT keys), and the
 //! typed form carries them: nothing after validation parses a key again.
@@ -12,6 +12,7 @@ mod check;
 mod control;
 mod hold;
 mod last_ids;
+mod limits;
 mod metrics;
 mod origin;
 mod proxy;
@@ -30,6 +31,7 @@ pub use bus::{BusConfig, RawBus, RedisConfig, Startup};
 pub use control::{AuthConfig, RawAuth, RawControl};
 pub use hold::{HoldConfig, RawHold};
 pub use last_ids::{LastIdsConfig, RawLastIds};
+pub use limits::{Cidr, LimitsConfig, Rate, RawLimits};
 pub use metrics::RawMetrics;
 pub use origin::{OriginConfig, RawOrigin};
 pub use proxy::{ProxyLimits, RawProxy, RuntimeMode, UpstreamConfig, MAX_THREADS, RUNTIME_ENV};
@@ -94,6 +96,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// `[tls]`
     pub tls: RawTls,
+    /// `[limits]`
+    pub limits: RawLimits,
     /// `[[routes]]`
     pub routes: Vec<RawRoute>,
 }
@@ -111,6 +115,7 @@ impl Default for RawConfig {
             bus: RawBus::default(),
             metrics: RawMetrics::default(),
             tls: RawTls::default(),
+            limits: RawLimits::default(),
             routes: vec![RawRoute::default()],
         }
     }
@@ -195,6 +200,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The HTTPS listener for clients, if configured.
     pub tls: Option<TlsConfig>,
+    /// `[limits]`: per-client and per-channel limits (fair use).
+    pub fair_use: LimitsConfig,
     /// Routes, in file order (the table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
 }
@@ -296,6 +303,7 @@ impl TryFrom<RawConfig> for Config {
         ];
         taken.extend(metrics_listen.map(|m| ("metrics.listen", m)));
         let tls = tls::validate(&raw.tls, &taken)?;
+        let fair_use = limits::validate(&raw.limits)?;
         let routes = routes::validate(&raw.routes)?;
         Ok(Config {
             listen: proxy.listen,
@@ -318,6 +326,7 @@ impl TryFrom<RawConfig> for Config {
             bus,
             metrics_listen,
             tls,
+            fair_use,
             routes,
         })
     }

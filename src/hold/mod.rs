@@ -169,6 +169,14 @@ pub(crate) enum ParkError {
     /// As many clients are held as allowed.
     #[error("too many held clients")]
     Full,
+    /// As many clients are held on this channel as `limits.channel_max_holds` allows.
+    #[error("too many held clients on channel {channel:?}")]
+    ChannelFull {
+        /// The channel.
+        channel: Box<str>,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// The registry's bounds and rules.
@@ -180,6 +188,8 @@ pub(crate) struct RegistryConfig {
     pub publish: PublishConfig,
     /// Most parked clients at once.
     pub max_held: usize,
+    /// Most members (holds and streams) of one channel (`usize::MAX`: no limit).
+    pub channel_max_holds: usize,
 }
 
 impl From<&Config> for RegistryConfig {
@@ -188,6 +198,7 @@ impl From<&Config> for RegistryConfig {
             last_ids: c.last_ids.clone(),
             publish: c.publish.clone(),
             max_held: c.limits.max_held,
+            channel_max_holds: c.fair_use.channel_max_holds.unwrap_or(usize::MAX),
         }
     }
 }
@@ -224,6 +235,8 @@ struct Inner {
     sequencing: channel::Sequencing,
     /// Most parked clients at once.
     max_held: usize,
+    /// Most members of one channel.
+    channel_max_holds: usize,
     /// Woken when the map grows past its capacity, so the sweeper runs early.
     over_capacity: Notify,
     /// Items published, for checking the capacity now and then.
@@ -243,6 +256,7 @@ impl Registry {
             last_ids: limits,
             publish,
             max_held,
+            channel_max_holds,
         } = config;
         Registry {
             inner: Arc::new(Inner {
@@ -261,6 +275,7 @@ impl Registry {
                     duplicate_window: publish.duplicate_window,
                 },
                 max_held,
+                channel_max_holds,
                 over_capacity: Notify::new(),
                 publishes: AtomicU64::new(0),
                 written_all: AtomicU64::new(0),
@@ -334,9 +349,26 @@ impl Registry {
             return Err(ParkError::Full);
         }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let max_members = self.inner.channel_max_holds;
         for (i, sub) in subs.iter().enumerate() {
             let prev_id = sub.prev_id.as_deref().filter(|_| check_prev_id);
-            let outcome = self.with_channel(&sub.name, |c| c.join(id, member, prev_id));
+            // The member count is checked under the same entry lock as the join: exact under races.
+            let outcome = self.with_channel(&sub.name, |c| {
+                if c.waiter_count() + c.stream_count() >= max_members {
+                    None
+                } else {
+                    Some(c.join(id, member, prev_id))
+                }
+            });
+            let Some(outcome) = outcome else {
+                self.forget_if_idle(&sub.name);
+                self.leave(subs[..i].iter().map(|s| &*s.name), id, member.kind());
+                self.inner.reserved.fetch_sub(1, Ordering::AcqRel);
+                return Err(ParkError::ChannelFull {
+                    channel: sub.name.clone(),
+                    limit: max_members,
+                });
+            };
             if let ParkOutcome::Stale = outcome {
                 self.forget_if_idle(&sub.name);
                 self.leave(subs[..i].iter().map(|s| &*s.name), id, member.kind());

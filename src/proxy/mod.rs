@@ -23,6 +23,7 @@ use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
 use crate::h1::{DirectWrite, Written};
 use crate::hold::{shared_response, Delivery, Direct, ParkError, Registry};
 use crate::item::Action;
+use crate::limits::{Client, Clients, HoldSlot, Refusal, Refused};
 use crate::metrics::{route_label, HoldEnd, Metrics, RouteStats};
 use crate::origin::OriginBody;
 use crate::routes::{Route, RouteTable};
@@ -54,6 +55,8 @@ pub(crate) struct ProxyState {
     pub upstream: Option<crate::grip::sig::Verifier>,
     /// Counters and histograms (shared by every generation of the state).
     pub metrics: Arc<Metrics>,
+    /// The per-client limits and their table of clients, if any are set (shared by every generation).
+    pub clients: Option<Clients>,
     /// Request counters and log label of each route, by the route's index in the config.
     pub route_stats: Box<[RouteStats]>,
     /// Held responses shared between the clients held with them.
@@ -70,6 +73,7 @@ impl ProxyState {
             registry,
             Forwarder::new(&config.origin, 0),
             Arc::new(Metrics::new()),
+            Clients::new(&config.fair_use),
         )
     }
 
@@ -80,6 +84,7 @@ impl ProxyState {
         registry: Registry,
         forwarder: Forwarder,
         metrics: Arc<Metrics>,
+        clients: Option<Clients>,
     ) -> Self {
         let route_stats = config
             .routes
@@ -97,6 +102,7 @@ impl ProxyState {
             request_buffer_size: config.request_buffer_size,
             upstream: config.upstream.as_ref().map(|u| u.verifier.clone()),
             metrics,
+            clients,
             route_stats,
             held_responses: interned::Interned::default(),
         }
@@ -157,7 +163,13 @@ where
         Ok(None) => Ok(()),
         Err(e) => Err(ProxyError::BadRequest(e.reason())),
     };
-    let routed = normalized.and_then(|()| route(&state, &req));
+    // Phase *admit*: the client's request rate, before anything else (a refused request never reaches the
+    // origin), and the client its holds count against.
+    let (holder, admitted) = match admit(&state, &req, client, started) {
+        Ok(holder) => (holder, Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    let routed = admitted.and(normalized).and_then(|()| route(&state, &req));
     // u32: this lives in the request future for the whole hold (routes are far fewer).
     let route_index = routed
         .as_ref()
@@ -170,7 +182,7 @@ where
         .map_err(Box::new);
     async move {
         let result = match prepared {
-            Ok(prepared) => proxy(&state, prepared, route_index, chunked, direct).await,
+            Ok(prepared) => proxy(&state, prepared, route_index, (chunked, holder), direct).await,
             Err(e) => Err(*e),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -188,6 +200,7 @@ where
             Err(e) => {
                 stats.record(e.status());
                 state.metrics.origin_error(&e);
+                state.metrics.refusal(&e);
                 let status = e.status().as_u16();
                 match e.source_kind() {
                     Source::Origin => tracing::warn!(
@@ -207,7 +220,7 @@ async fn proxy(
     state: &Arc<ProxyState>,
     (replay, first): (Box<Replayable>, Box<Request<Body>>),
     route_index: Option<u32>,
-    chunked: bool,
+    (chunked, holder): (bool, Option<Client>),
     direct: Option<DirectWrite>,
 ) -> Result<(Response<Body>, Outcome), ProxyError> {
     // Both boxed: neither is stored inline in this future, and the first request's box is freed once sent, so
@@ -229,6 +242,11 @@ async fn proxy(
             Inspected::Respond(r) => return Ok((r, Outcome::Passed)),
             Inspected::Hold(hold, held) => (hold, held),
         };
+        // One of the client's hold places (`limits.client_max_holds`), kept for as long as the hold lasts.
+        let slot = match holder.as_ref().map(Client::hold).transpose() {
+            Ok(slot) => slot,
+            Err(refusal) => return Err(limited(refusal)),
+        };
         let waited = if hold.mode == HoldMode::Stream {
             // Only a chunked (HTTP/1.1) stream is lent its socket.
             let direct = direct.as_ref().filter(|_| chunked).cloned();
@@ -238,7 +256,7 @@ async fn proxy(
                 &held,
                 attempt > 0,
                 (route_index, chunked),
-                direct,
+                (direct, slot),
             )
         } else {
             wait(state, &mut hold, &held, attempt > 0, direct.as_ref()).await
@@ -266,6 +284,38 @@ async fn exchange(state: &ProxyState, req: Request<Body>) -> Result<Inspected, P
     let resp = state.forwarder.send(req).await?;
     state.metrics.origin_latency(sent.elapsed());
     inspect(state, resp).await
+}
+
+/// Phase *admit*: counts the request against its client's rate (`limits.client_requests_per_sec`) and returns
+/// the client its holds count against (when `limits.client_max_holds` is set). No per-client limit: nothing.
+fn admit<B>(
+    state: &ProxyState,
+    req: &Request<B>,
+    peer: SocketAddr,
+    now: Instant,
+) -> Result<Option<Client>, ProxyError> {
+    match &state.clients {
+        None => Ok(None),
+        Some(clients) => clients
+            .admit(peer.ip(), req.headers(), now)
+            .map_err(limited),
+    }
+}
+
+/// A refusal by a fair-use limit, as the error the client is answered with (429, counted and logged once, where
+/// every failed request is).
+fn limited(refusal: Refusal) -> ProxyError {
+    ProxyError::Limited(Box::new(refusal))
+}
+
+/// The refusal of a hold on a channel at `limits.channel_max_holds`.
+fn channel_full(channel: &str, limit: usize) -> ProxyError {
+    limited(Refusal {
+        kind: Refused::ChannelHolds,
+        who: channel.into(),
+        limit: limit as f64,
+        retry_after: 1,
+    })
 }
 
 /// Phase *route*: find the route.
@@ -456,6 +506,9 @@ async fn wait(
             state.metrics.hold_refused();
             return Waited::Fail(ProxyError::HoldsExhausted);
         }
+        Err(ParkError::ChannelFull { channel, limit }) => {
+            return Waited::Fail(channel_full(&channel, limit))
+        }
     };
     // Declared after `parked`, so dropped before it when the client goes away: the disconnect is counted before
     // the registry reports the client gone.
@@ -483,7 +536,7 @@ fn open_stream(
     held: &Arc<ResponseParts>,
     retry: bool,
     (route_index, chunked): (Option<u32>, bool),
-    direct: Option<DirectWrite>,
+    (direct, slot): (Option<DirectWrite>, Option<HoldSlot>),
 ) -> Waited {
     let Some(route) = route_index.and_then(|i| state.routes.by_index(i as usize)) else {
         return Waited::Fail(ProxyError::NoRoute);
@@ -504,10 +557,13 @@ fn open_stream(
             state.metrics.hold_refused();
             return Waited::Fail(ProxyError::HoldsExhausted);
         }
+        Err(ParkError::ChannelFull { channel, limit }) => {
+            return Waited::Fail(channel_full(&channel, limit))
+        }
     };
     state.metrics.stream_opened();
     let base = stream::LinkBase::of(route);
-    let resp = stream::response(state.clone(), sub, hold, held, base, chunked);
+    let resp = stream::response(state.clone(), (sub, slot), hold, held, base, chunked);
     Waited::Answer(resp, Outcome::Streaming)
 }
 

@@ -24,6 +24,7 @@ use crate::grip::{self, instruct, Hold, HoldMode, ResponseParts};
 use crate::h1::{encode, Framing};
 use crate::hold::{Fed, FeedEnd, Release, Subscription};
 use crate::item::HttpStream;
+use crate::limits::HoldSlot;
 use crate::routes::Route;
 
 /// Failed link fetches are retried this many times (Pushpin's number), then the stream ends.
@@ -83,7 +84,7 @@ pub(crate) fn check(hold: &Hold, status: http::StatusCode) -> Result<(), ProxyEr
 /// The response that opens a stream: the held response's status and headers, its body as the first piece.
 pub(crate) fn response(
     state: Arc<ProxyState>,
-    sub: Subscription,
+    (sub, client_hold): (Subscription, Option<HoldSlot>),
     hold: &Hold,
     held: &ResponseParts,
     base: LinkBase,
@@ -108,7 +109,10 @@ pub(crate) fn response(
             .iter()
             .map(|c| (c.name.clone(), c.prev_id.clone()))
             .collect(),
-        extra: Box::new(Extra::default()),
+        extra: Box::new(Extra {
+            _client_hold: client_hold,
+            ..Extra::default()
+        }),
         base: Arc::new(base),
         fetch: None,
         retries: 0,
@@ -148,6 +152,8 @@ struct Extra {
     gone: Option<Box<str>>,
     /// Items taken from the feed and not yet written (a link fetch came between).
     queued: std::collections::VecDeque<Arc<Release>>,
+    /// The client's hold place (`limits.client_max_holds`), given back when the stream ends.
+    _client_hold: Option<HoldSlot>,
 }
 
 /// Framed pieces ready to hand out, in order. Published items' pieces are the bytes every stream of the channel
