@@ -162,31 +162,62 @@ impl Bucket {
 struct Entry {
     ip: IpAddr,
     holds: AtomicU32,
+    /// `limits.client_max_holds`
+    max_holds: u32,
 }
 
-/// A request's client, kept while the request may hold (only when `limits.client_max_holds` is set).
-#[derive(Debug, Clone)]
-pub(crate) struct Client(Arc<Entry>, u32);
+/// A request's client, kept while the request may hold (only when `limits.client_max_holds` is set). A response
+/// hold marks its place here ([`Client::park`]); a stream takes a [`HoldSlot`] that its body keeps.
+#[derive(Debug)]
+pub(crate) struct Client {
+    entry: Arc<Entry>,
+    /// This request holds one of the client's places now (given back by `unpark`, or on drop).
+    parked: bool,
+}
 
 impl Client {
-    /// Takes one of the client's hold places, or refuses (`Retry-After: 1`).
-    pub(crate) fn hold(&self) -> Result<HoldSlot, Refusal> {
-        let max = self.1;
-        let taken = self
-            .0
+    fn take_place(&self) -> Result<(), Refusal> {
+        let max = self.entry.max_holds;
+        self.entry
             .holds
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Ok(HoldSlot(self.0.clone())),
-            Err(_) => Err(Refusal {
+            })
+            .map(drop)
+            .map_err(|_| Refusal {
                 kind: Refused::ClientHolds,
-                who: self.0.ip.to_string().into(),
+                who: self.entry.ip.to_string().into(),
                 limit: f64::from(max),
                 retry_after: 1,
-            }),
+            })
+    }
+
+    /// Takes one of the client's places for a stream, or refuses (`Retry-After: 1`).
+    pub(crate) fn hold(&self) -> Result<HoldSlot, Refusal> {
+        self.take_place()?;
+        Ok(HoldSlot(self.entry.clone()))
+    }
+
+    /// Takes one of the client's places for this request's response hold, or refuses (`Retry-After: 1`).
+    pub(crate) fn park(&mut self) -> Result<(), Refusal> {
+        if !self.parked {
+            self.take_place()?;
+            self.parked = true;
         }
+        Ok(())
+    }
+
+    /// Gives back the place [`Client::park`] took, if any.
+    pub(crate) fn unpark(&mut self) {
+        if std::mem::take(&mut self.parked) {
+            self.entry.holds.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.unpark();
     }
 }
 
@@ -295,10 +326,12 @@ impl Clients {
             // Every tracked client of this shard has a request in progress: this one is served untracked (a
             // fresh bucket and hold count of its own), rather than losing another's hold count.
             tracing::debug!(client = %ip, "client table full of clients in progress: not tracked");
-            let mut slot = Slot::new(ip, now);
+            let mut slot = Slot::new(ip, now, t.max_holds);
             return self.check(&mut slot, now);
         }
-        let slot = shard.entry(ip).or_insert_with(|| Slot::new(ip, now));
+        let slot = shard
+            .entry(ip)
+            .or_insert_with(|| Slot::new(ip, now, t.max_holds));
         slot.seen = now;
         self.check(slot, now)
     }
@@ -315,7 +348,10 @@ impl Clients {
                 });
             }
         }
-        Ok(t.max_holds.map(|max| Client(slot.entry.clone(), max)))
+        Ok(t.max_holds.map(|_| Client {
+            entry: slot.entry.clone(),
+            parked: false,
+        }))
     }
 
     /// Clients tracked now.
@@ -342,11 +378,12 @@ impl Clients {
 }
 
 impl Slot {
-    fn new(ip: IpAddr, now: Instant) -> Slot {
+    fn new(ip: IpAddr, now: Instant, max_holds: Option<u32>) -> Slot {
         Slot {
             entry: Arc::new(Entry {
                 ip,
                 holds: AtomicU32::new(0),
+                max_holds: max_holds.unwrap_or(u32::MAX),
             }),
             tat: now,
             seen: now,
@@ -449,31 +486,39 @@ mod tests {
     #[tokio::test]
     async fn hold_places_are_counted_and_given_back() {
         let c = clients("[limits]\nclient_max_holds = 2");
-        let a = c
-            .admit_ip(ip("192.0.2.1"), Instant::now())
-            .unwrap()
-            .unwrap();
-        let one = a.hold().unwrap();
-        let two = a.hold().unwrap();
+        let admit = || {
+            c.admit_ip(ip("192.0.2.1"), Instant::now())
+                .unwrap()
+                .unwrap()
+        };
+        let mut a = admit();
+        a.park().unwrap();
+        a.park().unwrap(); // one place per request
+        let stream = a.hold().unwrap();
         let refused = a.hold().unwrap_err();
         assert_eq!(
             (refused.kind, refused.retry_after),
             (Refused::ClientHolds, 1)
         );
-        let again = c
-            .admit_ip(ip("192.0.2.1"), Instant::now())
-            .unwrap()
-            .unwrap();
-        assert!(again.hold().is_err(), "the same client, another request");
-        drop(one);
-        let three = again.hold().unwrap();
-        drop((two, three));
-        assert_eq!(a.0.holds.load(Ordering::Relaxed), 0);
+        let mut b = admit();
+        assert!(b.park().is_err(), "the same client, another request");
+        a.unpark();
+        b.park().unwrap();
+        assert!(admit().park().is_err());
+        drop(stream);
+        let mut d = admit();
+        d.park().unwrap();
+        drop((b, d)); // a request that ends gives its place back
+        assert_eq!(a.entry.holds.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
     async fn the_table_stays_bounded_and_keeps_clients_in_progress() {
-        let c = clients("[limits]\nclient_max_holds = 1\nmax_clients_tracked = 100000");
+        // A rate limit, so that a client seen once is not spent at once: eviction is by least recently seen.
+        let c = clients(
+            "[limits]\nclient_max_holds = 1\nclient_requests_per_sec = 0.001\nclient_burst = 5\n\
+             max_clients_tracked = 100000",
+        );
         let now = Instant::now();
         // A client holding, then 100,000 others once each.
         let holder = c.admit_ip(ip("10.0.0.1"), now).unwrap().unwrap();

@@ -178,11 +178,14 @@ where
     // The error boxed too: this value is captured by the future below and keeps its size for the whole hold.
     let prepared = routed
         .and_then(|route| prepare(&state, route, req, client))
-        .map(|(replay, first)| (Box::new(replay), Box::new(first)))
+        .map(|(mut replay, first)| {
+            replay.client = holder;
+            (Box::new(replay), Box::new(first))
+        })
         .map_err(Box::new);
     async move {
         let result = match prepared {
-            Ok(prepared) => proxy(&state, prepared, route_index, (chunked, holder), direct).await,
+            Ok(prepared) => proxy(&state, prepared, route_index, chunked, direct).await,
             Err(e) => Err(*e),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -218,9 +221,9 @@ where
 
 async fn proxy(
     state: &Arc<ProxyState>,
-    (replay, first): (Box<Replayable>, Box<Request<Body>>),
+    (mut replay, first): (Box<Replayable>, Box<Request<Body>>),
     route_index: Option<u32>,
-    (chunked, holder): (bool, Option<Client>),
+    chunked: bool,
     direct: Option<DirectWrite>,
 ) -> Result<(Response<Body>, Outcome), ProxyError> {
     // Both boxed: neither is stored inline in this future, and the first request's box is freed once sent, so
@@ -242,11 +245,6 @@ async fn proxy(
             Inspected::Respond(r) => return Ok((r, Outcome::Passed)),
             Inspected::Hold(hold, held) => (hold, held),
         };
-        // One of the client's hold places (`limits.client_max_holds`), kept for as long as the hold lasts.
-        let slot = match holder.as_ref().map(Client::hold).transpose() {
-            Ok(slot) => slot,
-            Err(refusal) => return Err(limited(refusal)),
-        };
         let waited = if hold.mode == HoldMode::Stream {
             // Only a chunked (HTTP/1.1) stream is lent its socket.
             let direct = direct.as_ref().filter(|_| chunked).cloned();
@@ -256,10 +254,19 @@ async fn proxy(
                 &held,
                 attempt > 0,
                 (route_index, chunked),
-                (direct, slot),
+                (direct, stream_slot(&replay)?),
             )
         } else {
-            wait(state, &mut hold, &held, attempt > 0, direct.as_ref()).await
+            // One of the client's hold places (`limits.client_max_holds`), marked in the request's client (on the
+            // heap: the request future does not grow) and given back when the hold ends, or with the request.
+            if let Some(Err(refusal)) = replay.client.as_mut().map(Client::park) {
+                return Err(limited(refusal));
+            }
+            let waited = wait(state, &mut hold, &held, attempt > 0, direct.as_ref()).await;
+            if let Some(client) = replay.client.as_mut() {
+                client.unpark();
+            }
+            waited
         };
         match waited {
             Waited::Answer(r, outcome) => return Ok((r, outcome)),
@@ -300,6 +307,18 @@ fn admit<B>(
             .admit(peer.ip(), req.headers(), now)
             .map_err(limited),
     }
+}
+
+/// One of the client's hold places (`limits.client_max_holds`) for a stream, kept by the stream's body for as long
+/// as it lasts; `None` when that limit is not set. Taken when the origin asks to hold (its answer is then
+/// discarded if refused).
+fn stream_slot(replay: &Replayable) -> Result<Option<HoldSlot>, ProxyError> {
+    replay
+        .client
+        .as_ref()
+        .map(Client::hold)
+        .transpose()
+        .map_err(limited)
 }
 
 /// A refusal by a fair-use limit, as the error the client is answered with (429, counted and logged once, where

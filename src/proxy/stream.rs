@@ -109,10 +109,8 @@ pub(crate) fn response(
             .iter()
             .map(|c| (c.name.clone(), c.prev_id.clone()))
             .collect(),
-        extra: Box::new(Extra {
-            _client_hold: client_hold,
-            ..Extra::default()
-        }),
+        _client_hold: client_hold,
+        extra: Box::new(Extra::default()),
         base: Arc::new(base),
         fetch: None,
         retries: 0,
@@ -152,8 +150,6 @@ struct Extra {
     gone: Option<Box<str>>,
     /// Items taken from the feed and not yet written (a link fetch came between).
     queued: std::collections::VecDeque<Arc<Release>>,
-    /// The client's hold place (`limits.client_max_holds`), given back when the stream ends.
-    _client_hold: Option<HoldSlot>,
 }
 
 /// Framed pieces ready to hand out, in order. Published items' pieces are the bytes every stream of the channel
@@ -206,6 +202,9 @@ struct Fetched {
 /// The body of a stream response. Each poll hands the connection everything ready at once, framed for it.
 pub(crate) struct StreamBody {
     state: Arc<ProxyState>,
+    /// The client's hold place (`limits.client_max_holds`), given back when the stream ends. Declared before
+    /// `sub`, so given back before the registry counts the stream gone.
+    _client_hold: Option<HoldSlot>,
     sub: Subscription,
     /// Chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
     chunked: bool,
