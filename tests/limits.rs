@@ -88,7 +88,10 @@ async fn client_holds_at_their_bound_then_again_after_a_release() {
     );
 
     // A publish releases one: a place is free again.
-    assert_eq!(publish(&proxy, item("a", "news")).await.status, 200);
+    assert_eq!(
+        publish(&proxy, items(&[item("a", "news")])).await.status,
+        200
+    );
     assert_eq!(a.response().await.text(), "news");
     proxy.wait_held(1).await;
     let c = Pending::get(proxy.addr(), "/c");
@@ -102,8 +105,8 @@ async fn client_holds_at_their_bound_then_again_after_a_release() {
         metric(&proxy, r#"grip_proxy_refused_total{reason="client_rate"}"#).await,
         0
     );
-    publish(&proxy, item("b", "1")).await;
-    publish(&proxy, item("c", "2")).await;
+    publish(&proxy, items(&[item("b", "1")])).await;
+    publish(&proxy, items(&[item("c", "2")])).await;
     assert_eq!(b.response().await.status, 200);
     assert_eq!(c.response().await.status, 200);
 }
@@ -272,7 +275,10 @@ async fn channel_holds_at_their_bound_other_channels_unaffected() {
         1
     );
     // Released: the channel has room again (a new hold and a stream both count).
-    assert_eq!(publish(&proxy, item("news", "n1")).await.status, 200);
+    assert_eq!(
+        publish(&proxy, items(&[item("news", "n1")])).await.status,
+        200
+    );
     assert_eq!(a.response().await.text(), "n1");
     proxy.wait_held(1).await;
     let _c = Pending::get(proxy.addr(), "/news");
@@ -292,6 +298,6 @@ async fn channel_holds_at_their_bound_other_channels_unaffected() {
         .await,
         3
     );
-    publish(&proxy, item("sports", "s1")).await;
+    publish(&proxy, items(&[item("sports", "s1")])).await;
     assert_eq!(sports.response().await.text(), "s1");
 }
