@@ -569,6 +569,53 @@ mod tests {
         assert_eq!(c.tracked(), 0, "every bucket is full again");
     }
 
+    /// The cost of [`Clients::admit`] per request (run with `--release --ignored --nocapture`): one client
+    /// (every request on one shard's lock), and 100,000 distinct ones through a trusted `X-Forwarded-For`.
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn admit_cost() {
+        const N: u32 = 2_000_000;
+        let c = clients(
+            "[limits]\nclient_max_holds = 100\nclient_requests_per_sec = 1000000\nclient_burst = 1000000\n\
+             trusted_proxies = [\"127.0.0.1\"]",
+        );
+        let none = HeaderMap::new();
+        let peer = ip("127.0.0.1");
+        let started = Instant::now();
+        for _ in 0..N {
+            let mut client = c.admit(ip("192.0.2.1"), &none, Instant::now()).unwrap();
+            std::hint::black_box(&mut client);
+        }
+        let one = started.elapsed() / N;
+        let headers: Vec<HeaderMap> = (0..100_000u32)
+            .map(|i| {
+                let mut h = HeaderMap::new();
+                let addr = IpAddr::from(u32::to_be_bytes(0x0b00_0000 + i));
+                h.insert(
+                    "x-forwarded-for",
+                    HeaderValue::from_str(&addr.to_string()).unwrap(),
+                );
+                h
+            })
+            .collect();
+        let started = Instant::now();
+        for i in 0..N {
+            let h = &headers[(i % 100_000) as usize];
+            let mut client = c.admit(peer, h, Instant::now()).unwrap();
+            std::hint::black_box(&mut client);
+        }
+        let many = started.elapsed() / N;
+        let started = Instant::now();
+        for _ in 0..N {
+            std::hint::black_box(Instant::now());
+        }
+        let clock = started.elapsed() / N;
+        println!(
+            "admit: one client {one:?}, 100,000 clients via X-Forwarded-For {many:?} (a clock read alone: {clock:?}); {} tracked",
+            c.tracked()
+        );
+    }
+
     #[test]
     fn identify_by_trusted_forwarded_for() {
         let trusted =

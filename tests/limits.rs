@@ -266,6 +266,10 @@ async fn channel_holds_at_their_bound_other_channels_unaffected() {
     // Another channel.
     let sports = Pending::get(proxy.addr(), "/sports");
     proxy.wait_held(3).await;
+    // A hold on several channels is refused if one is full, and left in none.
+    assert_refused(&proxy.get("/sports,news").await, 1);
+    assert_eq!(proxy.registry().held(), 3);
+    assert_eq!(proxy.registry().held_on("sports"), 1);
     assert_eq!(
         metric(
             &proxy,

@@ -259,6 +259,27 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_alone_warn() {
+        let warns = |toml: &str| Config::from_toml_str(toml).unwrap().warnings();
+        let alone = warns(
+            "[proxy]\nlisten = \"127.0.0.1:7999\"\n[limits]\ntrusted_proxies = [\"10.0.0.0/8\"]",
+        );
+        assert!(
+            alone
+                .iter()
+                .any(|w| w.starts_with("limits.trusted_proxies is set")),
+            "{alone:?}"
+        );
+        let used = warns(
+            "[proxy]\nlisten = \"127.0.0.1:7999\"\n[limits]\ntrusted_proxies = [\"10.0.0.0/8\"]\nclient_max_holds = 5",
+        );
+        assert!(
+            !used.iter().any(|w| w.contains("trusted_proxies")),
+            "{used:?}"
+        );
+    }
+
+    #[test]
     fn cidr_ranges() {
         let c = |s: &str| Cidr::parse(s).unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();

@@ -255,6 +255,13 @@ impl Config {
                 self.control_listen
             ));
         }
+        if !self.fair_use.trusted_proxies.is_empty() && !self.fair_use.per_client() {
+            out.push(
+                "limits.trusted_proxies is set but no per-client limit is (limits.client_max_holds, \
+                 limits.client_requests_per_sec): it has no effect"
+                    .to_owned(),
+            );
+        }
         routes::warnings(&self.routes, &mut out);
         out
     }
