@@ -16,6 +16,7 @@ use crate::config::{Config, RuntimeMode};
 use crate::control::{self, Control};
 use crate::front;
 use crate::hold::Registry;
+use crate::limits::Clients;
 use crate::metrics::Metrics;
 use crate::proxy::forward::Forwarder;
 use crate::proxy::{self, ProxyState};
@@ -117,12 +118,18 @@ impl App {
             config.origin.pool_idle_timeout,
             stop.clone(),
         ));
+        // The table of per-client limits, if any: kept across reloads, as the registry is.
+        let clients = Clients::new(&config.fair_use);
+        if let Some(clients) = &clients {
+            tasks.spawn(clients.clone().run_sweeper(SWEEP_INTERVAL, stop.clone()));
+        }
         // Reloads swap this; each request takes the state in force when it arrives and keeps it to its end.
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(ProxyState::build(
             &config,
             registry.clone(),
             forwarder,
             metrics.clone(),
+            clients.clone(),
         )));
         let reloader = Reloader::new(live.clone(), config.clone(), certificates);
         let serving = runtimes::Serving {
@@ -146,6 +153,7 @@ impl App {
                 origins,
                 &connections,
                 handshakes.clone(),
+                clients,
             ),
             metrics,
         });

@@ -5,6 +5,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::{self, Body};
 use crate::front::ClientBodyError;
 use crate::grip::GripError;
+use crate::limits::{Refusal, Refused};
 
 /// Who caused a failure: decides how loudly it is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub(crate) enum ProxyError {
     /// As many clients are held as `proxy.max_held` allows: the origin's answer is discarded.
     #[error("too many held clients (proxy.max_held); the origin's hold was discarded")]
     HoldsExhausted,
+    /// A fair-use limit (`[limits]`): too many requests or holds from one client, or holds on one channel.
+    #[error("too many requests: {0}")]
+    Limited(Box<Refusal>),
     /// The client's request body failed: too large, malformed, too slow, or cut short.
     #[error("{0}")]
     ClientBody(#[from] crate::front::ClientBodyError),
@@ -61,6 +65,7 @@ impl ProxyError {
             ProxyError::OriginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HoldsExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ClientBody(e) => match e {
                 ClientBodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                 ClientBodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
@@ -72,7 +77,9 @@ impl ProxyError {
     /// Who is to blame, for logging.
     pub(crate) fn source_kind(&self) -> Source {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => Source::Client,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::Limited(_) => {
+                Source::Client
+            }
             ProxyError::NotReplayable(_) | ProxyError::HoldsExhausted => Source::Internal,
             _ => Source::Origin,
         }
@@ -91,6 +98,15 @@ impl ProxyError {
             ProxyError::HoldsExhausted => {
                 "Service Unavailable: too many held clients, retry later\n"
             }
+            ProxyError::Limited(r) => match r.kind {
+                Refused::ClientRate => "Too Many Requests: request rate limit, retry later\n",
+                Refused::ClientHolds => {
+                    "Too Many Requests: too many held requests from this client\n"
+                }
+                Refused::ChannelHolds => {
+                    "Too Many Requests: too many clients held on this channel\n"
+                }
+            },
             ProxyError::ClientBody(e) => match e {
                 ClientBodyError::TooLarge(_) => "Payload Too Large\n",
                 ClientBodyError::Malformed(_) => "Bad Request: malformed request body\n",
@@ -113,9 +129,16 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, ProxyError::HoldsExhausted) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            ProxyError::HoldsExhausted => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::Limited(r) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after));
+            }
+            _ => {}
         }
         resp
     }
@@ -138,5 +161,18 @@ mod tests {
         );
         let resp = ProxyError::HoldsExhausted.into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let limited = ProxyError::Limited(Box::new(Refusal {
+            kind: Refused::ClientRate,
+            who: "192.0.2.1".into(),
+            limit: 0.5,
+            retry_after: 2,
+        }));
+        assert_eq!(
+            limited.to_string(),
+            "too many requests: client_rate limit for client 192.0.2.1: limits.client_requests_per_sec = 0.5"
+        );
+        let resp = limited.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
     }
 }

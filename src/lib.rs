@@ -45,6 +45,7 @@ mod h1;
 mod hold;
 mod item;
 mod jwt;
+mod limits;
 mod metrics;
 mod origin;
 mod proxy;

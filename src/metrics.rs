@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::bus::Bus;
 use crate::error::ProxyError;
 use crate::hold::Registry;
+use crate::limits::{Clients, Refused};
 
 /// The route label of requests no route matched (not a valid host, so it cannot name a route).
 pub(crate) const UNROUTED: &str = "(none)";
@@ -159,6 +160,8 @@ pub(crate) struct Metrics {
     holds_ended_family: Family<ReasonLabel, Counter>,
     holds_ended: [Counter; HoldEnd::ALL.len()],
     holds_refused: Counter,
+    refused_family: Family<ReasonLabel, Counter>,
+    refused: [Counter; Refused::ALL.len()],
     deliveries: Counter,
     streams_opened: Counter,
     stream_items: Counter,
@@ -197,6 +200,12 @@ impl Metrics {
                 reason: end.label(),
             })
         });
+        let refused_family = Family::<ReasonLabel, Counter>::default();
+        let refused = Refused::ALL.map(|kind| {
+            refused_family.get_or_create_owned(&ReasonLabel {
+                reason: kind.label(),
+            })
+        });
         let publish_requests_family = Family::<StatusLabel, Counter>::default();
         let publish_requests = STATUS_CLASSES
             .map(|status| publish_requests_family.get_or_create_owned(&StatusLabel { status }));
@@ -218,6 +227,8 @@ impl Metrics {
             holds_ended_family,
             holds_ended,
             holds_refused: Counter::default(),
+            refused_family,
+            refused,
             deliveries: Counter::default(),
             streams_opened: Counter::default(),
             stream_items: Counter::default(),
@@ -272,6 +283,15 @@ impl Metrics {
     /// A hold was refused: `proxy.max_held` clients are held already.
     pub(crate) fn hold_refused(&self) {
         self.holds_refused.inc();
+    }
+
+    /// Counts a request refused by a fair-use limit (`[limits]`), if `e` is one.
+    pub(crate) fn refusal(&self, e: &ProxyError) {
+        if let ProxyError::Limited(r) = e {
+            if let Some(i) = Refused::ALL.iter().position(|k| *k == r.kind) {
+                self.refused[i].inc();
+            }
+        }
     }
 
     /// A held client received a published item (whatever it then does with it).
@@ -343,6 +363,7 @@ impl Metrics {
         origins: crate::origin::Client,
         connections: &[TaskTracker],
         handshakes: Arc<crate::tls::server::Handshakes>,
+        clients: Option<Clients>,
     ) -> Exposition {
         let mut r = prometheus_client::registry::Registry::with_prefix("grip_proxy");
         r.register(
@@ -458,6 +479,16 @@ impl Metrics {
             "holds_refused",
             "Holds refused with a 503 because proxy.max_held clients were held",
             self.holds_refused.clone(),
+        );
+        r.register(
+            "refused",
+            "Requests refused with a 429 by a [limits] setting: client_rate, client_holds, channel_holds",
+            self.refused_family.clone(),
+        );
+        r.register(
+            "clients_tracked",
+            "Clients in the table of per-client limits now (0 when no per-client limit is set)",
+            Scraped::gauge(move || clients.as_ref().map_or(0, |c| c.tracked() as u64)),
         );
         r.register(
             "publish_requests",
@@ -857,17 +888,26 @@ mod tests {
         });
         let runtimes = [TaskTracker::new(), TaskTracker::new()];
         let _open = runtimes[1].track_future(std::future::pending::<()>());
+        m.refusal(&ProxyError::Limited(Box::new(crate::limits::Refusal {
+            kind: Refused::ChannelHolds,
+            who: "news".into(),
+            limit: 1.0,
+            retry_after: 1,
+        })));
         let handshakes = Arc::new(crate::tls::server::Handshakes::default());
         handshakes.record(true);
         handshakes.record(false);
         handshakes.record(false);
         let text = m
-            .exposition(holds, &bus, origins, &runtimes, handshakes)
+            .exposition(holds, &bus, origins, &runtimes, handshakes, None)
             .encode();
         for want in [
             r#"grip_proxy_requests_total{route="*/api/",status="2xx"} 2"#,
             r#"grip_proxy_requests_total{route="(none)",status="5xx"} 1"#,
             "grip_proxy_holds_started_total 2",
+            r#"grip_proxy_refused_total{reason="channel_holds"} 1"#,
+            r#"grip_proxy_refused_total{reason="client_rate"} 0"#,
+            "grip_proxy_clients_tracked 0",
             "grip_proxy_origin_idle_connections 0",
             "grip_proxy_tls_handshakes_total 1",
             "grip_proxy_tls_handshake_failures_total 2",

@@ -4,7 +4,7 @@
 //! keeps the state it started with to its end: held clients stay held under the old routes and timeouts, on the
 //! same registry, and are released by publishes as before. An invalid file is rejected with a log line and the
 //! running configuration stays (a certificate that cannot be loaded included). Listeners, `[control]`, `[bus]`, `[origin]`, `[last_ids]`, `[history]`, `[publish]`,
-//! `[shutdown]`, `[metrics]` and the other `[proxy]` limits need a restart: a reload that changes them says so and
+//! `[shutdown]`, `[metrics]`, `[limits]` and the other `[proxy]` limits need a restart: a reload that changes them says so and
 //! leaves them as they are.
 
 use std::path::Path;
@@ -77,6 +77,7 @@ impl Reloader {
             current.registry.clone(),
             current.forwarder.clone(),
             current.metrics.clone(),
+            current.clients.clone(),
         );
         self.live.store(Arc::new(state));
         current.metrics.reload(true);
@@ -138,6 +139,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("shutdown", old.shutdown_grace != new.shutdown_grace),
         ("bus", old.bus != new.bus),
         ("metrics", old.metrics_listen != new.metrics_listen),
+        ("limits", old.fair_use != new.fair_use),
         (
             "tls.listen",
             old.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen),

@@ -2,7 +2,7 @@
 //! Validation binds nothing; each error names the key and the reason.
 //!
 //! Each section has a file of its own (`proxy`, `control` with `[control.auth]`, `hold`, `publish`, `origin`,
-//! `last_ids`, `history`, `shutdown`, `bus`, `metrics`, `tls`, `routes`) that owns its raw form (serde, defaults), its typed form,
+//! `last_ids`, `history`, `shutdown`, `bus`, `metrics`, `tls`, `limits`, `routes`) that owns its raw form (serde, defaults), its typed form,
 //! its validation and its rule tests; the checks they share are in `check`. This file puts them together.
 //! Keys are built here, once (route signers, the upstream `Grip-Sig` verifier, control API JWT keys), and the
 //! typed form carries them: nothing after validation parses a key again.
@@ -13,6 +13,7 @@ mod control;
 mod history;
 mod hold;
 mod last_ids;
+mod limits;
 mod metrics;
 mod origin;
 mod proxy;
@@ -32,6 +33,7 @@ pub use control::{AuthConfig, RawAuth, RawControl};
 pub use history::{HistoryConfig, RawHistory, MAX_HISTORY_ITEMS};
 pub use hold::{HoldConfig, RawHold};
 pub use last_ids::{LastIdsConfig, RawLastIds};
+pub use limits::{Cidr, LimitsConfig, Rate, RawLimits};
 pub use metrics::RawMetrics;
 pub use origin::{OriginConfig, RawOrigin};
 pub use proxy::{ProxyLimits, RawProxy, RuntimeMode, UpstreamConfig, MAX_THREADS, RUNTIME_ENV};
@@ -98,6 +100,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// `[tls]`
     pub tls: RawTls,
+    /// `[limits]`
+    pub limits: RawLimits,
     /// `[[routes]]`
     pub routes: Vec<RawRoute>,
 }
@@ -116,6 +120,7 @@ impl Default for RawConfig {
             bus: RawBus::default(),
             metrics: RawMetrics::default(),
             tls: RawTls::default(),
+            limits: RawLimits::default(),
             routes: vec![RawRoute::default()],
         }
     }
@@ -202,6 +207,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The HTTPS listener for clients, if configured.
     pub tls: Option<TlsConfig>,
+    /// `[limits]`: per-client and per-channel limits (fair use).
+    pub fair_use: LimitsConfig,
     /// Routes, in file order (the table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
 }
@@ -255,6 +262,13 @@ impl Config {
                 self.control_listen
             ));
         }
+        if !self.fair_use.trusted_proxies.is_empty() && !self.fair_use.per_client() {
+            out.push(
+                "limits.trusted_proxies is set but no per-client limit is (limits.client_max_holds, \
+                 limits.client_requests_per_sec): it has no effect"
+                    .to_owned(),
+            );
+        }
         routes::warnings(&self.routes, &mut out);
         out
     }
@@ -304,6 +318,7 @@ impl TryFrom<RawConfig> for Config {
         ];
         taken.extend(metrics_listen.map(|m| ("metrics.listen", m)));
         let tls = tls::validate(&raw.tls, &taken)?;
+        let fair_use = limits::validate(&raw.limits)?;
         let routes = routes::validate(&raw.routes)?;
         Ok(Config {
             listen: proxy.listen,
@@ -327,6 +342,7 @@ impl TryFrom<RawConfig> for Config {
             bus,
             metrics_listen,
             tls,
+            fair_use,
             routes,
         })
     }

@@ -180,6 +180,14 @@ pub(crate) enum ParkError {
         /// The item that follows the hold's prev-id.
         next: NextItem,
     },
+    /// As many clients are held on this channel as `limits.channel_max_holds` allows.
+    #[error("too many held clients on channel {channel:?}")]
+    ChannelFull {
+        /// The channel.
+        channel: Box<str>,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// The item a response hold behind its channel gets from the history. Equal when it is the same release.
@@ -205,6 +213,8 @@ pub(crate) struct RegistryConfig {
     pub max_held: usize,
     /// Per-channel history.
     pub history: HistoryConfig,
+    /// Most members (holds and streams) of one channel (`usize::MAX`: no limit).
+    pub channel_max_holds: usize,
 }
 
 impl From<&Config> for RegistryConfig {
@@ -214,6 +224,7 @@ impl From<&Config> for RegistryConfig {
             publish: c.publish.clone(),
             max_held: c.limits.max_held,
             history: c.history.clone(),
+            channel_max_holds: c.fair_use.channel_max_holds.unwrap_or(usize::MAX),
         }
     }
 }
@@ -250,6 +261,8 @@ struct Inner {
     sequencing: channel::Sequencing,
     /// Most parked clients at once.
     max_held: usize,
+    /// Most members of one channel.
+    channel_max_holds: usize,
     /// Woken when the map grows past its capacity, so the sweeper runs early.
     over_capacity: Notify,
     /// Items published, for checking the capacity now and then.
@@ -272,6 +285,7 @@ impl Registry {
             publish,
             max_held,
             history,
+            channel_max_holds,
         } = config;
         Registry {
             inner: Arc::new(Inner {
@@ -290,6 +304,7 @@ impl Registry {
                     duplicate_window: publish.duplicate_window,
                 },
                 max_held,
+                channel_max_holds,
                 over_capacity: Notify::new(),
                 publishes: AtomicU64::new(0),
                 written_all: AtomicU64::new(0),
@@ -367,21 +382,33 @@ impl Registry {
         }
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         let keeper = self.inner.history.as_ref();
+        let max_members = self.inner.channel_max_holds;
         let mut replayed = 0;
         for (i, sub) in subs.iter().enumerate() {
             let prev_id = sub.prev_id.as_deref().filter(|_| check_prev_id);
-            let outcome = self.with_channel(&sub.name, |c| c.join(id, member, prev_id, keeper));
+            // The member count is checked under the same entry lock as the join: exact under races.
+            let outcome = self.with_channel(&sub.name, |c| {
+                if c.waiter_count() + c.stream_count() >= max_members {
+                    None
+                } else {
+                    Some(c.join(id, member, prev_id, keeper))
+                }
+            });
             let refused = match outcome {
-                ParkOutcome::Parked => continue,
-                ParkOutcome::Replayed(n) => {
+                Some(ParkOutcome::Parked) => continue,
+                Some(ParkOutcome::Replayed(n)) => {
                     replayed += n;
                     continue;
                 }
-                ParkOutcome::Stale => ParkError::Stale {
+                None => ParkError::ChannelFull {
+                    channel: sub.name.clone(),
+                    limit: max_members,
+                },
+                Some(ParkOutcome::Stale) => ParkError::Stale {
                     channel: sub.name.clone(),
                     prev_id: sub.prev_id.clone().unwrap_or_default(),
                 },
-                ParkOutcome::FromHistory(next) => ParkError::InHistory {
+                Some(ParkOutcome::FromHistory(next)) => ParkError::InHistory {
                     channel: sub.name.clone(),
                     next: NextItem(next),
                 },

@@ -194,6 +194,9 @@ pub(crate) struct Replayable {
     body: Option<Arc<Mutex<Capture>>>,
     /// The route's TLS setting for an `https` origin, given to every send in the request's extensions.
     tls: Option<OriginTls>,
+    /// The client the request's holds count against (`limits.client_max_holds`): kept here, on the heap, rather
+    /// than in the request future, which a parked client keeps for its whole hold.
+    pub(crate) client: Option<crate::limits::Client>,
 }
 
 /// Header names and values, each as `u16` name length, `u16` value length, name, value.
@@ -295,6 +298,7 @@ impl Replayable {
                 headers: packed,
                 body: capture,
                 tls,
+                client: None,
             },
             req,
         )

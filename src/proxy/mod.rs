@@ -24,6 +24,7 @@ use crate::grip::{self, instruct, GripError, HoldMode, ResponseParts};
 use crate::h1::{DirectWrite, Written};
 use crate::hold::{shared_response, Delivery, Direct, ParkError, Registry};
 use crate::item::Action;
+use crate::limits::{Client, Clients, HoldSlot, Refusal, Refused};
 use crate::metrics::{route_label, HoldEnd, Metrics, RouteStats};
 use crate::origin::OriginBody;
 use crate::routes::{Route, RouteTable};
@@ -55,6 +56,8 @@ pub(crate) struct ProxyState {
     pub upstream: Option<crate::grip::sig::Verifier>,
     /// Counters and histograms (shared by every generation of the state).
     pub metrics: Arc<Metrics>,
+    /// The per-client limits and their table of clients, if any are set (shared by every generation).
+    pub clients: Option<Clients>,
     /// Request counters and log label of each route, by the route's index in the config.
     pub route_stats: Box<[RouteStats]>,
     /// Held responses shared between the clients held with them.
@@ -71,6 +74,7 @@ impl ProxyState {
             registry,
             Forwarder::new(&config.origin, 0),
             Arc::new(Metrics::new()),
+            Clients::new(&config.fair_use),
         )
     }
 
@@ -81,6 +85,7 @@ impl ProxyState {
         registry: Registry,
         forwarder: Forwarder,
         metrics: Arc<Metrics>,
+        clients: Option<Clients>,
     ) -> Self {
         let route_stats = config
             .routes
@@ -98,6 +103,7 @@ impl ProxyState {
             request_buffer_size: config.request_buffer_size,
             upstream: config.upstream.as_ref().map(|u| u.verifier.clone()),
             metrics,
+            clients,
             route_stats,
             held_responses: interned::Interned::default(),
         }
@@ -158,7 +164,13 @@ where
         Ok(None) => Ok(()),
         Err(e) => Err(ProxyError::BadRequest(e.reason())),
     };
-    let routed = normalized.and_then(|()| route(&state, &req));
+    // Phase *admit*: the client's request rate, before anything else (a refused request never reaches the
+    // origin), and the client its holds count against.
+    let (holder, admitted) = match admit(&state, &req, client, started) {
+        Ok(holder) => (holder, Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    let routed = admitted.and(normalized).and_then(|()| route(&state, &req));
     // u32: this lives in the request future for the whole hold (routes are far fewer).
     let route_index = routed
         .as_ref()
@@ -167,7 +179,10 @@ where
     // The error boxed too: this value is captured by the future below and keeps its size for the whole hold.
     let prepared = routed
         .and_then(|route| prepare(&state, route, req, client))
-        .map(|(replay, first)| (Box::new(replay), Box::new(first)))
+        .map(|(mut replay, first)| {
+            replay.client = holder;
+            (Box::new(replay), Box::new(first))
+        })
         .map_err(Box::new);
     async move {
         let result = match prepared {
@@ -189,6 +204,7 @@ where
             Err(e) => {
                 stats.record(e.status());
                 state.metrics.origin_error(&e);
+                state.metrics.refusal(&e);
                 let status = e.status().as_u16();
                 match e.source_kind() {
                     Source::Origin => tracing::warn!(
@@ -206,7 +222,7 @@ where
 
 async fn proxy(
     state: &Arc<ProxyState>,
-    (replay, first): (Box<Replayable>, Box<Request<Body>>),
+    (mut replay, first): (Box<Replayable>, Box<Request<Body>>),
     route_index: Option<u32>,
     chunked: bool,
     direct: Option<DirectWrite>,
@@ -239,10 +255,19 @@ async fn proxy(
                 &held,
                 attempt > 0,
                 (route_index, chunked),
-                direct,
+                (direct, stream_slot(&replay)?),
             )
         } else {
-            wait(state, &mut hold, &held, attempt > 0, direct.as_ref()).await
+            // One of the client's hold places (`limits.client_max_holds`), marked in the request's client (on the
+            // heap: the request future does not grow) and given back when the hold ends, or with the request.
+            if let Some(Err(refusal)) = replay.client.as_mut().map(Client::park) {
+                return Err(limited(refusal));
+            }
+            let waited = wait(state, &mut hold, &held, attempt > 0, direct.as_ref()).await;
+            if let Some(client) = replay.client.as_mut() {
+                client.unpark();
+            }
+            waited
         };
         match waited {
             Waited::Answer(r, outcome) => return Ok((r, outcome)),
@@ -267,6 +292,50 @@ async fn exchange(state: &ProxyState, req: Request<Body>) -> Result<Inspected, P
     let resp = state.forwarder.send(req).await?;
     state.metrics.origin_latency(sent.elapsed());
     inspect(state, resp).await
+}
+
+/// Phase *admit*: counts the request against its client's rate (`limits.client_requests_per_sec`) and returns
+/// the client its holds count against (when `limits.client_max_holds` is set). No per-client limit: nothing.
+fn admit<B>(
+    state: &ProxyState,
+    req: &Request<B>,
+    peer: SocketAddr,
+    now: Instant,
+) -> Result<Option<Client>, ProxyError> {
+    match &state.clients {
+        None => Ok(None),
+        Some(clients) => clients
+            .admit(peer.ip(), req.headers(), now)
+            .map_err(limited),
+    }
+}
+
+/// One of the client's hold places (`limits.client_max_holds`) for a stream, kept by the stream's body for as long
+/// as it lasts; `None` when that limit is not set. Taken when the origin asks to hold (its answer is then
+/// discarded if refused).
+fn stream_slot(replay: &Replayable) -> Result<Option<HoldSlot>, ProxyError> {
+    replay
+        .client
+        .as_ref()
+        .map(Client::hold)
+        .transpose()
+        .map_err(limited)
+}
+
+/// A refusal by a fair-use limit, as the error the client is answered with (429, counted and logged once, where
+/// every failed request is).
+fn limited(refusal: Refusal) -> ProxyError {
+    ProxyError::Limited(Box::new(refusal))
+}
+
+/// The refusal of a hold on a channel at `limits.channel_max_holds`.
+fn channel_full(channel: &str, limit: usize) -> ProxyError {
+    limited(Refusal {
+        kind: Refused::ChannelHolds,
+        who: channel.into(),
+        limit: limit as f64,
+        retry_after: 1,
+    })
 }
 
 /// Phase *route*: find the route.
@@ -462,6 +531,9 @@ async fn wait(
             state.metrics.hold_refused();
             return Waited::Fail(ProxyError::HoldsExhausted);
         }
+        Err(ParkError::ChannelFull { channel, limit }) => {
+            return Waited::Fail(channel_full(&channel, limit))
+        }
     };
     // Declared after `parked`, so dropped before it when the client goes away: the disconnect is counted before
     // the registry reports the client gone.
@@ -489,7 +561,7 @@ fn open_stream(
     held: &Arc<ResponseParts>,
     retry: bool,
     (route_index, chunked): (Option<u32>, bool),
-    direct: Option<DirectWrite>,
+    (direct, slot): (Option<DirectWrite>, Option<HoldSlot>),
 ) -> Waited {
     let Some(route) = route_index.and_then(|i| state.routes.by_index(i as usize)) else {
         return Waited::Fail(ProxyError::NoRoute);
@@ -513,11 +585,14 @@ fn open_stream(
             state.metrics.hold_refused();
             return Waited::Fail(ProxyError::HoldsExhausted);
         }
+        Err(ParkError::ChannelFull { channel, limit }) => {
+            return Waited::Fail(channel_full(&channel, limit))
+        }
     };
     state.metrics.stream_opened();
     catch_up::replayed(state, sub.replayed());
     let base = stream::LinkBase::of(route);
-    let resp = stream::response(state.clone(), sub, hold, held, base, chunked);
+    let resp = stream::response(state.clone(), (sub, slot), hold, held, base, chunked);
     Waited::Answer(resp, Outcome::Streaming)
 }
 

@@ -24,6 +24,7 @@ use crate::grip::{self, instruct, Hold, HoldMode, ResponseParts};
 use crate::h1::{encode, Framing};
 use crate::hold::{Fed, FeedEnd, Release, Subscription};
 use crate::item::HttpStream;
+use crate::limits::HoldSlot;
 use crate::routes::Route;
 
 /// Failed link fetches are retried this many times (Pushpin's number), then the stream ends.
@@ -83,7 +84,7 @@ pub(crate) fn check(hold: &Hold, status: http::StatusCode) -> Result<(), ProxyEr
 /// The response that opens a stream: the held response's status and headers, its body as the first piece.
 pub(crate) fn response(
     state: Arc<ProxyState>,
-    sub: Subscription,
+    (sub, client_hold): (Subscription, Option<HoldSlot>),
     hold: &Hold,
     held: &ResponseParts,
     base: LinkBase,
@@ -108,6 +109,7 @@ pub(crate) fn response(
             .iter()
             .map(|c| (c.name.clone(), c.prev_id.clone()))
             .collect(),
+        _client_hold: client_hold,
         extra: Box::new(Extra::default()),
         base: Arc::new(base),
         fetch: None,
@@ -200,6 +202,9 @@ struct Fetched {
 /// The body of a stream response. Each poll hands the connection everything ready at once, framed for it.
 pub(crate) struct StreamBody {
     state: Arc<ProxyState>,
+    /// The client's hold place (`limits.client_max_holds`), given back when the stream ends. Declared before
+    /// `sub`, so given back before the registry counts the stream gone.
+    _client_hold: Option<HoldSlot>,
     sub: Subscription,
     /// Chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
     chunked: bool,
