@@ -1,7 +1,8 @@
 //! The publish bus: where a validated publish goes. `Memory` (the default) applies its items to this process's
-//! registry at once. `Redis` sends the publish body to one Redis pub/sub channel and applies nothing itself:
-//! every instance subscribed to that channel, this one included, applies the body when it comes back, so all
-//! instances apply the same items in the same order and keep the same last id per channel (docs/scaling.md).
+//! registry at once. `Redis` sends the publish body to one Redis pub/sub channel (or, with
+//! `bus.transport = "stream"`, adds it to one Redis stream) and applies nothing itself: every instance
+//! subscribed to that channel or reading that stream, this one included, applies the body when it comes back, so
+//! all instances apply the same items in the same order and keep the same last id per channel (docs/scaling.md).
 
 pub(crate) mod redis;
 
@@ -53,13 +54,14 @@ pub struct Status {
     pub published: u64,
     /// Publishes refused with a 503 (bus down, Redis error or timeout).
     pub refused: u64,
-    /// Messages received from the subscription (applied or dropped).
+    /// Messages received from the subscription, or entries read from the stream (applied or dropped).
     pub received: u64,
     /// Messages received that were dropped (not a valid publish body, or too large).
     pub dropped: u64,
     /// Held clients told to re-fetch from their origin when a subscription was (re-)made.
     pub refetched: u64,
-    /// Health-check PINGs answered on the subscription.
+    /// Health-check PINGs answered on the subscription (stream transport: `XREAD`s that returned nothing after
+    /// their block time).
     pub pings: u64,
 }
 

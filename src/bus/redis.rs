@@ -3,6 +3,11 @@
 //! reconnects with bounded exponential backoff and stops on the app's cancellation token. While it is not
 //! subscribed, publishes are refused (503); when it subscribes again, every held client is re-fetched from its
 //! origin and every last id forgotten, since items may have been missed meanwhile.
+//!
+//! With `bus.transport = "stream"` the body is instead `XADD`ed to a Redis stream and the task reads the stream
+//! with `XREAD` from the last entry it applied. After a lost connection it resumes from that entry: what was
+//! published meanwhile is applied, in stream order, and nothing is re-fetched. Only when that entry may be gone
+//! (trimmed by `MAXLEN`, or Redis lost its data) does it fall back to the re-fetch of every held client.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,12 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use redis::aio::{MultiplexedConnection, PubSub};
-use redis::AsyncConnectionConfig;
+use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{BusError, Status};
-use crate::config::{RedisConfig, Startup};
+use crate::config::{RedisConfig, Startup, Transport};
 use crate::hold::Registry;
 use crate::item;
 
@@ -33,6 +38,49 @@ pub(crate) struct RedisBus {
     publisher: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Connected or not, and counters. Written by the subscriber task and publishes; read by anyone.
     status: watch::Sender<Status>,
+}
+
+/// Entries asked for per `XREAD`.
+const READ_COUNT: usize = 100;
+
+/// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct EntryId(u64, u64);
+
+impl EntryId {
+    /// Before any entry: reading from it reads the whole stream.
+    const ZERO: EntryId = EntryId(0, 0);
+
+    fn parse(id: &[u8]) -> Option<EntryId> {
+        let (ms, seq) = std::str::from_utf8(id).ok()?.split_once('-')?;
+        Some(EntryId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    /// The smallest id after this one: no entry can lie between the two.
+    fn successor(self) -> EntryId {
+        match self.1.checked_add(1) {
+            Some(seq) => EntryId(self.0, seq),
+            None => EntryId(self.0.saturating_add(1), 0),
+        }
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// A live link to Redis for the subscriber task.
+enum Link {
+    /// A pub/sub subscription.
+    PubSub(PubSub),
+    /// A connection reading the stream from after `from`; `recover`: entries may have been missed, re-fetch.
+    Stream {
+        conn: MultiplexedConnection,
+        from: EntryId,
+        recover: bool,
+    },
 }
 
 /// Why a subscription ended.
@@ -66,12 +114,12 @@ impl RedisBus {
         let first = match config.startup {
             Startup::Retry => None,
             Startup::Fail => {
-                let pubsub = bus.subscribe().await.map_err(|e| BusError::Startup {
+                let link = bus.subscribe(None).await.map_err(|e| BusError::Startup {
                     url: config.redacted_url(),
                     reason: e.to_string().replace('\n', " "),
                 })?;
-                bus.subscribed();
-                Some(pubsub)
+                bus.subscribed(&link);
+                Some(link)
             }
         };
         let task = bus.clone().run(first, stop);
@@ -128,6 +176,22 @@ impl RedisBus {
 
     async fn send(&self, conn: &mut MultiplexedConnection, raw: &Bytes) -> Result<(), BusError> {
         let limit = self.config.command_timeout;
+        if self.config.transport == Transport::Stream {
+            // The entry id Redis gives is the order every instance applies it in.
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&self.config.stream_key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.stream_max_len)
+                .arg("*")
+                .arg("payload")
+                .arg(raw.as_ref());
+            return match tokio::time::timeout(limit, cmd.query_async::<Value>(conn)).await {
+                Err(_) => Err(BusError::Timeout(limit)),
+                Ok(Err(e)) => Err(BusError::Redis(e)),
+                Ok(Ok(_)) => Ok(()),
+            };
+        }
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&self.config.channel).arg(raw.as_ref());
         let publish = cmd.query_async::<i64>(conn);
@@ -164,21 +228,23 @@ impl RedisBus {
     // === the subscriber task ===
 
     /// Subscribes, applies what comes, and reconnects with backoff when the connection is lost, until `stop`.
-    async fn run(self: Arc<Self>, mut first: Option<PubSub>, stop: CancellationToken) {
+    async fn run(self: Arc<Self>, mut first: Option<Link>, stop: CancellationToken) {
         let mut delay = self.config.reconnect_min;
         let mut failures = 0u32;
+        // Stream transport: the last entry applied here (its successor is the next to apply).
+        let mut last: Option<EntryId> = None;
         loop {
-            let pubsub = match first.take() {
-                Some(pubsub) => pubsub,
+            let link = match first.take() {
+                Some(link) => link,
                 None => {
                     let attempt = tokio::select! {
                         _ = stop.cancelled() => return,
-                        attempt = self.subscribe() => attempt,
+                        attempt = self.subscribe(last) => attempt,
                     };
                     match attempt {
-                        Ok(pubsub) => {
-                            self.subscribed();
-                            pubsub
+                        Ok(link) => {
+                            self.subscribed(&link);
+                            link
                         }
                         Err(e) => {
                             failures += 1;
@@ -201,7 +267,13 @@ impl RedisBus {
             };
             failures = 0;
             delay = self.config.reconnect_min;
-            let ended = self.listen(pubsub, &stop).await;
+            let ended = match link {
+                Link::PubSub(pubsub) => self.listen(pubsub, &stop).await,
+                Link::Stream { conn, from, .. } => {
+                    last = Some(from);
+                    self.read_stream(conn, &mut last, &stop).await
+                }
+            };
             self.status.send_modify(|s| s.connected = false);
             match ended {
                 Ended::Stopped => return,
@@ -216,32 +288,183 @@ impl RedisBus {
         }
     }
 
-    /// Connects and subscribes, within the connect timeout.
-    async fn subscribe(&self) -> Result<PubSub, BusError> {
+    /// Connects and subscribes (pub/sub), or connects and finds where to read the stream from after `last`,
+    /// within the connect timeout.
+    async fn subscribe(&self, last: Option<EntryId>) -> Result<Link, BusError> {
         let limit = self.config.connect_timeout;
         let subscribe = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&self.config.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            if self.config.transport == Transport::Stream {
+                // Its own connection: a blocked XREAD would hold up any other command sent on it. The answer
+                // may take up to the BLOCK time, which `read_stream` bounds itself.
+                let settings = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(limit))
+                    .set_response_timeout(None);
+                let mut conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&settings)
+                    .await
+                    .map_err(BusError::Redis)?;
+                let (from, recover) = self.resume_point(&mut conn, last).await?;
+                return Ok(Link::Stream {
+                    conn,
+                    from,
+                    recover,
+                });
+            }
+            let mut pubsub = self
+                .client
+                .get_async_pubsub()
+                .await
+                .map_err(BusError::Redis)?;
+            pubsub
+                .subscribe(&self.config.channel)
+                .await
+                .map_err(BusError::Redis)?;
+            Ok(Link::PubSub(pubsub))
         };
         match tokio::time::timeout(limit, subscribe).await {
             Err(_) => Err(BusError::Timeout(limit)),
-            Ok(result) => result.map_err(BusError::Redis),
+            Ok(result) => result,
+        }
+    }
+
+    /// Where to read the stream from, and whether held clients must be re-fetched. First connection: from the
+    /// stream's current end (its last entry id, not `$`, so that a retry cannot skip what came meanwhile), with
+    /// the re-fetch pub/sub does. Again after `last`: from `last`, without re-fetch, if every entry after it is
+    /// still in the stream; if not (trimmed past it, the stream gone, or its ids went back: Redis lost its data),
+    /// the re-fetch, then from the current end.
+    async fn resume_point(
+        &self,
+        conn: &mut MultiplexedConnection,
+        last: Option<EntryId>,
+    ) -> Result<(EntryId, bool), BusError> {
+        let newest = self.edge(conn, "XREVRANGE", "+", "-").await?;
+        let Some(last) = last else {
+            return Ok((newest.unwrap_or(EntryId::ZERO), true));
+        };
+        let oldest = self.edge(conn, "XRANGE", "-", "+").await?;
+        let resumable = match (oldest, newest) {
+            (Some(oldest), Some(newest)) => newest >= last && oldest <= last.successor(),
+            // Empty when this instance started reading, and still empty: nothing was missed.
+            (None, None) => last == EntryId::ZERO,
+            _ => false,
+        };
+        if resumable {
+            return Ok((last, false));
+        }
+        tracing::warn!(
+            stream = %self.config.stream_key, last_applied = %last,
+            oldest = ?oldest.map(|id| id.to_string()), newest = ?newest.map(|id| id.to_string()),
+            "bus: the stream no longer holds the entries after the last one applied (trimmed, or Redis lost \
+             its data); re-fetching held clients"
+        );
+        Ok((newest.unwrap_or(EntryId::ZERO), true))
+    }
+
+    /// The id of the first entry of the stream in `XRANGE`/`XREVRANGE` order, if any.
+    async fn edge(
+        &self,
+        conn: &mut MultiplexedConnection,
+        command: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<Option<EntryId>, BusError> {
+        let limit = self.config.command_timeout;
+        let mut cmd = redis::cmd(command);
+        cmd.arg(&self.config.stream_key)
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(1);
+        let reply = tokio::time::timeout(limit, cmd.query_async::<Value>(conn))
+            .await
+            .map_err(|_| BusError::Timeout(limit))?
+            .map_err(BusError::Redis)?;
+        let entries = entries(reply).map_err(|what| self.unexpected(command, what))?;
+        Ok(entries.first().map(|(id, _)| *id))
+    }
+
+    fn unexpected(&self, command: &str, what: &str) -> BusError {
+        BusError::Redis(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected reply",
+            format!("{command} {}: {what}", self.config.stream_key),
+        )))
+    }
+
+    /// Reads the stream after `last` and applies each entry in order, moving `last` on, until the connection is
+    /// lost or `stop` fires. Each `XREAD` blocks at most `ping_interval`; no answer within that plus
+    /// `command_timeout` is a lost connection (a frozen Redis), as a PING not answered.
+    async fn read_stream(
+        &self,
+        mut conn: MultiplexedConnection,
+        last: &mut Option<EntryId>,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let block = self.config.ping_interval;
+        let limit = block + self.config.command_timeout;
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+        loop {
+            let from = last.unwrap_or(EntryId::ZERO);
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(&self.config.stream_key)
+                .arg(from.to_string());
+            let reply = tokio::select! {
+                _ = stop.cancelled() => return Ended::Stopped,
+                reply = tokio::time::timeout(limit, cmd.query_async::<Value>(&mut conn)) => reply,
+            };
+            let reply = match reply {
+                Err(_) => return Ended::Lost(format!("no answer to XREAD within {limit:?}")),
+                Ok(Err(e)) => return Ended::Lost(format!("XREAD failed: {e}")),
+                Ok(Ok(reply)) => reply,
+            };
+            let entries = match read_reply(reply) {
+                Ok(entries) => entries,
+                Err(what) => return Ended::Lost(self.unexpected("XREAD", what).to_string()),
+            };
+            if entries.is_empty() {
+                // The BLOCK time passed with nothing new: Redis answered, as a PING would.
+                self.status.send_modify(|s| s.pings += 1);
+            }
+            for (id, payload) in entries {
+                match payload {
+                    Some(payload) => self.apply(&payload),
+                    None => {
+                        tracing::warn!(id = %id, "bus: stream entry dropped: no payload field");
+                        self.status.send_modify(|s| {
+                            s.received += 1;
+                            s.dropped += 1;
+                        });
+                    }
+                }
+                *last = Some(id);
+            }
         }
     }
 
     /// A subscription is (again) in place. Items published while there was none were not applied here: every
     /// held client is re-fetched from its origin and every last id forgotten (their values may be stale). Only
-    /// then are publishes accepted again.
-    fn subscribed(&self) {
-        let refetched = self.registry.recover();
+    /// then are publishes accepted again. A stream read resumed after the last entry applied missed nothing: no
+    /// re-fetch.
+    fn subscribed(&self, link: &Link) {
+        let recover = match link {
+            Link::PubSub(_) => true,
+            Link::Stream { recover, .. } => *recover,
+        };
+        let refetched = if recover { self.registry.recover() } else { 0 };
         self.status.send_modify(|s| {
             s.connected = true;
             s.connects += 1;
             s.refetched += refetched as u64;
         });
         tracing::info!(
-            url = %self.config.redacted_url(), channel = %self.config.channel, refetched,
+            url = %self.config.redacted_url(), transport = ?self.config.transport,
+            channel = %self.config.channel, refetched,
             "bus: subscribed to Redis"
         );
     }
@@ -305,10 +528,129 @@ impl RedisBus {
     }
 }
 
+/// One stream entry: its id and its `payload` field, if it has one.
+type Entry = (EntryId, Option<Vec<u8>>);
+
+/// The entries of an `XREAD` reply for one stream: nil (the BLOCK time passed), `[[key, entries]]` (RESP2) or
+/// `{key: entries}` (RESP3).
+fn read_reply(reply: Value) -> Result<Vec<Entry>, &'static str> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => {
+                    pair.into_iter().nth(1).ok_or("no entries")
+                }
+                _ => Err("a stream is not [key, entries]"),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => return Err("neither nil, an array nor a map"),
+    };
+    let mut all = Vec::new();
+    for list in streams {
+        all.extend(entries(list)?);
+    }
+    Ok(all)
+}
+
+/// A list of stream entries, `[[id, [field, value, ...]], ...]`.
+fn entries(list: Value) -> Result<Vec<Entry>, &'static str> {
+    let Value::Array(list) = list else {
+        return match list {
+            Value::Nil => Ok(Vec::new()),
+            _ => Err("entries are not an array"),
+        };
+    };
+    list.into_iter()
+        .map(|entry| {
+            let Value::Array(parts) = entry else {
+                return Err("an entry is not an array");
+            };
+            let mut parts = parts.into_iter();
+            let id = match parts.next() {
+                Some(Value::BulkString(id)) => EntryId::parse(&id),
+                Some(Value::SimpleString(id)) => EntryId::parse(id.as_bytes()),
+                _ => None,
+            }
+            .ok_or("an entry id is not <ms>-<seq>")?;
+            let fields: Vec<(Value, Value)> = match parts.next() {
+                Some(Value::Array(flat)) => {
+                    let mut flat = flat.into_iter();
+                    let mut pairs = Vec::new();
+                    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                        pairs.push((k, v));
+                    }
+                    pairs
+                }
+                Some(Value::Map(pairs)) => pairs,
+                _ => Vec::new(),
+            };
+            let payload = fields.into_iter().find_map(|(k, v)| match (k, v) {
+                (Value::BulkString(k), Value::BulkString(v)) if k == b"payload" => Some(v),
+                _ => None,
+            });
+            Ok((id, payload))
+        })
+        .collect()
+}
+
 /// Sleeps `delay`; `Err` if `stop` fired first.
 async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> Result<(), ()> {
     tokio::select! {
         _ = stop.cancelled() => Err(()),
         _ = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[&str]) -> Value {
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    #[test]
+    fn entry_ids_order_as_redis_orders_them() {
+        let id = EntryId::parse(b"1700000000000-7").unwrap();
+        assert_eq!(id, EntryId(1_700_000_000_000, 7));
+        assert_eq!(id.to_string(), "1700000000000-7");
+        assert!(EntryId::parse(b"9-0").unwrap() < EntryId::parse(b"10-0").unwrap());
+        assert_eq!(id.successor(), EntryId(1_700_000_000_000, 8));
+        assert_eq!(EntryId(5, u64::MAX).successor(), EntryId(6, 0));
+        assert_eq!(EntryId::parse(b"12"), None);
+        assert_eq!(EntryId::parse(b"a-1"), None);
+    }
+
+    #[test]
+    fn xread_replies_in_resp2_and_resp3() {
+        assert!(read_reply(Value::Nil).unwrap().is_empty());
+        let list = Value::Array(vec![
+            entry("1-0", &["payload", "one"]),
+            entry("1-1", &["other", "x"]),
+        ]);
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("k"), list.clone()])]);
+        let resp3 = Value::Map(vec![(bulk("k"), list)]);
+        for reply in [resp2, resp3] {
+            let got = read_reply(reply).unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    (EntryId(1, 0), Some(b"one".to_vec())),
+                    (EntryId(1, 1), None)
+                ]
+            );
+        }
+        assert!(read_reply(Value::Int(1)).is_err());
+        assert!(entries(Value::Array(vec![entry("bad", &[])])).is_err());
     }
 }

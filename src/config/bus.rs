@@ -33,6 +33,17 @@ pub enum Startup {
     Fail,
 }
 
+/// How the Redis bus carries publishes between instances (docs/scaling.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Redis pub/sub (`PUBLISH`/`SUBSCRIBE` on `<prefix>:publish`): keeps nothing; after a lost connection
+    /// every held client is re-fetched.
+    Pubsub,
+    /// A Redis stream (`XADD`/`XREAD` on `<prefix>:items`): after a lost connection an instance resumes from
+    /// the last entry it applied; held clients are re-fetched only when that entry is no longer there.
+    Stream,
+}
+
 /// `[bus]` as written.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +57,10 @@ pub struct RawBus {
     pub prefix: String,
     /// Redis unreachable at start-up: `retry` (default) or `fail`.
     pub startup: Startup,
+    /// `pubsub` (default) or `stream` (checked by `validate`, which names the key in its error).
+    pub transport: String,
+    /// With `transport = "stream"`: the stream keeps about this many entries (`XADD MAXLEN ~`).
+    pub stream_max_len: u64,
     /// Time allowed to connect (and subscribe) to Redis.
     pub connect_timeout_secs: f64,
     /// Time allowed for Redis to answer a PUBLISH or a PING.
@@ -70,6 +85,8 @@ impl Default for RawBus {
             password: None,
             prefix: "grip-proxy".into(),
             startup: Startup::Retry,
+            transport: "pubsub".into(),
+            stream_max_len: 100_000,
             connect_timeout_secs: 2.0,
             command_timeout_secs: 2.0,
             reconnect_min_secs: 0.1,
@@ -88,6 +105,8 @@ impl fmt::Debug for RawBus {
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("prefix", &self.prefix)
             .field("startup", &self.startup)
+            .field("transport", &self.transport)
+            .field("stream_max_len", &self.stream_max_len)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +130,12 @@ pub struct RedisConfig {
     pub channel: String,
     /// Redis unreachable at start-up.
     pub startup: Startup,
+    /// Pub/sub or stream.
+    pub transport: Transport,
+    /// The stream's key (`transport = "stream"`): `<prefix>:items`.
+    pub stream_key: String,
+    /// Approximate `MAXLEN` of the stream.
+    pub stream_max_len: u64,
     /// Connect and subscribe timeout.
     pub connect_timeout: Duration,
     /// PUBLISH and PING timeout.
@@ -165,6 +190,9 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("channel", &self.channel)
             .field("startup", &self.startup)
+            .field("transport", &self.transport)
+            .field("stream_key", &self.stream_key)
+            .field("stream_max_len", &self.stream_max_len)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("reconnect_min", &self.reconnect_min)
@@ -178,6 +206,17 @@ impl fmt::Debug for RedisConfig {
 
 /// Validates `[bus]`. The URL is parsed by the Redis client here, so a bad one fails before anything binds.
 pub(super) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
+    let transport = match raw.transport.as_str() {
+        "pubsub" => Transport::Pubsub,
+        "stream" => Transport::Stream,
+        other => {
+            return Err(invalid(
+                "bus.transport",
+                format!("{other:?}: expected \"pubsub\" or \"stream\""),
+            ))
+        }
+    };
+    positive("bus.stream_max_len", raw.stream_max_len)?;
     let url = match raw.url.as_deref().map(str::trim) {
         None | Some(MEMORY) => return Ok(BusConfig { redis: None }),
         Some("") => {
@@ -254,6 +293,9 @@ pub(super) fn validate(raw: &RawBus) -> Result<BusConfig, ConfigError> {
         password,
         channel: format!("{}:publish", raw.prefix),
         startup: raw.startup,
+        transport,
+        stream_key: format!("{}:items", raw.prefix),
+        stream_max_len: raw.stream_max_len,
         connect_timeout: secs("bus.connect_timeout_secs", raw.connect_timeout_secs)?,
         command_timeout: secs("bus.command_timeout_secs", raw.command_timeout_secs)?,
         reconnect_min,
@@ -327,6 +369,9 @@ mod tests {
             .unwrap();
         assert_eq!(c.channel, "grip-proxy:publish");
         assert_eq!(c.startup, Startup::Retry);
+        assert_eq!(c.transport, Transport::Pubsub);
+        assert_eq!(c.stream_key, "grip-proxy:items");
+        assert_eq!(c.stream_max_len, 100_000);
         assert_eq!(c.reconnect_min, Duration::from_millis(100));
         assert_eq!(c.reconnect_max, Duration::from_secs(5));
         assert_eq!(c.retry_after, Duration::from_secs(1));
@@ -379,6 +424,21 @@ mod tests {
             ),
             (
                 RawBus {
+                    transport: "kafka".into(),
+                    ..raw("redis://h")
+                },
+                r#"bus.transport: "kafka": expected "pubsub" or "stream""#,
+            ),
+            (
+                RawBus {
+                    transport: "stream".into(),
+                    stream_max_len: 0,
+                    ..raw("redis://h")
+                },
+                "bus.stream_max_len: must be at least 1",
+            ),
+            (
+                RawBus {
                     password: Some("env:GRIP_PROXY_TEST_UNSET_VARIABLE".into()),
                     ..raw("redis://h")
                 },
@@ -422,6 +482,24 @@ mod tests {
         .unwrap();
         assert!(c.client().is_ok());
         assert!(format!("{c:?}").contains("tls_ca: Some(\"<set>\")"));
+    }
+
+    #[test]
+    fn the_stream_transport_from_toml() {
+        use crate::config::{Config, RawConfig};
+        let toml = "[bus]\nurl = \"redis://h:6379/0\"\nprefix = \"p\"\ntransport = \"stream\"\nstream_max_len = 500";
+        let raw = RawConfig::from_toml(toml, "<string>").unwrap();
+        let redis = Config::try_from(raw).unwrap().bus.redis.unwrap();
+        assert_eq!(redis.transport, Transport::Stream);
+        assert_eq!(redis.stream_key, "p:items");
+        assert_eq!(redis.stream_max_len, 500);
+        // Checked with the in-memory bus too: a typo is not silently ignored.
+        let raw = RawConfig::from_toml("[bus]\ntransport = \"streams\"", "<string>").unwrap();
+        let e = Config::try_from(raw).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            r#"bus.transport: "streams": expected "pubsub" or "stream""#
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use bus::{BusConfig, RawBus, RedisConfig, Startup};
+pub use bus::{BusConfig, RawBus, RedisConfig, Startup, Transport};
 pub use control::{AuthConfig, RawAuth, RawControl};
 pub use history::{HistoryConfig, RawHistory, MAX_HISTORY_ITEMS};
 pub use hold::{HoldConfig, RawHold};

@@ -139,6 +139,21 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Sends one command straight to Redis on a connection of its own, and returns the reply.
+    pub(crate) async fn command(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = within(LIMIT, client.get_multiplexed_async_connection())
+            .await
+            .unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        within(LIMIT, cmd.query_async::<redis::Value>(&mut conn))
+            .await
+            .unwrap()
+    }
+
     async fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join("redis.log")).map_err(|e| e.to_string())?;
         let child = Command::new(BINARY)

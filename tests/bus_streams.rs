@@ -1,0 +1,330 @@
+//! The Redis bus with `bus.transport = "stream"` over real sockets: two proxy instances and a real
+//! `redis-server`. Publishes are shared through a Redis stream; an instance cut from Redis resumes from the last
+//! entry it applied (nothing lost, nothing twice, nothing re-fetched), and falls back to re-fetching its held
+//! clients only when Redis lost the entries it needs. Without `redis-server` on PATH these tests say so on stderr
+//! and pass (except under CI, where they fail: CI must run them).
+
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use support::redis_server::RedisServer;
+use support::*;
+
+/// The running Redis, or return from the test after saying loudly that it was skipped.
+macro_rules! redis_or_skip {
+    ($test:literal) => {
+        match RedisServer::start_or_skip(concat!("bus_streams::", $test)).await {
+            Some(redis) => redis,
+            None => return,
+        }
+    };
+}
+
+/// The stream every instance shares with the default `bus.prefix`.
+const STREAM: &str = "grip-proxy:items";
+
+/// `[bus]` on the stream transport, reconnecting after `reconnect` seconds (then at most 0.2 s more).
+fn stream_toml(url: &str, reconnect: f64) -> String {
+    let max = reconnect.max(0.2);
+    format!(
+        "[bus]\nurl = \"{url}\"\ntransport = \"stream\"\nreconnect_min_secs = {reconnect}\nreconnect_max_secs = {max}"
+    )
+}
+
+/// A proxy in front of `origin` on the stream bus at `url`, connected.
+async fn instance(origin: SocketAddr, url: &str, reconnect: f64) -> Proxy {
+    let proxy = Proxy::to(origin)
+        .toml(&stream_toml(url, reconnect))
+        .start()
+        .await;
+    proxy.wait_bus(true).await;
+    proxy
+}
+
+fn int(value: redis::Value) -> i64 {
+    match value {
+        redis::Value::Int(n) => n,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+/// `/hold/<channel>` holds on that channel; anything else is plain data.
+fn hold_on_path(req: &Recorded) -> Reply {
+    match req.path().strip_prefix("/hold/") {
+        Some(channel) => Reply::hold(channel),
+        None => Reply::text("plain"),
+    }
+}
+
+#[tokio::test]
+async fn a_publish_to_one_instance_is_added_to_the_stream_and_releases_a_client_held_on_the_other()
+{
+    let redis = redis_or_skip!(
+        "a_publish_to_one_instance_is_added_to_the_stream_and_releases_a_client_held_on_the_other"
+    );
+    let origin = Origin::start(hold_on_path).await;
+    let a = instance(origin.addr(), &redis.url(), 0.02).await;
+    let b = instance(origin.addr(), &redis.url(), 0.02).await;
+    let on_b = Pending::get(b.addr(), "/hold/news");
+    b.wait_held(1).await;
+
+    let resp = publish(&a, items(&[item("news", "from a\n")])).await;
+
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    assert_eq!(on_b.response().await.text(), "from a\n");
+    a.wait_received(1).await;
+    b.wait_received(1).await;
+    assert_eq!(int(redis.command(&["XLEN", STREAM]).await), 1, "one entry");
+    assert_eq!(
+        redis.publish("grip-proxy:publish", "{}").await,
+        0,
+        "no pub/sub subscriber"
+    );
+    assert_eq!(a.bus_status().published, 1);
+    assert_eq!(origin.count(), 1, "released, not re-fetched");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Requests received per path.
+type Seen = Arc<Mutex<HashMap<String, usize>>>;
+
+/// An origin that holds the first request of each path on channel `c`, and answers later ones with
+/// `fresh <path>`; it records how many requests each path got.
+fn first_holds_then_fresh() -> (Seen, impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
+    let seen = Seen::default();
+    let counts = seen.clone();
+    let handler = move |req: &Recorded| {
+        let mut seen = counts.lock();
+        let n = seen.entry(req.path().to_owned()).or_default();
+        *n += 1;
+        if *n == 1 {
+            Reply::hold("c")
+        } else {
+            Reply::text(&format!("fresh {}", req.path()))
+        }
+    };
+    (seen, handler)
+}
+
+#[tokio::test]
+async fn redis_restarted_without_its_data_makes_both_instances_re_fetch_their_held_clients() {
+    let mut redis = redis_or_skip!(
+        "redis_restarted_without_its_data_makes_both_instances_re_fetch_their_held_clients"
+    );
+    let (seen, handler) = first_holds_then_fresh();
+    let origin = Origin::start(handler).await;
+    let a = instance(origin.addr(), &redis.url(), 0.02).await;
+    let b = instance(origin.addr(), &redis.url(), 0.02).await;
+    // Both have applied an entry: they have a position in the stream to resume from.
+    assert_eq!(
+        publish(&a, items(&[item("elsewhere", "")])).await.status,
+        200
+    );
+    a.wait_received(1).await;
+    b.wait_received(1).await;
+    let x = Pending::get(a.addr(), "/x");
+    let y = Pending::get(b.addr(), "/y");
+    a.wait_held(1).await;
+    b.wait_held(1).await;
+
+    // SIGKILL, and back on the same port with persistence off: the stream is gone.
+    redis.kill();
+    a.wait_bus(false).await;
+    b.wait_bus(false).await;
+    publish(&a, items(&[item("c", "lost")]))
+        .await
+        .assert_proxy_error(503);
+    assert!(
+        !x.is_finished() && !y.is_finished(),
+        "held clients stay held"
+    );
+    redis.restart().await;
+    a.wait_bus(true).await;
+    b.wait_bus(true).await;
+
+    // The entries after theirs are not in Redis any more: each held client is re-fetched.
+    assert_eq!(x.response().await.text(), "fresh /x");
+    assert_eq!(y.response().await.text(), "fresh /y");
+    assert_eq!(seen.lock().get("/x"), Some(&2));
+    assert_eq!(seen.lock().get("/y"), Some(&2));
+    for proxy in [&a, &b] {
+        let status = proxy.bus_status();
+        assert_eq!(status.connects, 2);
+        assert_eq!(status.refetched, 1);
+    }
+    // Delivery goes on through the new stream.
+    let z = Pending::get(a.addr(), "/z");
+    a.wait_held(1).await;
+    let resp = publish(&b, items(&[item("c", "back")])).await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    assert_eq!(z.response().await.text(), "back");
+}
+
+/// An `http-stream` item `id` after `id - 1`, whose content is `<id>\n`.
+fn numbered_chunk(id: u64) -> Value {
+    json!({"channel": "live", "id": id.to_string(), "prev-id": (id - 1).to_string(),
+        "formats": {"http-stream": {"content": format!("{id}\n")}}})
+}
+
+/// Publishes item `id` through `to`; a 503 (the instance's own bus connection was cut too) is retried once
+/// that instance is connected again, as a publisher honouring `Retry-After` would.
+async fn publish_until_accepted(to: &Proxy, id: u64) {
+    publish_retrying(to, items(&[numbered_chunk(id)])).await;
+}
+
+async fn publish_retrying(to: &Proxy, body: Value) {
+    for _ in 0..5 {
+        let resp = publish(to, body.clone()).await;
+        match resp.status.as_u16() {
+            200 => return,
+            503 => to.wait_bus(true).await,
+            other => panic!("{body}: {other} {:?}", resp.body),
+        }
+    }
+    panic!("{body}: still refused");
+}
+
+#[tokio::test]
+async fn an_instance_cut_from_redis_resumes_the_stream_every_item_once_in_order_without_re_fetch() {
+    let redis = redis_or_skip!(
+        "an_instance_cut_from_redis_resumes_the_stream_every_item_once_in_order_without_re_fetch"
+    );
+    let origin = Origin::start(|_: &Recorded| {
+        Reply::text("open\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", "live")
+    })
+    .await;
+    let a = instance(origin.addr(), &redis.url(), 0.02).await;
+    // B waits 2 s before reconnecting: items published through A meanwhile are certainly missed on the wire.
+    let b = instance(origin.addr(), &redis.url(), 2.0).await;
+    publish_until_accepted(&a, 1).await;
+    b.wait_received(1).await;
+    let mut conn = RawConn::open(b.addr()).await;
+    conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    within(LIMIT, conn.read_head()).await;
+    assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
+    b.wait_held(1).await;
+
+    for id in 2..=10 {
+        publish_until_accepted(&a, id).await;
+    }
+    // Cut every client connection (both instances' readers and publish connections) from a connection of
+    // our own, which Redis spares.
+    let killed = int(redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).await);
+    assert!(killed >= 2, "killed {killed}");
+    b.wait_bus(false).await;
+    for id in 11..=20 {
+        publish_until_accepted(&a, id).await;
+    }
+    assert!(
+        !b.bus_status().connected,
+        "B was still cut off while 11..=20 were published"
+    );
+    b.wait_bus(true).await;
+    for id in 21..=30 {
+        publish_until_accepted(&a, id).await;
+    }
+
+    let want: String = (2..=30).map(|id| format!("{id}\n")).collect();
+    let mut got = String::new();
+    while got.len() < want.len() {
+        let chunk = within(LIMIT, conn.next_chunk()).await.unwrap();
+        got.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(got, want, "every item once, in order");
+    b.wait_received(30).await;
+    let status = b.bus_status();
+    assert_eq!(status.received, 30, "each entry applied once: {status:?}");
+    assert_eq!(status.dropped, 0);
+    assert_eq!(status.connects, 2);
+    assert_eq!(status.refetched, 0, "resumed, not recovered");
+    assert_eq!(a.bus_status().refetched, 0);
+    assert_eq!(b.registry().last_id("live").as_deref(), Some("30"));
+    // One request ever: the stream was not re-fetched, and no request carried Grip-Last.
+    assert_eq!(origin.count(), 1);
+    assert!(origin
+        .requests()
+        .iter()
+        .all(|req| req.header("grip-last").is_none()));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn entries_trimmed_while_an_instance_was_cut_off_make_it_re_fetch() {
+    let redis = redis_or_skip!("entries_trimmed_while_an_instance_was_cut_off_make_it_re_fetch");
+    let (seen, handler) = first_holds_then_fresh();
+    let origin = Origin::start(handler).await;
+    let a = instance(origin.addr(), &redis.url(), 0.02).await;
+    let b = instance(origin.addr(), &redis.url(), 2.0).await;
+    assert_eq!(publish(&a, items(&[item("other", "")])).await.status, 200);
+    b.wait_received(1).await;
+    let y = Pending::get(b.addr(), "/y");
+    b.wait_held(1).await;
+
+    redis.command(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+    b.wait_bus(false).await;
+    for _ in 0..3 {
+        publish_retrying(&a, items(&[item("other", "")])).await;
+    }
+    // Exact trimming to the newest entry: those after B's position are gone.
+    assert_eq!(
+        int(redis.command(&["XTRIM", STREAM, "MAXLEN", "1"]).await),
+        3
+    );
+    b.wait_bus(true).await;
+
+    assert_eq!(y.response().await.text(), "fresh /y");
+    assert_eq!(seen.lock().get("/y"), Some(&2));
+    assert_eq!(b.bus_status().refetched, 1);
+    assert_eq!(a.bus_status().refetched, 0, "A missed nothing");
+}
+
+#[tokio::test]
+async fn a_frozen_redis_is_noticed_by_the_blocked_read_timing_out_and_reading_resumes_without_re_fetch(
+) {
+    let redis = redis_or_skip!(
+        "a_frozen_redis_is_noticed_by_the_blocked_read_timing_out_and_reading_resumes_without_re_fetch"
+    );
+    let origin = Origin::start(hold_on_path).await;
+    let a = Proxy::to(origin.addr())
+        .toml(&stream_toml(&redis.url(), 0.02))
+        .toml("connect_timeout_secs = 0.5\ncommand_timeout_secs = 0.5\nping_interval_secs = 0.05")
+        .start()
+        .await;
+    a.wait_bus(true).await;
+    assert_eq!(publish(&a, items(&[item("other", "")])).await.status, 200);
+    a.wait_received(1).await;
+    // Empty reads after their block time are the health check.
+    a.wait_status(|s| s.pings >= 2).await;
+    let x = Pending::get(a.addr(), "/hold/c");
+    a.wait_held(1).await;
+
+    // The connection stays open, but nothing answers: only the read's own deadline can tell.
+    redis.pause();
+    a.wait_bus(false).await;
+    publish(&a, items(&[item("c", "frozen")]))
+        .await
+        .assert_proxy_error(503);
+    assert!(!x.is_finished(), "held clients stay held");
+    redis.resume();
+    a.wait_bus(true).await;
+
+    // Resumed from its last entry: nothing re-fetched, and the next publish releases the client.
+    let resp = publish(&a, items(&[item("c", "thawed")])).await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    assert_eq!(x.response().await.text(), "thawed");
+    let status = a.bus_status();
+    assert_eq!(status.connects, 2);
+    assert_eq!(status.refetched, 0);
+    assert_eq!(origin.count(), 1, "not re-fetched");
+}
