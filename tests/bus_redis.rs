@@ -7,14 +7,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use grip_proxy::{App, Config};
-use parking_lot::Mutex;
-use support::redis_server::RedisServer;
+use support::redis_server::{first_holds_then_fresh, RedisServer};
 use support::*;
 use tokio::time::Instant;
 
@@ -239,27 +236,6 @@ async fn items_published_to_alternating_instances_apply_in_one_order_with_the_sa
     let last = a.registry().last_id("race");
     assert!(last.is_some());
     assert_eq!(last, b.registry().last_id("race"));
-}
-
-/// Requests received per path.
-type Seen = Arc<Mutex<HashMap<String, usize>>>;
-
-/// An origin that holds the first request of each path on channel `c`, and answers later ones with
-/// `fresh <path>`; it records how many requests each path got.
-fn first_holds_then_fresh() -> (Seen, impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
-    let seen = Seen::default();
-    let counts = seen.clone();
-    let handler = move |req: &Recorded| {
-        let mut seen = counts.lock();
-        let n = seen.entry(req.path().to_owned()).or_default();
-        *n += 1;
-        if *n == 1 {
-            Reply::hold("c")
-        } else {
-            Reply::text(&format!("fresh {}", req.path()))
-        }
-    };
-    (seen, handler)
 }
 
 #[tokio::test]

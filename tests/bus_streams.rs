@@ -8,13 +8,10 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::{json, Value};
-use support::redis_server::RedisServer;
+use support::redis_server::{first_holds_then_fresh, RedisServer};
 use support::*;
 
 /// The running Redis, or return from the test after saying loudly that it was skipped.
@@ -91,27 +88,6 @@ async fn a_publish_to_one_instance_is_added_to_the_stream_and_releases_a_client_
     assert_eq!(origin.count(), 1, "released, not re-fetched");
     a.shutdown().await;
     b.shutdown().await;
-}
-
-/// Requests received per path.
-type Seen = Arc<Mutex<HashMap<String, usize>>>;
-
-/// An origin that holds the first request of each path on channel `c`, and answers later ones with
-/// `fresh <path>`; it records how many requests each path got.
-fn first_holds_then_fresh() -> (Seen, impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
-    let seen = Seen::default();
-    let counts = seen.clone();
-    let handler = move |req: &Recorded| {
-        let mut seen = counts.lock();
-        let n = seen.entry(req.path().to_owned()).or_default();
-        *n += 1;
-        if *n == 1 {
-            Reply::hold("c")
-        } else {
-            Reply::text(&format!("fresh {}", req.path()))
-        }
-    };
-    (seen, handler)
 }
 
 #[tokio::test]

@@ -268,3 +268,27 @@ impl Proxy {
         })
     }
 }
+
+/// Requests an origin received, per path.
+pub(crate) type Seen = std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// An origin that holds the first request of each path on channel `c`, and answers later ones with
+/// `fresh <path>`; it records how many requests each path got (a re-fetch after the bus recovers is the second).
+pub(crate) fn first_holds_then_fresh() -> (
+    Seen,
+    impl Fn(&super::Recorded) -> super::Reply + Send + Sync + 'static,
+) {
+    let seen = Seen::default();
+    let counts = seen.clone();
+    let handler = move |req: &super::Recorded| {
+        let mut seen = counts.lock();
+        let n = seen.entry(req.path().to_owned()).or_default();
+        *n += 1;
+        if *n == 1 {
+            super::Reply::hold("c")
+        } else {
+            super::Reply::text(&format!("fresh {}", req.path()))
+        }
+    };
+    (seen, handler)
+}
