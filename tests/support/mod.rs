@@ -498,6 +498,19 @@ struct Log {
 }
 
 impl Log {
+    /// Waits (within `LIMIT`, from the caller's line) until request number `n` (0-based) has arrived; returns it.
+    #[track_caller]
+    fn nth(&self, n: usize) -> impl Future<Output = Recorded> + '_ {
+        let mut count = self.count.subscribe();
+        let arrived = within(LIMIT, async move {
+            count.wait_for(|c| *c > n).await.unwrap();
+        });
+        async move {
+            arrived.await;
+            self.requests.lock()[n].clone()
+        }
+    }
+
     fn record(&self, parts: http::request::Parts, body: Bytes) -> Recorded {
         let mut requests = self.requests.lock();
         let rec = Recorded {
@@ -553,14 +566,7 @@ impl Origin {
     /// Waits (within `LIMIT`) until request number `n` (0-based) has arrived, and returns it.
     #[track_caller]
     pub(crate) fn nth(&self, n: usize) -> impl Future<Output = Recorded> + '_ {
-        let mut count = self.log.count.subscribe();
-        let arrived = within(LIMIT, async move {
-            count.wait_for(|c| *c > n).await.unwrap();
-        });
-        async move {
-            arrived.await;
-            self.log.requests.lock()[n].clone()
-        }
+        self.log.nth(n)
     }
 }
 
@@ -1082,14 +1088,7 @@ pub(crate) mod tls {
         /// Waits (within `LIMIT`) until request number `n` (0-based) has arrived, and returns it.
         #[track_caller]
         pub(crate) fn nth(&self, n: usize) -> impl Future<Output = Recorded> + '_ {
-            let mut count = self.log.count.subscribe();
-            let arrived = within(LIMIT, async move {
-                count.wait_for(|c| *c > n).await.unwrap();
-            });
-            async move {
-                arrived.await;
-                self.log.requests.lock()[n].clone()
-            }
+            self.log.nth(n)
         }
     }
 
