@@ -453,7 +453,7 @@ async fn delivery_latency<const P: usize>(
 /// The order in which round `round` visits `n` paths: as listed in even rounds, reversed in odd
 /// ones, so that no path always follows the same one (or always comes first after a publish).
 fn visit_order(n: usize, round: usize) -> Vec<usize> {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         (0..n).collect()
     } else {
         (0..n).rev().collect()
