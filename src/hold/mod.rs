@@ -484,6 +484,28 @@ impl Registry {
         deliver(&self.inner, published.deliveries, published.writes)
     }
 
+    /// Records an item published before this process could see it (a Redis stream read back at start-up): its
+    /// channel's last id, recent ids and history are set as if it had been published here, at `item.accepted`,
+    /// but no client is released or written to by it. Clients parked meanwhile are behind it or not, as any
+    /// park is judged against a last id.
+    pub(crate) fn replay(&self, item: &Arc<Item>) {
+        let now = item.accepted;
+        let seq = self.inner.sequencing;
+        let keeper = self.inner.history.as_ref();
+        self.with_channel(&item.channel, |c| c.record(item, now, seq, keeper));
+        self.forget_if_idle(&item.channel);
+        if let Some(keeper) = keeper.filter(|k| k.over_budget()) {
+            self.evict_history(keeper);
+        }
+    }
+
+    /// How far back a replay at start-up is worth reading: the longest any record of an item is kept (a last id
+    /// for `last_ids.ttl`, history items for `history.max_age`).
+    pub(crate) fn replay_window(&self) -> std::time::Duration {
+        let history = self.inner.history.as_ref().map(|k| k.rules.max_age);
+        self.inner.limits.ttl.max(history.unwrap_or_default())
+    }
+
     /// Brings the histories of all channels under their byte budget: drops the histories of the least recently
     /// published channels until the total is a little under it. One publisher at a time does this (a scan of the
     /// map, amortised over the eighth of the budget it frees); the others go on meanwhile.
@@ -552,6 +574,12 @@ impl Registry {
     /// client re-fetch from its origin. Returns how many clients were told.
     pub(crate) fn recover(&self) -> usize {
         self.release_all(Delivery::Refetch, true)
+    }
+
+    /// Makes every parked client re-fetch from its origin, keeping the last ids and histories (they are known to
+    /// be current: a bus that read back what it missed). Returns how many clients were told.
+    pub(crate) fn refetch_all(&self) -> usize {
+        self.release_all(Delivery::Refetch, false)
     }
 
     fn release_all(&self, delivery: Delivery, forget_ids: bool) -> usize {

@@ -838,7 +838,6 @@ pub(crate) fn item(channel: &str, body: &str) -> Value {
     json!({"channel": channel, "formats": {"http-response": {"body": body}}})
 }
 
-/// `{"items": [..]}`.
 /// Sends signal `name` (e.g. `TERM`, `HUP`) to a spawned process, and checks it was delivered.
 pub(crate) fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().unwrap().to_string();
@@ -874,6 +873,7 @@ pub(crate) fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str)
     item
 }
 
+/// `{"items": [..]}`.
 pub(crate) fn items(list: &[Value]) -> Value {
     json!({ "items": list })
 }
