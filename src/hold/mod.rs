@@ -953,6 +953,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replayed_item_sets_the_last_id_and_history_and_releases_no_one() {
+        let r = with_history(10, 1 << 20);
+        let mut held = r.park(vec![sub("a", None)], true, None).unwrap();
+        r.replay(&numbered("a", 1, "one"));
+        r.replay(&numbered("a", 2, "two"));
+        assert_eq!(r.last_id("a").as_deref(), Some("2"));
+        assert_eq!(r.history_of("a").0, 2);
+        assert!(
+            futures_util::FutureExt::now_or_never(held.recv()).is_none(),
+            "not released by a replay"
+        );
+        assert_eq!(r.held_on("a"), 1);
+        assert_eq!(r.publish(&numbered("a", 2, "two")), 0, "a duplicate now");
+        assert_eq!(r.publish(&numbered("a", 3, "three")), 1);
+        assert!(matches!(held.recv().await, Delivery::Item(_)));
+    }
+
+    #[tokio::test]
     async fn stale_park_is_refused_and_leaves_nothing() {
         let r = registry(10);
         r.publish(&item("a", Some("2")));
