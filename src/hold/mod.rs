@@ -190,6 +190,10 @@ pub(crate) enum ParkError {
     },
 }
 
+/// The first character of the channels the proxy makes for itself (a group of conditional holds re-checked
+/// together): no `Grip-Channel` header can carry it, so no origin can name one; listings leave them out.
+pub(crate) const OWN_CHANNEL: char = '\u{1}';
+
 /// The item a response hold behind its channel gets from the history. Equal when it is the same release.
 #[derive(Debug, Clone)]
 pub(crate) struct NextItem(pub(crate) Arc<Release>);
@@ -386,6 +390,12 @@ impl Registry {
         let mut replayed = 0;
         for (i, sub) in subs.iter().enumerate() {
             let prev_id = sub.prev_id.as_deref().filter(|_| check_prev_id);
+            // The proxy's own channels are not limited: the client is counted on the channel it asked for.
+            let max_members = if sub.name.starts_with(OWN_CHANNEL) {
+                usize::MAX
+            } else {
+                max_members
+            };
             // The member count is checked under the same entry lock as the join: exact under races.
             let outcome = self.with_channel(&sub.name, |c| {
                 if c.waiter_count() + c.stream_count() >= max_members {
@@ -688,8 +698,12 @@ impl Registry {
     /// Calls `f` with each channel entry's name, response holds, streams and last id, for introspection
     /// (`GET /channels`). `f` runs while a shard of the map is read-locked (parks and publishes on that shard wait):
     /// it must be quick, and must not touch the registry.
+    /// The proxy's own channels (names starting with [`OWN_CHANNEL`]) are left out.
     pub(crate) fn for_each_channel(&self, mut f: impl FnMut(&str, usize, usize, Option<&str>)) {
         for entry in self.inner.channels.iter() {
+            if entry.key().starts_with(OWN_CHANNEL) {
+                continue;
+            }
             f(
                 entry.key(),
                 entry.waiter_count(),
