@@ -241,8 +241,8 @@ impl Metrics {
         let history_misses = HistoryKind::LABELS
             .map(|kind| history_misses_family.get_or_create_owned(&KindLabel { kind }));
         let rechecks_family = Family::<ResultLabel, Counter>::default();
-        let rechecks =
-            Recheck::LABELS.map(|result| rechecks_family.get_or_create_owned(&ResultLabel { result }));
+        let rechecks = Recheck::LABELS
+            .map(|result| rechecks_family.get_or_create_owned(&ResultLabel { result }));
         Metrics {
             requests,
             unrouted,

@@ -93,7 +93,9 @@ impl ChannelTemplate {
                 parts.push(part);
                 rest = &rest[end + 1..];
             } else if c == '}' {
-                return Err(format!("{text:?}: a }} without its {{ (write }}}} for a brace)"));
+                return Err(format!(
+                    "{text:?}: a }} without its {{ (write }}}} for a brace)"
+                ));
             } else {
                 literal.push(c);
                 rest = &rest[c.len_utf8()..];
@@ -137,7 +139,10 @@ pub(super) fn validate(i: usize, c: &RawConditional) -> Result<ConditionalConfig
         if every < MIN_RECHECK {
             return Err(invalid(
                 key("recheck_secs"),
-                format!("{} is below the shortest interval, 0.1 (or 0 for no re-checks)", c.recheck_secs),
+                format!(
+                    "{} is below the shortest interval, 0.1 (or 0 for no re-checks)",
+                    c.recheck_secs
+                ),
             ));
         }
         Some(every)
@@ -191,7 +196,10 @@ mod tests {
         let on = c.routes[0].conditional.as_deref().unwrap();
         assert_eq!(on.recheck, Some(Duration::from_millis(1500)));
         for (toml, says) in [
-            ("recheck_secs = 0.05", "routes[0].conditional.recheck_secs: 0.05 is below"),
+            (
+                "recheck_secs = 0.05",
+                "routes[0].conditional.recheck_secs: 0.05 is below",
+            ),
             ("timeout_secs = 0", "routes[0].conditional.timeout_secs"),
             ("channel = \"{nope}\"", "routes[0].conditional.channel"),
             ("every = 1", "unknown field"),

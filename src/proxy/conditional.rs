@@ -90,7 +90,12 @@ pub(crate) fn group_key(
             }
         }
     }
-    for always in ["if-none-match", "if-modified-since", "authorization", "cookie"] {
+    for always in [
+        "if-none-match",
+        "if-modified-since",
+        "authorization",
+        "cookie",
+    ] {
         names.push(always.to_owned());
     }
     names.sort_unstable();
@@ -143,9 +148,16 @@ mod tests {
             same,
             "a header the origin does not vary on is not part of it"
         );
-        assert_ne!(key(&[("if-none-match", "\"2\"")], &[]), same, "another ETag");
         assert_ne!(
-            key(&[("if-none-match", "\"1\""), ("authorization", "Bearer x")], &[]),
+            key(&[("if-none-match", "\"2\"")], &[]),
+            same,
+            "another ETag"
+        );
+        assert_ne!(
+            key(
+                &[("if-none-match", "\"1\""), ("authorization", "Bearer x")],
+                &[]
+            ),
             same,
             "other credentials"
         );
@@ -162,7 +174,11 @@ mod tests {
             &[("vary", "accept-encoding, Accept-Language")],
         );
         assert_ne!(en, fr, "a Vary-listed header differs");
-        assert_eq!(key(&base, &[("vary", "*")]), None, "Vary: * is never shared");
+        assert_eq!(
+            key(&base, &[("vary", "*")]),
+            None,
+            "Vary: * is never shared"
+        );
         let head = group_key(0, &Method::HEAD, &uri, &headers(&base), &HeaderMap::new());
         assert_ne!(head, same, "the method");
         let other_route = group_key(1, &Method::GET, &uri, &headers(&base), &HeaderMap::new());

@@ -19,7 +19,6 @@ use crate::item::{Action, HttpResponse, Item};
 use crate::metrics::Recheck;
 use crate::tls::client::OriginTls;
 
-
 /// The groups of one proxy state, by key.
 #[derive(Default)]
 pub(crate) struct Rechecks {
@@ -226,7 +225,13 @@ fn shareable(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|d| d.trim().split('=').next().unwrap_or("").to_ascii_lowercase())
+        .map(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        })
         .any(|d| d == "private" || d == "no-store");
     let grip = headers.contains_key("grip-hold")
         || headers

@@ -232,6 +232,11 @@ pub(crate) async fn get(addr: SocketAddr, path: &str) -> Resp {
 pub(crate) struct Pending(JoinHandle<Resp>);
 
 impl Pending {
+    /// Runs `request` (e.g. `send(addr, req)`) in a task of its own.
+    pub(crate) fn spawn(request: impl Future<Output = Resp> + Send + 'static) -> Pending {
+        Pending(tokio::spawn(request))
+    }
+
     pub(crate) fn get(addr: SocketAddr, path: &str) -> Pending {
         let path = path.to_owned();
         Pending(tokio::spawn(async move { get(addr, &path).await }))
