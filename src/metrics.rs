@@ -50,6 +50,24 @@ impl HistoryKind {
     const LABELS: [&'static str; 2] = ["response", "stream"];
 }
 
+/// What one re-check of a group of conditional holds found: `result` of the re-check counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recheck {
+    /// `304` again: the clients stay held.
+    Unchanged,
+    /// A new answer, sent to every client of the group.
+    Shared,
+    /// A new answer that may not be shared (private, `no-store`, `Set-Cookie`, too large, GRIP): each client
+    /// re-fetches its own.
+    Refetched,
+    /// The origin failed (unreachable, timeout, `5xx`): the clients stay held until the next re-check.
+    Failed,
+}
+
+impl Recheck {
+    const LABELS: [&'static str; 4] = ["unchanged", "shared", "refetched", "failed"];
+}
+
 // === labels ===
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +194,10 @@ pub(crate) struct Metrics {
     history_hits: [Counter; 2],
     history_misses_family: Family<KindLabel, Counter>,
     history_misses: [Counter; 2],
+    conditional_holds: Counter,
+    rechecks_family: Family<ResultLabel, Counter>,
+    rechecks: [Counter; 4],
+    recheck_clients: Counter,
     delivery_latency: Histogram,
     origin_latency: Histogram,
 }
@@ -218,6 +240,9 @@ impl Metrics {
         let history_misses_family = Family::<KindLabel, Counter>::default();
         let history_misses = HistoryKind::LABELS
             .map(|kind| history_misses_family.get_or_create_owned(&KindLabel { kind }));
+        let rechecks_family = Family::<ResultLabel, Counter>::default();
+        let rechecks = Recheck::LABELS
+            .map(|result| rechecks_family.get_or_create_owned(&ResultLabel { result }));
         Metrics {
             requests,
             unrouted,
@@ -243,6 +268,10 @@ impl Metrics {
             history_hits,
             history_misses_family,
             history_misses,
+            conditional_holds: Counter::default(),
+            rechecks_family,
+            rechecks,
+            recheck_clients: Counter::default(),
             delivery_latency: Histogram::new(DELIVERY_BUCKETS),
             origin_latency: Histogram::new(ORIGIN_BUCKETS),
         }
@@ -347,6 +376,17 @@ impl Metrics {
     /// A hold behind its channel's last id was not in the history (history on): sent to the origin again.
     pub(crate) fn history_miss(&self, kind: HistoryKind) {
         self.history_misses[kind as usize].inc();
+    }
+
+    /// A conditional request answered `304` by its origin was held (`[routes.conditional]`).
+    pub(crate) fn conditional_hold(&self) {
+        self.conditional_holds.inc();
+    }
+
+    /// One re-check request of a group of conditional holds, what it found, and how many clients it released.
+    pub(crate) fn recheck(&self, result: Recheck, clients: usize) {
+        self.rechecks[result as usize].inc();
+        self.recheck_clients.inc_by(clients as u64);
     }
 
     /// A configuration reload was applied (`ok`) or rejected.
@@ -519,6 +559,21 @@ impl Metrics {
             "history_misses",
             "Holds behind their channel's last id whose prev-id was not in the history (history on): re-fetched from the origin",
             self.history_misses_family.clone(),
+        );
+        r.register(
+            "conditional_holds",
+            "Conditional requests (If-None-Match, If-Modified-Since) answered 304 by an origin and held ([routes.conditional])",
+            self.conditional_holds.clone(),
+        );
+        r.register(
+            "rechecks",
+            "Re-check requests sent to origins for groups of held conditional requests (result: unchanged, shared, refetched, failed)",
+            self.rechecks_family.clone(),
+        );
+        r.register(
+            "recheck_released_clients",
+            "Clients released by re-checks: divided by the re-checks that found a change, the clients one origin request answered",
+            self.recheck_clients.clone(),
         );
         let kept = holds.clone();
         r.register(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 
-use crate::config::RouteConfig;
+use crate::config::{ConditionalConfig, RouteConfig};
 use crate::grip::sig::Signer;
 use crate::tls::client::OriginTls;
 
@@ -26,6 +26,8 @@ pub(crate) struct Route {
     pub signer: Arc<Signer>,
     /// An `https` origin's TLS setting (built with the config, shared with it).
     pub tls: Option<OriginTls>,
+    /// Conditional holds (an origin that speaks no GRIP), if on.
+    pub conditional: Option<Arc<ConditionalConfig>>,
 }
 
 /// Routes sorted most specific first: exact hosts before `*`, then longer path prefixes first.
@@ -48,6 +50,7 @@ impl RouteTable {
                 authority: r.authority.clone(),
                 signer: r.signer.clone(),
                 tls: r.tls.clone(),
+                conditional: r.conditional.clone(),
             })
             .collect();
         // Stable sort keeps file order among equally specific routes.
@@ -76,7 +79,7 @@ impl RouteTable {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return host

@@ -304,3 +304,127 @@ async fn a_frozen_redis_is_noticed_by_the_blocked_read_timing_out_and_reading_re
     assert_eq!(status.refetched, 0);
     assert_eq!(origin.count(), 1, "not re-fetched");
 }
+
+/// `/poll?after=N` holds on `c` after N, `/s?after=N` streams on it after N (with the `rel=next` link a stream
+/// with a prev-id needs); a re-fetch (`Grip-Last`) answers plain data naming the id it was asked after.
+fn catch_up_origin(req: &Recorded) -> Reply {
+    if let Some(last) = req.header("grip-last") {
+        return Reply::text(&format!("caught up from {last}"));
+    }
+    let after = req.uri.split_once("after=").map(|(_, n)| n.to_owned());
+    let channel = after.map_or("c".to_owned(), |n| format!("c; prev-id={n}"));
+    match req.path() {
+        "/s" => Reply::text("start\n")
+            .header("Grip-Hold", "stream")
+            .header("Grip-Channel", &channel)
+            .header("Grip-Link", "</next>; rel=next"),
+        _ => Reply::hold(&channel),
+    }
+}
+
+/// Item `n` on `c` after `n - 1`, in both formats: `<n>\n`.
+fn both_formats(n: u64) -> Value {
+    let mut item = numbered(
+        "c",
+        n,
+        n.checked_sub(1).filter(|p| *p > 0),
+        &format!("{n}\n"),
+    );
+    item["formats"]["http-stream"] = json!({"content": format!("{n}\n")});
+    item
+}
+
+#[tokio::test]
+async fn an_instance_started_later_reads_the_stream_back_and_catches_clients_up_from_it() {
+    let redis = redis_or_skip!(
+        "an_instance_started_later_reads_the_stream_back_and_catches_clients_up_from_it"
+    );
+    let origin = Origin::start(catch_up_origin).await;
+    let with_history = format!("{}\n[history]\nitems = 10", stream_toml(&redis.url(), 0.02));
+    let addr = origin.addr();
+    let start = |toml: String| async move {
+        let proxy = Proxy::to(addr).toml(&toml).start().await;
+        proxy.wait_bus(true).await;
+        proxy
+    };
+    let a = start(with_history.clone()).await;
+    for n in 1..=5 {
+        assert_eq!(publish(&a, items(&[both_formats(n)])).await.status, 200);
+    }
+    a.wait_received(5).await;
+
+    // B starts after all five: it reads them back without anyone to release.
+    let b = start(with_history).await;
+    assert_eq!(b.registry().last_id("c").as_deref(), Some("5"));
+    assert_eq!(b.registry().history_of("c").0, 5);
+    assert_eq!(b.bus_status().received, 0, "read back, not received live");
+
+    // A response hold behind gets the next item at once, from B's memory.
+    let resp = b.get("/poll?after=3").await;
+    assert_eq!(resp.text(), "4\n");
+    // A stream behind gets what it missed, in order, from B's memory.
+    let mut stream = RawConn::open(b.addr()).await;
+    stream
+        .write(b"GET /s?after=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(within(LIMIT, stream.read_head()).await.status, 200);
+    let mut got = String::new();
+    while got.len() < "start\n3\n4\n5\n".len() {
+        let chunk = within(LIMIT, stream.next_chunk())
+            .await
+            .expect("stream ended");
+        got.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(got, "start\n3\n4\n5\n");
+    assert_eq!(origin.count(), 2, "no Grip-Last re-fetch, no link followed");
+
+    // Up to date: held, and released by the next publish through A.
+    let current = Pending::get(b.addr(), "/poll?after=5");
+    b.wait_held(2).await;
+    assert_eq!(publish(&a, items(&[both_formats(6)])).await.status, 200);
+    assert_eq!(current.response().await.text(), "6\n");
+    let chunk = within(LIMIT, stream.next_chunk())
+        .await
+        .expect("stream ended");
+    assert_eq!(std::str::from_utf8(&chunk).unwrap(), "6\n");
+    assert!(origin
+        .requests()
+        .iter()
+        .all(|r| r.header("grip-last").is_none()));
+    assert_eq!(b.bus_status().refetched, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn entries_older_than_the_last_id_ttl_are_not_read_back() {
+    let redis = redis_or_skip!("entries_older_than_the_last_id_ttl_are_not_read_back");
+    // An entry with an explicit id from long ago, then a recent one.
+    redis
+        .command(&[
+            "XADD",
+            STREAM,
+            "1000-0",
+            "payload",
+            &items(&[numbered("old", 1, None, "")]).to_string(),
+        ])
+        .await;
+    redis
+        .command(&[
+            "XADD",
+            STREAM,
+            "*",
+            "payload",
+            &items(&[numbered("new", 7, None, "")]).to_string(),
+        ])
+        .await;
+    let origin = Origin::start(hold_on_path).await;
+    let b = instance(origin.addr(), &redis.url(), 0.02).await;
+    assert_eq!(b.registry().last_id("new").as_deref(), Some("7"));
+    assert_eq!(
+        b.registry().last_id("old"),
+        None,
+        "older than last_ids.ttl_secs"
+    );
+    b.shutdown().await;
+}

@@ -18,6 +18,7 @@ use futures_util::StreamExt as _;
 use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{BusError, Status};
@@ -42,6 +43,9 @@ pub(crate) struct RedisBus {
 
 /// Entries asked for per `XREAD`.
 const READ_COUNT: usize = 100;
+
+/// Entries asked for per `XRANGE` when reading the stream back at start-up.
+const REPLAY_PAGE: usize = 1000;
 
 /// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,12 +79,24 @@ impl std::fmt::Display for EntryId {
 enum Link {
     /// A pub/sub subscription.
     PubSub(PubSub),
-    /// A connection reading the stream from after `from`; `recover`: entries may have been missed, re-fetch.
+    /// A connection reading the stream from after `from`, and what to do about the clients held meanwhile.
     Stream {
         conn: MultiplexedConnection,
         from: EntryId,
-        recover: bool,
+        recover: Recover,
     },
+}
+
+/// What a (re)connection does to the registry before publishes are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recover {
+    /// Nothing was missed: the read resumes after the last entry applied.
+    Nothing,
+    /// The first read of this process: the stream's recent entries were read back into the last ids and
+    /// histories (`replay`), which are current; clients parked before that are re-fetched.
+    Refetch,
+    /// Entries were missed and are gone: every last id forgotten, every held client re-fetched.
+    Forget,
 }
 
 /// Why a subscription ended.
@@ -299,16 +315,15 @@ impl RedisBus {
                 let settings = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(limit))
                     .set_response_timeout(None);
-                let mut conn = self
+                let conn = self
                     .client
                     .get_multiplexed_async_connection_with_config(&settings)
                     .await
                     .map_err(BusError::Redis)?;
-                let (from, recover) = self.resume_point(&mut conn, last).await?;
                 return Ok(Link::Stream {
                     conn,
-                    from,
-                    recover,
+                    from: EntryId::ZERO,
+                    recover: Recover::Nothing,
                 });
             }
             let mut pubsub = self
@@ -322,25 +337,42 @@ impl RedisBus {
                 .map_err(BusError::Redis)?;
             Ok(Link::PubSub(pubsub))
         };
-        match tokio::time::timeout(limit, subscribe).await {
-            Err(_) => Err(BusError::Timeout(limit)),
-            Ok(result) => result,
+        let link = match tokio::time::timeout(limit, subscribe).await {
+            Err(_) => return Err(BusError::Timeout(limit)),
+            Ok(link) => link?,
+        };
+        // Each command of these is bounded by the command timeout; reading back a long stream may take longer
+        // than the connect timeout.
+        match link {
+            Link::Stream { mut conn, .. } => {
+                let (from, recover) = self.resume_point(&mut conn, last).await?;
+                if recover == Recover::Refetch {
+                    self.replay(&mut conn, from).await?;
+                }
+                Ok(Link::Stream {
+                    conn,
+                    from,
+                    recover,
+                })
+            }
+            link => Ok(link),
         }
     }
 
-    /// Where to read the stream from, and whether held clients must be re-fetched. First connection: from the
-    /// stream's current end (its last entry id, not `$`, so that a retry cannot skip what came meanwhile), with
-    /// the re-fetch pub/sub does. Again after `last`: from `last`, without re-fetch, if every entry after it is
-    /// still in the stream; if not (trimmed past it, the stream gone, or its ids went back: Redis lost its data),
-    /// the re-fetch, then from the current end.
+    /// Where to read the stream from, and what becomes of held clients. First connection: from the stream's
+    /// current end (its last entry id, not `$`, so that a retry cannot skip what came meanwhile), after reading
+    /// back the entries before it (`replay`), and held clients are re-fetched. Again after `last`: from `last`,
+    /// with nothing to do, if every entry after it is still in the stream; if not (trimmed past it, the stream
+    /// gone, or its ids went back: Redis lost its data), every id forgotten and every held client re-fetched,
+    /// then from the current end.
     async fn resume_point(
         &self,
         conn: &mut MultiplexedConnection,
         last: Option<EntryId>,
-    ) -> Result<(EntryId, bool), BusError> {
+    ) -> Result<(EntryId, Recover), BusError> {
         let newest = self.edge(conn, "XREVRANGE", "+", "-").await?;
         let Some(last) = last else {
-            return Ok((newest.unwrap_or(EntryId::ZERO), true));
+            return Ok((newest.unwrap_or(EntryId::ZERO), Recover::Refetch));
         };
         let oldest = self.edge(conn, "XRANGE", "-", "+").await?;
         let resumable = match (oldest, newest) {
@@ -350,7 +382,7 @@ impl RedisBus {
             _ => false,
         };
         if resumable {
-            return Ok((last, false));
+            return Ok((last, Recover::Nothing));
         }
         tracing::warn!(
             stream = %self.config.stream_key, last_applied = %last,
@@ -358,7 +390,73 @@ impl RedisBus {
             "bus: the stream no longer holds the entries after the last one applied (trimmed, or Redis lost \
              its data); re-fetching held clients"
         );
-        Ok((newest.unwrap_or(EntryId::ZERO), true))
+        Ok((newest.unwrap_or(EntryId::ZERO), Recover::Forget))
+    }
+
+    /// Reads back the stream's entries up to `until` that are recent enough to matter (within the registry's
+    /// replay window of Redis's clock: last ids and history items older than that would be forgotten anyway),
+    /// and records them in the registry without releasing anyone: an instance started after them knows the same
+    /// last ids as the others, and catches up a client behind from its history. Pages of `REPLAY_PAGE` entries.
+    async fn replay(
+        &self,
+        conn: &mut MultiplexedConnection,
+        until: EntryId,
+    ) -> Result<(), BusError> {
+        if until == EntryId::ZERO {
+            return Ok(());
+        }
+        let limit = self.config.command_timeout;
+        let time = tokio::time::timeout(limit, redis::cmd("TIME").query_async::<Vec<u64>>(conn))
+            .await
+            .map_err(|_| BusError::Timeout(limit))?
+            .map_err(BusError::Redis)?;
+        let (redis_now_ms, here_now) = match time.as_slice() {
+            [secs, micros] => (secs * 1000 + micros / 1000, Instant::now()),
+            _ => return Err(self.unexpected("TIME", "not [seconds, microseconds]")),
+        };
+        let window = u64::try_from(self.registry.replay_window().as_millis()).unwrap_or(u64::MAX);
+        let mut from = EntryId(redis_now_ms.saturating_sub(window), 0);
+        let (mut entries_read, mut items) = (0usize, 0usize);
+        while from <= until {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&self.config.stream_key)
+                .arg(from.to_string())
+                .arg(until.to_string())
+                .arg("COUNT")
+                .arg(REPLAY_PAGE);
+            let reply = tokio::time::timeout(limit, cmd.query_async::<Value>(conn))
+                .await
+                .map_err(|_| BusError::Timeout(limit))?
+                .map_err(BusError::Redis)?;
+            let page = entries(reply).map_err(|what| self.unexpected("XRANGE", what))?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.successor();
+            entries_read += page.len();
+            for (id, payload) in page {
+                // The entry's own time, from its id (Redis's clock), on this process's clock.
+                let age = Duration::from_millis(redis_now_ms.saturating_sub(id.0));
+                let accepted = here_now.checked_sub(age).unwrap_or(here_now);
+                let parsed = payload
+                    .filter(|p| p.len() <= self.max_message)
+                    .map(|p| item::parse_body_at(&p, accepted));
+                match parsed {
+                    Some(Ok(list)) => {
+                        items += list.len();
+                        for item in list {
+                            self.registry.replay(&Arc::new(item));
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(id = %id, "bus: stream entry not read back: no valid publish body")
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            stream = %self.config.stream_key, entries = entries_read, items, until = %until,
+            "bus: read back the stream's recent entries into last ids and histories"
+        );
+        Ok(())
     }
 
     /// The id of the first entry of the stream in `XRANGE`/`XREVRANGE` order, if any.
@@ -453,10 +551,14 @@ impl RedisBus {
     /// re-fetch.
     fn subscribed(&self, link: &Link) {
         let recover = match link {
-            Link::PubSub(_) => true,
+            Link::PubSub(_) => Recover::Forget,
             Link::Stream { recover, .. } => *recover,
         };
-        let refetched = if recover { self.registry.recover() } else { 0 };
+        let refetched = match recover {
+            Recover::Nothing => 0,
+            Recover::Refetch => self.registry.refetch_all(),
+            Recover::Forget => self.registry.recover(),
+        };
         self.status.send_modify(|s| {
             s.connected = true;
             s.connects += 1;

@@ -9,6 +9,7 @@
 
 mod bus;
 mod check;
+mod conditional;
 mod control;
 mod history;
 mod hold;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use bus::{BusConfig, RawBus, RedisConfig, Startup, Transport};
+pub use conditional::{ChannelTemplate, ConditionalConfig, RawConditional, MIN_RECHECK};
 pub use control::{AuthConfig, RawAuth, RawControl};
 pub use history::{HistoryConfig, RawHistory, MAX_HISTORY_ITEMS};
 pub use hold::{HoldConfig, RawHold};

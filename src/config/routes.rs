@@ -7,6 +7,7 @@ use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 
 use super::check::{invalid, opt_secret, secret};
+use super::conditional::{ConditionalConfig, RawConditional};
 use super::ConfigError;
 use crate::grip::sig::Signer;
 use crate::tls::client::{self as tls_client, OriginTls, Trust};
@@ -40,6 +41,8 @@ pub struct RawRoute {
     /// Accept any certificate from this `https` origin (no chain, name or expiry check). For tests only: a
     /// warning is logged at start-up.
     pub tls_skip_verify: bool,
+    /// `[routes.conditional]`: hold conditional requests the origin answers `304` (an origin without GRIP).
+    pub conditional: Option<RawConditional>,
 }
 
 impl Default for RawRoute {
@@ -54,6 +57,7 @@ impl Default for RawRoute {
             tls_ca: None,
             tls_server_name: None,
             tls_skip_verify: false,
+            conditional: None,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct RouteConfig {
     pub signer: Arc<Signer>,
     /// The TLS setting of an `https` origin (`None` for `http`); compared by the values configured.
     pub tls: Option<OriginTls>,
+    /// Conditional holds for an origin that speaks no GRIP, if on.
+    pub conditional: Option<Arc<ConditionalConfig>>,
 }
 
 /// Validates `[[routes]]`: at least one, each in turn.
@@ -226,6 +232,10 @@ fn route(i: usize, r: &RawRoute, configs: &mut TlsConfigs) -> Result<RouteConfig
     let signer = Signer::new(&r.sig_iss, sig_alg, &sig_key)
         .map_err(|e| invalid(key("sig_key"), e.to_string()))?;
     let tls = origin_tls(i, r, &scheme, &authority, configs)?;
+    let conditional = match &r.conditional {
+        Some(c) => Some(Arc::new(super::conditional::validate(i, c)?)),
+        None => None,
+    };
     Ok(RouteConfig {
         host,
         path_prefix: r.path_prefix.clone(),
@@ -233,6 +243,7 @@ fn route(i: usize, r: &RawRoute, configs: &mut TlsConfigs) -> Result<RouteConfig
         authority,
         signer: Arc::new(signer),
         tls,
+        conditional,
     })
 }
 

@@ -289,6 +289,29 @@ impl Channel {
         seq: Sequencing,
         keeper: Option<&Keeper>,
     ) -> Published {
+        self.apply(item, now, seq, keeper, true)
+    }
+
+    /// Records an item as [`Channel::publish`] does (last id, duplicates, history) without handing it to any
+    /// member: a replay of items published before this process was there to see them.
+    pub(crate) fn record(
+        &mut self,
+        item: &Arc<Item>,
+        now: Instant,
+        seq: Sequencing,
+        keeper: Option<&Keeper>,
+    ) {
+        self.apply(item, now, seq, keeper, false);
+    }
+
+    fn apply(
+        &mut self,
+        item: &Arc<Item>,
+        now: Instant,
+        seq: Sequencing,
+        keeper: Option<&Keeper>,
+        hand_out: bool,
+    ) -> Published {
         let mut out = Published::default();
         if let Some(id) = item.id.as_deref() {
             if self.seen_recently(id, now, seq.duplicate_window) {
@@ -306,7 +329,7 @@ impl Channel {
             }
             if self.live().pending.len() >= seq.max_pending {
                 if let Some((oldest, _)) = self.live().pending.pop_front() {
-                    self.apply_chain(oldest, now, seq, keeper, &mut out);
+                    self.apply_chain(oldest, now, seq, keeper, hand_out, &mut out);
                 }
             }
             let deadline = now + seq.wait;
@@ -314,7 +337,7 @@ impl Channel {
             out.queued_until = Some(deadline);
             return out;
         }
-        self.apply_chain(item.clone(), now, seq, keeper, &mut out);
+        self.apply_chain(item.clone(), now, seq, keeper, hand_out, &mut out);
         self.tidy();
         out
     }
@@ -335,7 +358,7 @@ impl Channel {
                 break;
             }
             if let Some((item, _)) = l.pending.pop_front() {
-                self.apply_chain(item, now, seq, keeper, &mut out);
+                self.apply_chain(item, now, seq, keeper, true, &mut out);
             }
         }
         out.queued_until = self
@@ -346,12 +369,14 @@ impl Channel {
         out
     }
 
+    /// Applies `item` and the waiting items that follow on from it; `hand_out`: to the channel's members too.
     fn apply_chain(
         &mut self,
         item: Arc<Item>,
         now: Instant,
         seq: Sequencing,
         keeper: Option<&Keeper>,
+        hand_out: bool,
         out: &mut Published,
     ) {
         let mut next = Some(item);
@@ -368,7 +393,9 @@ impl Channel {
             self.last_id = item.id.clone();
             self.published_at = now;
             let waiters = match self.live.as_mut() {
-                Some(l) if item.http_response.is_some() => std::mem::take(&mut l.waiters),
+                Some(l) if hand_out && item.http_response.is_some() => {
+                    std::mem::take(&mut l.waiters)
+                }
                 _ => HashMap::new(),
             };
             let release = Arc::new(Release::new(item));
@@ -381,7 +408,7 @@ impl Channel {
             }
             // Streams get the item here, under the entry lock, so that every stream sees the channel's items in the
             // order they were applied (a push never waits: a feed past its bound ends instead).
-            if release.item.http_stream.is_some() {
+            if hand_out && release.item.http_stream.is_some() {
                 let len = release.stream_len();
                 let claimed: Vec<Arc<Feed>> = self
                     .streams()

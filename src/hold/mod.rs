@@ -190,6 +190,10 @@ pub(crate) enum ParkError {
     },
 }
 
+/// The first character of the channels the proxy makes for itself (a group of conditional holds re-checked
+/// together): no `Grip-Channel` header can carry it, so no origin can name one; listings leave them out.
+pub(crate) const OWN_CHANNEL: char = '\u{1}';
+
 /// The item a response hold behind its channel gets from the history. Equal when it is the same release.
 #[derive(Debug, Clone)]
 pub(crate) struct NextItem(pub(crate) Arc<Release>);
@@ -386,6 +390,12 @@ impl Registry {
         let mut replayed = 0;
         for (i, sub) in subs.iter().enumerate() {
             let prev_id = sub.prev_id.as_deref().filter(|_| check_prev_id);
+            // The proxy's own channels are not limited: the client is counted on the channel it asked for.
+            let max_members = if sub.name.starts_with(OWN_CHANNEL) {
+                usize::MAX
+            } else {
+                max_members
+            };
             // The member count is checked under the same entry lock as the join: exact under races.
             let outcome = self.with_channel(&sub.name, |c| {
                 if c.waiter_count() + c.stream_count() >= max_members {
@@ -484,6 +494,28 @@ impl Registry {
         deliver(&self.inner, published.deliveries, published.writes)
     }
 
+    /// Records an item published before this process could see it (a Redis stream read back at start-up): its
+    /// channel's last id, recent ids and history are set as if it had been published here, at `item.accepted`,
+    /// but no client is released or written to by it. Clients parked meanwhile are behind it or not, as any
+    /// park is judged against a last id.
+    pub(crate) fn replay(&self, item: &Arc<Item>) {
+        let now = item.accepted;
+        let seq = self.inner.sequencing;
+        let keeper = self.inner.history.as_ref();
+        self.with_channel(&item.channel, |c| c.record(item, now, seq, keeper));
+        self.forget_if_idle(&item.channel);
+        if let Some(keeper) = keeper.filter(|k| k.over_budget()) {
+            self.evict_history(keeper);
+        }
+    }
+
+    /// How far back a replay at start-up is worth reading: the longest any record of an item is kept (a last id
+    /// for `last_ids.ttl`, history items for `history.max_age`).
+    pub(crate) fn replay_window(&self) -> std::time::Duration {
+        let history = self.inner.history.as_ref().map(|k| k.rules.max_age);
+        self.inner.limits.ttl.max(history.unwrap_or_default())
+    }
+
     /// Brings the histories of all channels under their byte budget: drops the histories of the least recently
     /// published channels until the total is a little under it. One publisher at a time does this (a scan of the
     /// map, amortised over the eighth of the budget it frees); the others go on meanwhile.
@@ -552,6 +584,12 @@ impl Registry {
     /// client re-fetch from its origin. Returns how many clients were told.
     pub(crate) fn recover(&self) -> usize {
         self.release_all(Delivery::Refetch, true)
+    }
+
+    /// Makes every parked client re-fetch from its origin, keeping the last ids and histories (they are known to
+    /// be current: a bus that read back what it missed). Returns how many clients were told.
+    pub(crate) fn refetch_all(&self) -> usize {
+        self.release_all(Delivery::Refetch, false)
     }
 
     fn release_all(&self, delivery: Delivery, forget_ids: bool) -> usize {
@@ -660,8 +698,12 @@ impl Registry {
     /// Calls `f` with each channel entry's name, response holds, streams and last id, for introspection
     /// (`GET /channels`). `f` runs while a shard of the map is read-locked (parks and publishes on that shard wait):
     /// it must be quick, and must not touch the registry.
+    /// The proxy's own channels (names starting with [`OWN_CHANNEL`]) are left out.
     pub(crate) fn for_each_channel(&self, mut f: impl FnMut(&str, usize, usize, Option<&str>)) {
         for entry in self.inner.channels.iter() {
+            if entry.key().starts_with(OWN_CHANNEL) {
+                continue;
+            }
             f(
                 entry.key(),
                 entry.waiter_count(),
@@ -922,6 +964,24 @@ mod tests {
         assert_eq!(r.held_on("b"), 0);
         assert_eq!(r.channels(), 1, "only a's last id remains");
         assert_eq!(r.last_id("a").as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_item_sets_the_last_id_and_history_and_releases_no_one() {
+        let r = with_history(10, 1 << 20);
+        let mut held = r.park(vec![sub("a", None)], true, None).unwrap();
+        r.replay(&numbered("a", 1, "one"));
+        r.replay(&numbered("a", 2, "two"));
+        assert_eq!(r.last_id("a").as_deref(), Some("2"));
+        assert_eq!(r.history_of("a").0, 2);
+        assert!(
+            futures_util::FutureExt::now_or_never(held.recv()).is_none(),
+            "not released by a replay"
+        );
+        assert_eq!(r.held_on("a"), 1);
+        assert_eq!(r.publish(&numbered("a", 2, "two")), 0, "a duplicate now");
+        assert_eq!(r.publish(&numbered("a", 3, "three")), 1);
+        assert!(matches!(held.recv().await, Delivery::Item(_)));
     }
 
     #[tokio::test]

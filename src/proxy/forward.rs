@@ -197,6 +197,10 @@ pub(crate) struct Replayable {
     /// The client the request's holds count against (`limits.client_max_holds`): kept here, on the heap, rather
     /// than in the request future, which a parked client keeps for its whole hold.
     pub(crate) client: Option<crate::limits::Client>,
+    /// The conditional hold this request may become (`[routes.conditional]`), and while it is held with
+    /// re-checks, its place in its group.
+    pub(crate) conditional: Option<Box<super::conditional::Conditional>>,
+    pub(crate) recheck: Option<super::recheck::Member>,
 }
 
 /// Header names and values, each as `u16` name length, `u16` value length, name, value.
@@ -299,8 +303,21 @@ impl Replayable {
                 body: capture,
                 tls,
                 client: None,
+                conditional: None,
+                recheck: None,
             },
             req,
+        )
+    }
+
+    /// The request's method, target, headers (as sent to the origin) and TLS setting: what a re-check of a
+    /// conditional hold sends in its place.
+    pub(crate) fn head(&self) -> (Method, Uri, HeaderMap, Option<OriginTls>) {
+        (
+            self.method.clone(),
+            self.uri.clone(),
+            self.headers.unpack(),
+            self.tls.clone(),
         )
     }
 

@@ -2,10 +2,12 @@
 //! respond. A hold parks the request in the registry until a publish, the timeout, or shutdown.
 
 mod catch_up;
+mod conditional;
 pub(crate) mod forward;
 pub(crate) mod headers;
 mod interned;
 mod path;
+pub(crate) mod recheck;
 mod stream;
 
 use std::future::Future;
@@ -13,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Request, Response, Uri};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
@@ -62,6 +64,8 @@ pub(crate) struct ProxyState {
     pub route_stats: Box<[RouteStats]>,
     /// Held responses shared between the clients held with them.
     held_responses: interned::Interned,
+    /// The groups of held conditional requests re-checked together (`[routes.conditional] recheck_secs`).
+    rechecks: recheck::Rechecks,
 }
 
 impl ProxyState {
@@ -106,6 +110,7 @@ impl ProxyState {
             clients,
             route_stats,
             held_responses: interned::Interned::default(),
+            rechecks: recheck::Rechecks::default(),
         }
     }
 
@@ -240,11 +245,16 @@ async fn proxy(
                 Some(req) => *req,
                 None => replay.again(grip_last.take().map(|last| *last))?,
             };
-            Box::pin(exchange(state, req))
+            Box::pin(exchange(state, req, replay.conditional.as_deref()))
         };
         let (mut hold, held) = match exchanging.await? {
             Inspected::Respond(r) => return Ok((r, Outcome::Passed)),
             Inspected::Hold(hold, held) => (hold, held),
+            Inspected::Conditional(mut hold, held) => {
+                state.metrics.conditional_hold();
+                join_recheck(state, &mut replay, &mut hold, &held);
+                (hold, held)
+            }
         };
         let waited = if hold.mode == HoldMode::Stream {
             // Only a chunked (HTTP/1.1) stream is lent its socket.
@@ -267,6 +277,8 @@ async fn proxy(
             if let Some(client) = replay.client.as_mut() {
                 client.unpark();
             }
+            // Out of its re-check group, if in one: the hold is over.
+            replay.recheck = None;
             waited
         };
         match waited {
@@ -286,12 +298,53 @@ async fn proxy(
 }
 
 /// Phases *forward* and *inspect*: send to the origin (a small body read whole first), read its answer.
-async fn exchange(state: &ProxyState, req: Request<Body>) -> Result<Inspected, ProxyError> {
+async fn exchange(
+    state: &ProxyState,
+    req: Request<Body>,
+    conditional: Option<&conditional::Conditional>,
+) -> Result<Inspected, ProxyError> {
     let req = forward::read_ahead(req, state.request_buffer_size).await?;
     let sent = Instant::now();
     let resp = state.forwarder.send(req).await?;
     state.metrics.origin_latency(sent.elapsed());
-    inspect(state, resp).await
+    inspect(state, resp, conditional).await
+}
+
+/// A conditional hold with re-checks on joins the group of the requests its origin would answer alike, and
+/// waits on the group's channel beside its own.
+fn join_recheck(
+    state: &Arc<ProxyState>,
+    replay: &mut Replayable,
+    hold: &mut grip::Hold,
+    held: &ResponseParts,
+) {
+    let Some(cond) = replay.conditional.as_deref() else {
+        return;
+    };
+    let Some(every) = cond.config.recheck else {
+        return;
+    };
+    let route = cond.route;
+    let (method, uri, headers, tls) = replay.head();
+    let key = conditional::group_key(route, &method, &uri, &headers, &held.headers);
+    let member = recheck::Rechecks::join(state, key, || {
+        Some(recheck::Probe {
+            method,
+            uri,
+            headers,
+            tls,
+            route,
+            every,
+        })
+    });
+    if let Some(member) = member {
+        hold.channels.push(grip::ChannelSub {
+            name: member.channel().into(),
+            prev_id: None,
+            filters: Vec::new(),
+        });
+        replay.recheck = Some(member);
+    }
 }
 
 /// Phase *admit*: counts the request against its client's rate (`limits.client_requests_per_sec`) and returns
@@ -375,6 +428,7 @@ where
         .build()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     let mut headers = parts.headers;
+    let conditional = conditional::of(route, &parts.method, &parts.uri, &headers);
     let trusted = match (&state.upstream, headers.get("grip-sig")) {
         (Some(verifier), Some(sig)) => verifier.verify(sig.as_bytes()),
         _ => false,
@@ -394,24 +448,33 @@ where
             trusted,
         },
     );
-    Ok(Replayable::first(
+    let (mut replay, first) = Replayable::first(
         parts.method,
         uri,
         headers,
         body,
         state.max_replay_body,
         route.tls.clone(),
-    ))
+    );
+    replay.conditional = conditional;
+    Ok((replay, first))
 }
 
 enum Inspected {
     Respond(Response<Body>),
     Hold(grip::Hold, Arc<ResponseParts>),
+    /// A conditional request the origin answered `304` without instructions (`[routes.conditional]`).
+    Conditional(grip::Hold, Arc<ResponseParts>),
 }
 
-/// Phase *inspect*: read the origin's answer. No instructions: stream it back untouched (no buffering). Instructions:
-/// read the body (bounded), and build the held (timeout) response.
-async fn inspect(state: &ProxyState, resp: Response<OriginBody>) -> Result<Inspected, ProxyError> {
+/// Phase *inspect*: read the origin's answer. No instructions: stream it back untouched (no buffering), unless it
+/// is a `304` to a conditional request on a route with conditional holds, which is held. Instructions: read the
+/// body (bounded), and build the held (timeout) response.
+async fn inspect(
+    state: &ProxyState,
+    resp: Response<OriginBody>,
+    conditional: Option<&conditional::Conditional>,
+) -> Result<Inspected, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let is_instruct = parts
         .headers
@@ -425,6 +488,25 @@ async fn inspect(state: &ProxyState, resp: Response<OriginBody>) -> Result<Inspe
     };
     if from_headers.is_none() && !is_instruct {
         headers::to_client(&mut parts.headers);
+        if let Some(cond) = conditional.filter(|_| parts.status == StatusCode::NOT_MODIFIED) {
+            // Read to its end (a 304 has no body), so that the origin connection goes back to the pool.
+            read_held_body(state, body).await?;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let reason = parts
+                .extensions
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+            let held = ResponseParts {
+                status: parts.status,
+                reason,
+                headers: parts.headers,
+                body: Bytes::new(),
+            };
+            return Ok(Inspected::Conditional(
+                cond.hold(),
+                state.held_responses.intern(held),
+            ));
+        }
         let body = body.boxed();
         return Ok(Inspected::Respond(Response::from_parts(parts, body)));
     }

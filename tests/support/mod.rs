@@ -232,6 +232,11 @@ pub(crate) async fn get(addr: SocketAddr, path: &str) -> Resp {
 pub(crate) struct Pending(JoinHandle<Resp>);
 
 impl Pending {
+    /// Runs `request` (e.g. `send(addr, req)`) in a task of its own.
+    pub(crate) fn spawn(request: impl Future<Output = Resp> + Send + 'static) -> Pending {
+        Pending(tokio::spawn(request))
+    }
+
     pub(crate) fn get(addr: SocketAddr, path: &str) -> Pending {
         let path = path.to_owned();
         Pending(tokio::spawn(async move { get(addr, &path).await }))
@@ -838,7 +843,6 @@ pub(crate) fn item(channel: &str, body: &str) -> Value {
     json!({"channel": channel, "formats": {"http-response": {"body": body}}})
 }
 
-/// `{"items": [..]}`.
 /// Sends signal `name` (e.g. `TERM`, `HUP`) to a spawned process, and checks it was delivered.
 pub(crate) fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().unwrap().to_string();
@@ -874,6 +878,7 @@ pub(crate) fn numbered(channel: &str, id: u64, prev_id: Option<u64>, body: &str)
     item
 }
 
+/// `{"items": [..]}`.
 pub(crate) fn items(list: &[Value]) -> Value {
     json!({ "items": list })
 }

@@ -1,0 +1,266 @@
+//! Coalesced re-checks of held conditional requests (`[routes.conditional] recheck_secs`): held requests that
+//! agree on everything the origin's answer depends on form a group; one origin request per interval answers them all.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{header, HeaderMap, HeaderName, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{headers, ProxyState};
+use crate::body;
+use crate::grip::{self, ResponseParts};
+use crate::hold::OWN_CHANNEL;
+use crate::item::{Action, HttpResponse, Item};
+use crate::metrics::Recheck;
+use crate::tls::client::OriginTls;
+
+/// The groups of one proxy state, by key.
+#[derive(Default)]
+pub(crate) struct Rechecks {
+    groups: DashMap<Box<[u8]>, Arc<Group>, ahash::RandomState>,
+    /// Numbers groups (their channel names) and makes unshareable keys unique.
+    next: AtomicU64,
+}
+
+/// Held requests answered by one re-check.
+struct Group {
+    /// The registry channel its members wait on besides their own: a re-check's answer is published there.
+    channel: Box<str>,
+    /// Members held now. Raised under the map's entry lock (join), so that a group is removed only when empty.
+    members: AtomicUsize,
+}
+
+/// A held request's place in its group; leaving the hold (answer, timeout, client gone) drops it.
+pub(crate) struct Member {
+    group: Arc<Group>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.group.members.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Member {
+    /// The group's channel, to hold on beside the request's own.
+    pub(crate) fn channel(&self) -> &str {
+        &self.group.channel
+    }
+}
+
+/// The request a group's re-checks send: the first member's, as it went to the origin.
+pub(crate) struct Probe {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub tls: Option<OriginTls>,
+    /// The route's index (its `Grip-Sig` signer, fresh for each re-check).
+    pub route: usize,
+    /// Interval between re-checks.
+    pub every: Duration,
+}
+
+impl Rechecks {
+    /// Joins the group of `key` (`None`: a request that may share with no other, in a group of its own), making
+    /// it, and starting its re-checks on this runtime, if it is new.
+    pub(crate) fn join(
+        state: &Arc<ProxyState>,
+        key: Option<Vec<u8>>,
+        probe: impl FnOnce() -> Option<Probe>,
+    ) -> Option<Member> {
+        let this = &state.rechecks;
+        let key: Box<[u8]> = match key {
+            Some(key) => key.into(),
+            None => {
+                let mut unique = b"unshared:".to_vec();
+                unique.extend_from_slice(&this.next.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+                unique.into()
+            }
+        };
+        let entry = this.groups.entry(key.clone());
+        let group = match entry {
+            dashmap::Entry::Occupied(e) => e.get().clone(),
+            dashmap::Entry::Vacant(e) => {
+                let probe = probe()?;
+                let n = this.next.fetch_add(1, Ordering::Relaxed);
+                let group = Arc::new(Group {
+                    channel: format!("{OWN_CHANNEL}recheck:{n}").into(),
+                    members: AtomicUsize::new(0),
+                });
+                e.insert(group.clone());
+                tokio::spawn(run(state.clone(), key, group.clone(), probe));
+                group
+            }
+        };
+        group.members.fetch_add(1, Ordering::AcqRel);
+        Some(Member { group })
+    }
+}
+
+/// A group's re-checks: every `probe.every`, until it has no member left.
+async fn run(state: Arc<ProxyState>, key: Box<[u8]>, group: Arc<Group>, probe: Probe) {
+    let mut tick = tokio::time::interval_at(Instant::now() + probe.every, probe.every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let gone = state
+            .rechecks
+            .groups
+            .remove_if(&key, |_, g| g.members.load(Ordering::Acquire) == 0);
+        if gone.is_some() || state.registry.is_closed() {
+            state.rechecks.groups.remove(&key);
+            return;
+        }
+        let (result, action) = check(&state, &probe).await;
+        let released = match action {
+            Some(action) => {
+                let item = Arc::new(Item {
+                    channel: group.channel.clone(),
+                    id: None,
+                    prev_id: None,
+                    no_seq: true,
+                    http_response: Some(action),
+                    http_stream: None,
+                    accepted: Instant::now(),
+                });
+                state.registry.publish(&item)
+            }
+            None => 0,
+        };
+        state.metrics.recheck(result, released);
+        tracing::debug!(
+            channel = %&group.channel[1..], result = ?result, released,
+            members = group.members.load(Ordering::Relaxed), "conditional holds re-checked"
+        );
+    }
+}
+
+/// One re-check: the probe sent to the origin, and what to release the group with (`None`: nothing).
+async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpResponse>) {
+    let mut req = Request::new(body::empty());
+    *req.method_mut() = probe.method.clone();
+    *req.uri_mut() = probe.uri.clone();
+    *req.headers_mut() = probe.headers.clone();
+    if let Some(route) = state.routes.by_index(probe.route) {
+        req.headers_mut()
+            .insert(HeaderName::from_static("grip-sig"), route.signer.header());
+    }
+    if let Some(tls) = &probe.tls {
+        req.extensions_mut().insert(tls.clone());
+    }
+    let sent = Instant::now();
+    let resp = match state.forwarder.send(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(uri = %probe.uri, error = %e, "conditional re-check failed; clients stay held");
+            return (Recheck::Failed, None);
+        }
+    };
+    state.metrics.origin_latency(sent.elapsed());
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::NOT_MODIFIED {
+        return (Recheck::Unchanged, None);
+    }
+    if parts.status.is_server_error() {
+        tracing::warn!(uri = %probe.uri, status = parts.status.as_u16(), "conditional re-check answered with a server error; clients stay held");
+        return (Recheck::Failed, None);
+    }
+    let hint = HttpResponse {
+        action: Action::Hint,
+        parts: ResponseParts {
+            status: StatusCode::OK,
+            reason: None,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        },
+    };
+    if !shareable(&parts.headers) {
+        return (Recheck::Refetched, Some(hint));
+    }
+    let limit = state.hold.max_body;
+    let read = tokio::time::timeout(
+        state.forwarder.response_timeout(),
+        Limited::new(body, limit).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        // Too large to keep for everyone, or cut short: each client asks for its own.
+        _ => return (Recheck::Refetched, Some(hint)),
+    };
+    headers::to_client(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+    let body = if probe.method == Method::HEAD {
+        Bytes::new()
+    } else {
+        body
+    };
+    let answer = HttpResponse {
+        action: Action::Send,
+        parts: ResponseParts {
+            status: parts.status,
+            reason,
+            headers: parts.headers,
+            body,
+        },
+    };
+    (Recheck::Shared, Some(answer))
+}
+
+/// Whether one answer may go to every member of a group: not `Cache-Control: private` or `no-store` (a shared
+/// cache may not keep those), no `Set-Cookie` (meant for one client), and no GRIP instructions (the origin
+/// speaks GRIP after all: each client's own request is sent, and held as the origin says).
+fn shareable(headers: &HeaderMap) -> bool {
+    let private = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        })
+        .any(|d| d == "private" || d == "no-store");
+    let grip = headers.contains_key("grip-hold")
+        || headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with(grip::instruct::CONTENT_TYPE));
+    !private && !headers.contains_key(header::SET_COOKIE) && !grip
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_no_store_cookies_and_grip_answers_are_never_shared() {
+        let with = |name: &str, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+            h
+        };
+        assert!(shareable(&HeaderMap::new()));
+        assert!(shareable(&with("cache-control", "public, max-age=5")));
+        assert!(!shareable(&with("cache-control", "max-age=0, Private")));
+        assert!(!shareable(&with("cache-control", "no-store")));
+        assert!(!shareable(&with("cache-control", "private=\"x\"")));
+        assert!(!shareable(&with("set-cookie", "s=1")));
+        assert!(!shareable(&with("grip-hold", "response")));
+    }
+}

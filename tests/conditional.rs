@@ -1,0 +1,387 @@
+//! Conditional holds over real sockets, against an origin that knows nothing of GRIP: it serves a value with an
+//! `ETag` and answers `304` to `If-None-Match` when the client has the current one. Clients are held on that 304
+//! and released by a publish, a hint, or a coalesced re-check; what the origin counts and what each client gets.
+
+#![allow(clippy::unwrap_used)] // tests may unwrap: a panic is how a test fails
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use support::*;
+use tokio::time::Instant;
+
+/// The origin's value: its version is its ETag.
+struct Store {
+    version: u64,
+    value: String,
+}
+
+/// An origin with no GRIP: `GET` answers the value (per `Accept-Language` on `/lang`, per `Authorization` on
+/// `/me`, `Cache-Control: private` on `/private`) with `ETag: "<version>"`, or `304` when `If-None-Match` lists
+/// the current version.
+fn plain_origin() -> (
+    Arc<Mutex<Store>>,
+    impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+) {
+    let store = Arc::new(Mutex::new(Store {
+        version: 1,
+        value: "first".into(),
+    }));
+    let shared = store.clone();
+    let handler = move |req: &Recorded| {
+        let (version, value) = {
+            let s = shared.lock();
+            (s.version, s.value.clone())
+        };
+        let etag = format!("\"{version}\"");
+        let has = req
+            .header("if-none-match")
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+        let reply = if has {
+            Reply::status(304)
+        } else {
+            let body = match req.path() {
+                "/lang" => format!(
+                    "{value} in {}",
+                    req.header("accept-language").unwrap_or("-")
+                ),
+                "/me" => format!("{value} for {}", req.header("authorization").unwrap_or("-")),
+                _ => value,
+            };
+            Reply::text(&body)
+        };
+        let reply = reply.header("ETag", &etag);
+        match req.path() {
+            "/lang" => reply.header("Vary", "Accept-Language"),
+            "/private" => reply.header("Cache-Control", "private"),
+            _ => reply,
+        }
+    };
+    (store, handler)
+}
+
+fn change(store: &Mutex<Store>, value: &str) {
+    let mut s = store.lock();
+    s.version += 1;
+    s.value = value.into();
+}
+
+/// `[routes.conditional]` on the one route, with these extra keys.
+fn conditional(origin: SocketAddr, keys: &str) -> ProxyBuilder {
+    Proxy::to(origin).toml(&format!("[routes.conditional]\n{keys}"))
+}
+
+/// A GET of `path` with `If-None-Match` and extra headers, in its own task.
+fn held_get(addr: SocketAddr, path: &str, etag: &str, extra: &[(&str, &str)]) -> Pending {
+    let mut req = request("GET", path).header("if-none-match", etag);
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(empty()).unwrap();
+    Pending::spawn(async move { send(addr, req).await })
+}
+
+async fn control_json(proxy: &Proxy, path: &str) -> Value {
+    let resp = within(LIMIT, get(proxy.control_addr(), path)).await;
+    assert_eq!(resp.status, 200);
+    serde_json::from_str(resp.text()).unwrap()
+}
+
+/// The value of one series of `/metrics`; 0 when absent.
+async fn metric(proxy: &Proxy, series: &str) -> f64 {
+    let text = within(LIMIT, get(proxy.control_addr(), "/metrics")).await;
+    let prefix = format!("{series} ");
+    text.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_304_is_held_and_released_by_a_publish_and_anything_else_passes_through() {
+    let (_store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "").start().await;
+
+    // No conditional header, or not the current ETag: the origin's answer at once.
+    let plain = proxy.get("/value").await;
+    assert_eq!((plain.status.as_u16(), plain.text()), (200, "first"));
+    assert_eq!(plain.headers["etag"], "\"1\"");
+    let stale = within(
+        LIMIT,
+        held_get(proxy.addr(), "/value", "\"0\"", &[]).response(),
+    )
+    .await;
+    assert_eq!((stale.status.as_u16(), stale.text()), (200, "first"));
+    let post = within(
+        LIMIT,
+        send(
+            proxy.addr(),
+            request("POST", "/value")
+                .header("if-none-match", "\"1\"")
+                .body(full("x"))
+                .unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(post.status, 304, "only GET and HEAD are held");
+
+    // Current: held on the channel named by the default template, "{path}".
+    let client = held_get(proxy.addr(), "/value", "\"1\"", &[]);
+    proxy.wait_held(1).await;
+    let channels = control_json(&proxy, "/channels").await;
+    assert_eq!(channels["channels"][0]["channel"], "/value", "{channels}");
+    assert_eq!(channels["total"], 1, "no other channel listed: {channels}");
+    let resp = publish(
+        &proxy,
+        items(&[json!({"channel": "/value", "formats": {"http-response": {
+            "code": 200, "headers": {"ETag": "\"2\""}, "body": "published"}}})]),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let released = client.response().await;
+    assert_eq!(
+        (released.status.as_u16(), released.text()),
+        (200, "published")
+    );
+    assert_eq!(released.headers["etag"], "\"2\"");
+    assert_eq!(
+        origin.count(),
+        4,
+        "one origin request per client, nothing more"
+    );
+    assert_eq!(
+        metric(&proxy, "grip_proxy_conditional_holds_total").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_timeout_answers_the_origins_own_304() {
+    let (_store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "timeout_secs = 1")
+        .toml("[hold]\nmin_timeout_secs = 1")
+        .start()
+        .await;
+    let started = Instant::now();
+    let resp = within(
+        LIMIT,
+        held_get(proxy.addr(), "/value", "\"1\"", &[]).response(),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "held first"
+    );
+    assert_eq!(resp.status, 304);
+    assert_eq!(resp.headers["etag"], "\"1\"");
+    assert!(resp.body.is_empty());
+    assert!(resp.headers.get("content-length").is_none());
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn a_route_without_conditional_holds_passes_the_304_through() {
+    let (_store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = Proxy::start(origin.addr()).await;
+    let resp = within(
+        LIMIT,
+        held_get(proxy.addr(), "/value", "\"1\"", &[]).response(),
+    )
+    .await;
+    assert_eq!(resp.status, 304);
+    assert_eq!(proxy.registry().held(), 0);
+}
+
+#[tokio::test]
+async fn a_hint_re_fetches_each_held_request_and_releases_only_those_whose_answer_changed() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "").start().await;
+    let behind = held_get(proxy.addr(), "/value", "\"1\"", &[]);
+    // This client already knows version 2 too: after the change its answer is still 304.
+    let ahead = held_get(proxy.addr(), "/value", "\"1\", \"2\"", &[]);
+    proxy.wait_held(2).await;
+
+    change(&store, "second");
+    let hint = json!({"channel": "/value", "formats": {"http-response": {"action": "hint"}}});
+    assert_eq!(publish(&proxy, items(&[hint])).await.status, 200);
+    let resp = behind.response().await;
+    assert_eq!((resp.status.as_u16(), resp.text()), (200, "second"));
+    assert_eq!(resp.headers["etag"], "\"2\"");
+    // Both were asked again; the one still current is held again.
+    origin.nth(3).await;
+    proxy.wait_held(1).await;
+    assert!(!ahead.is_finished());
+    let done = json!({"channel": "/value", "formats": {"http-response": {"body": "third"}}});
+    assert_eq!(publish(&proxy, items(&[done])).await.status, 200);
+    assert_eq!(ahead.response().await.text(), "third");
+    assert_eq!(origin.count(), 4);
+}
+
+#[tokio::test]
+async fn a_thousand_clients_on_one_etag_cost_the_origin_one_request_per_re_check() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 1").start().await;
+    const CLIENTS: usize = 1000;
+    let clients: Vec<Pending> = (0..CLIENTS)
+        .map(|_| held_get(proxy.addr(), "/value", "\"1\"", &[]))
+        .collect();
+    within(Duration::from_secs(30), proxy.wait_held(CLIENTS)).await;
+    let polled = origin.count();
+    assert_eq!(polled, CLIENTS, "each client's own request, once");
+
+    // Two re-checks come, about a second apart, one request each.
+    let first = within(Duration::from_secs(3), origin.nth(polled)).await;
+    assert_eq!(first.header("if-none-match"), Some("\"1\""));
+    let at = Instant::now();
+    within(Duration::from_secs(3), origin.nth(polled + 1)).await;
+    let gap = at.elapsed();
+    assert!(
+        gap > Duration::from_millis(700),
+        "re-checks {gap:?} apart, not one per client"
+    );
+    assert_eq!(origin.count(), polled + 2);
+
+    // A change: every client has it within one interval (and a margin for a loaded machine).
+    change(&store, "changed");
+    let changed = Instant::now();
+    for client in clients {
+        let resp = within(Duration::from_secs(5), client.response()).await;
+        assert_eq!((resp.status.as_u16(), resp.text()), (200, "changed"));
+        assert_eq!(resp.headers["etag"], "\"2\"");
+    }
+    let took = changed.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "released {took:?} after the change"
+    );
+    let rechecks = origin.count() - polled;
+    assert!(
+        rechecks <= 4,
+        "{rechecks} origin requests while {CLIENTS} clients were held"
+    );
+    assert_eq!(
+        metric(&proxy, "grip_proxy_recheck_released_clients_total").await,
+        CLIENTS as f64
+    );
+    assert_eq!(
+        metric(&proxy, "grip_proxy_rechecks_total{result=\"shared\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn users_with_different_credentials_never_get_each_others_answer() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let alice = held_get(
+        proxy.addr(),
+        "/me",
+        "\"1\"",
+        &[("authorization", "Bearer alice")],
+    );
+    let bob = held_get(
+        proxy.addr(),
+        "/me",
+        "\"1\"",
+        &[("authorization", "Bearer bob")],
+    );
+    let alice_again = held_get(
+        proxy.addr(),
+        "/me",
+        "\"1\"",
+        &[("authorization", "Bearer alice")],
+    );
+    proxy.wait_held(3).await;
+    change(&store, "new");
+    assert_eq!(alice.response().await.text(), "new for Bearer alice");
+    assert_eq!(alice_again.response().await.text(), "new for Bearer alice");
+    assert_eq!(bob.response().await.text(), "new for Bearer bob");
+    // One re-check per user answered both of alice's clients.
+    let changed: Vec<_> = origin
+        .requests()
+        .into_iter()
+        .skip(3)
+        .filter(|r| r.seq >= 3)
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect();
+    assert!(changed.iter().any(|a| a == "Bearer alice"));
+    assert!(changed.iter().any(|a| a == "Bearer bob"));
+}
+
+#[tokio::test]
+async fn a_vary_listed_header_makes_one_group_per_value() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let langs = ["en", "en", "en", "fr", "fr"];
+    let clients: Vec<(&str, Pending)> = langs
+        .iter()
+        .map(|l| {
+            (
+                *l,
+                held_get(proxy.addr(), "/lang", "\"1\"", &[("accept-language", l)]),
+            )
+        })
+        .collect();
+    proxy.wait_held(langs.len()).await;
+    // Six re-checks: three per language, however many clients each has.
+    origin.nth(langs.len() + 5).await;
+    let per = |lang: &str| {
+        origin.requests()[langs.len()..]
+            .iter()
+            .filter(|r| r.header("accept-language") == Some(lang))
+            .count()
+    };
+    let (en, fr) = (per("en"), per("fr"));
+    assert!(
+        en.abs_diff(fr) <= 1,
+        "en {en}, fr {fr}: one request per language per interval"
+    );
+    change(&store, "v2");
+    for (lang, client) in clients {
+        assert_eq!(client.response().await.text(), format!("v2 in {lang}"));
+    }
+}
+
+#[tokio::test]
+async fn a_private_answer_is_never_shared_each_client_fetches_its_own() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let a = held_get(proxy.addr(), "/private", "\"1\"", &[]);
+    let b = held_get(proxy.addr(), "/private", "\"1\"", &[]);
+    proxy.wait_held(2).await;
+    let before = origin.count();
+    change(&store, "mine");
+    assert_eq!(a.response().await.text(), "mine");
+    assert_eq!(b.response().await.text(), "mine");
+    assert_eq!(
+        metric(&proxy, "grip_proxy_rechecks_total{result=\"refetched\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&proxy, "grip_proxy_recheck_released_clients_total").await,
+        2.0
+    );
+    assert!(
+        origin.count() >= before + 3,
+        "one re-check and one request per client"
+    );
+}
