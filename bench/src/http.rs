@@ -93,6 +93,8 @@ pub(crate) struct RespReader {
     len: usize,
     /// Status line and body start of the last response that was neither published nor timeout.
     pub last_other: Option<String>,
+    /// The `ETag` of the last response, if it had one.
+    pub last_etag: Option<String>,
 }
 
 impl Default for RespReader {
@@ -107,6 +109,7 @@ impl RespReader {
             buf: vec![0; 512],
             len: 0,
             last_other: None,
+            last_etag: None,
         }
     }
 
@@ -169,6 +172,7 @@ impl RespReader {
                     let status = resp.code.unwrap_or(0);
                     let mut framing = Framing::UntilEof;
                     let mut close = resp.version == Some(0);
+                    self.last_etag = None;
                     for h in resp.headers.iter() {
                         if h.name.eq_ignore_ascii_case("content-length") {
                             let v = std::str::from_utf8(h.value).unwrap_or("").trim();
@@ -178,6 +182,8 @@ impl RespReader {
                             && contains_token(h.value, b"chunked")
                         {
                             framing = Framing::Chunked;
+                        } else if h.name.eq_ignore_ascii_case("etag") {
+                            self.last_etag = Some(String::from_utf8_lossy(h.value).into_owned());
                         } else if h.name.eq_ignore_ascii_case("connection") {
                             if contains_token(h.value, b"close") {
                                 close = true;

@@ -18,7 +18,24 @@ struct Counters {
     /// `/catchup/` requests, and those of them that were `Grip-Last` re-fetches.
     catchup: AtomicU64,
     catchup_last: AtomicU64,
+    /// `/etag/` requests, and those of them answered `304`.
+    etag: AtomicU64,
+    etag_304: AtomicU64,
+    /// The version of the `/etag/` value: its ETag is `"<version>"`.
+    etag_version: AtomicU64,
     other: AtomicU64,
+}
+
+/// The first version of the `/etag/` value (each `POST /etag-change` adds one).
+pub(crate) const ETAG_FIRST_VERSION: u64 = 1;
+
+/// What `respond` needs of a request besides its path.
+#[derive(Default)]
+struct Asked<'a> {
+    /// It carries `Grip-Last` (a stream re-fetch).
+    grip_last: bool,
+    /// Its `If-None-Match`, if any.
+    if_none_match: Option<&'a [u8]>,
 }
 
 /// Items a `/catchup/<after>/<channel>` client missed (the catch-up figure publishes ids 1 to
@@ -35,6 +52,9 @@ pub(crate) fn run(port: u16) -> io::Result<()> {
     rt.block_on(async move {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let counters = Arc::new(Counters::default());
+        counters
+            .etag_version
+            .store(ETAG_FIRST_VERSION, Ordering::Relaxed);
         // Exit when the parent closes our stdin.
         tokio::spawn(async {
             let mut stdin = tokio::io::stdin();
@@ -78,10 +98,12 @@ async fn serve_conn(mut sock: TcpStream, counters: Arc<Counters>) -> io::Result<
             };
             let mut body_len = 0usize;
             let mut conn_close = req.version == Some(0);
-            let mut grip_last = false;
+            let mut asked = Asked::default();
             for h in req.headers.iter() {
                 if h.name.eq_ignore_ascii_case("grip-last") {
-                    grip_last = true;
+                    asked.grip_last = true;
+                } else if h.name.eq_ignore_ascii_case("if-none-match") {
+                    asked.if_none_match = Some(h.value);
                 } else if h.name.eq_ignore_ascii_case("content-length") {
                     body_len = std::str::from_utf8(h.value)
                         .ok()
@@ -100,7 +122,7 @@ async fn serve_conn(mut sock: TcpStream, counters: Arc<Counters>) -> io::Result<
                 break; // wait for the rest of the body
             }
             let path = req.path.unwrap_or("/");
-            respond(path, grip_last, &counters, &mut out);
+            respond(path, &asked, &counters, &mut out);
             buf.copy_within(n + body_len..len, 0);
             len -= n + body_len;
             if conn_close {
@@ -126,9 +148,55 @@ async fn serve_conn(mut sock: TcpStream, counters: Arc<Counters>) -> io::Result<
     }
 }
 
-fn respond(path: &str, grip_last: bool, counters: &Counters, out: &mut Vec<u8>) {
+/// Whether an `If-None-Match` value names `etag` (or is `*`).
+fn etag_matches(if_none_match: &[u8], etag: &[u8]) -> bool {
+    if_none_match
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|t| t == etag || t == b"*")
+}
+
+/// `GET /etag/<name>`: the current value with its `ETag`, or `304` (with the `ETag`) when the
+/// request's `If-None-Match` names it. No GRIP instructions: a plain REST resource.
+fn etag_value(asked: &Asked<'_>, counters: &Counters, out: &mut Vec<u8>) {
     use std::io::Write;
-    if let Some((after, channel)) = path
+    counters.etag.fetch_add(1, Ordering::Relaxed);
+    let version = counters.etag_version.load(Ordering::Relaxed);
+    let etag = format!("\"{version}\"");
+    if asked
+        .if_none_match
+        .is_some_and(|v| etag_matches(v, etag.as_bytes()))
+    {
+        counters.etag_304.fetch_add(1, Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nCache-Control: no-cache\r\n\r\n"
+        );
+    } else {
+        let body = format!("value {version}\n");
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: {etag}\r\nCache-Control: no-cache\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+fn respond(path: &str, asked: &Asked<'_>, counters: &Counters, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let grip_last = asked.grip_last;
+    if path.starts_with("/etag/") {
+        etag_value(asked, counters, out);
+    } else if path == "/etag-change" {
+        // The bench's control endpoint (any method): a new version, answered with its number.
+        let version = counters.etag_version.fetch_add(1, Ordering::Relaxed) + 1;
+        let body = version.to_string();
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    } else if let Some((after, channel)) = path
         .strip_prefix("/catchup/")
         .and_then(|rest| rest.split_once('/'))
         .and_then(|(after, channel)| Some((after.parse::<u64>().ok()?, channel)))
@@ -175,12 +243,15 @@ fn respond(path: &str, grip_last: bool, counters: &Counters, out: &mut Vec<u8>) 
         counters.plain.fetch_add(1, Ordering::Relaxed);
     } else if path == "/stats" {
         let body = format!(
-            "{{\"hold\":{},\"stream\":{},\"plain\":{},\"catchup\":{},\"catchup_last\":{},\"other\":{}}}",
+            "{{\"hold\":{},\"stream\":{},\"plain\":{},\"catchup\":{},\"catchup_last\":{},\"etag\":{},\"etag_304\":{},\"etag_version\":{},\"other\":{}}}",
             counters.hold.load(Ordering::Relaxed),
             counters.stream.load(Ordering::Relaxed),
             counters.plain.load(Ordering::Relaxed),
             counters.catchup.load(Ordering::Relaxed),
             counters.catchup_last.load(Ordering::Relaxed),
+            counters.etag.load(Ordering::Relaxed),
+            counters.etag_304.load(Ordering::Relaxed),
+            counters.etag_version.load(Ordering::Relaxed),
             counters.other.load(Ordering::Relaxed)
         );
         let _ = write!(

@@ -56,6 +56,15 @@ pub(crate) struct Plan {
     /// `catchup_channels` channels.
     pub catchup_streams: usize,
     pub catchup_channels: usize,
+    /// Figure 10: ETag-polling clients of one resource, straight to the origin and through
+    /// conditional holds.
+    pub conditional_clients: usize,
+    /// The direct clients' poll interval, and the conditional route's `recheck_secs`.
+    pub conditional_interval_ms: u64,
+    /// The steady window over which the origin's requests are counted (no change in it).
+    pub conditional_window_ms: u64,
+    /// Changes of the value after the window, each timed until every client had it.
+    pub conditional_changes: usize,
     /// Bound on the whole run.
     pub max_run: Duration,
 }
@@ -91,6 +100,10 @@ impl Plan {
                 handshake_conns: 32,
                 catchup_streams: 1_000,
                 catchup_channels: 100,
+                conditional_clients: 1_000,
+                conditional_interval_ms: 1_000,
+                conditional_window_ms: 2_000,
+                conditional_changes: 3,
                 max_run: Duration::from_secs(360),
             }
         } else {
@@ -122,6 +135,10 @@ impl Plan {
                 handshake_conns: 32,
                 catchup_streams: 10_000,
                 catchup_channels: 100,
+                conditional_clients: 10_000,
+                conditional_interval_ms: 1_000,
+                conditional_window_ms: 5_000,
+                conditional_changes: 8,
                 max_run: Duration::from_secs(1_200),
             }
         }
@@ -274,6 +291,72 @@ pub(crate) struct CatchUp {
     pub origin_refetches: u64,
     /// The proxy's CPU time over the round.
     pub proxy_cpu_ms: f64,
+}
+
+/// Figure 10: N clients polling one resource of an origin that speaks no GRIP with
+/// `If-None-Match`, straight to the origin every interval, then through grip-proxy's conditional
+/// holds (an instance of its own, `recheck_secs` = the interval); the value changes a few times
+/// after a steady window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ConditionalFigures {
+    /// Why they were not measured.
+    pub skipped: Option<String>,
+    pub direct: Option<EtagPolling>,
+    pub held: Option<EtagPolling>,
+    /// Origin requests per second over the steady window, through conditional holds ÷ direct.
+    pub ratio_origin_rps: Option<f64>,
+    /// Delivery latency after a change, through conditional holds ÷ direct, per percentile.
+    pub ratio_latency: Option<Ratios>,
+}
+
+/// One way of polling: the origin's load while nothing changes, and how soon clients have a
+/// change.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct EtagPolling {
+    /// `direct` or `conditional holds`.
+    pub mode: String,
+    pub clients: usize,
+    pub connect_failed: usize,
+    /// The direct clients' poll interval, or the route's `recheck_secs`.
+    pub interval_s: f64,
+    /// Origin requests (and 304 answers among them) over the steady window.
+    pub window_s: f64,
+    pub origin_requests: u64,
+    pub origin_not_modified: u64,
+    pub origin_rps: f64,
+    /// Changes made, client deliveries timed (clients × changes at most) and the ones missing.
+    pub changes: usize,
+    pub delivered: usize,
+    pub missed: usize,
+    /// Per client and change: from just before the change was written to the origin until the
+    /// client had read the new value.
+    pub latency: Percentiles,
+    pub mean_ms: f64,
+    /// Origin requests per change, from the change until the next (or the end), and that
+    /// cycle's mean length.
+    pub origin_requests_per_change: f64,
+    pub change_cycle_s: f64,
+    /// What the clients were answered in all (200, 304, other), failed requests, reconnects.
+    pub answers_200: u64,
+    pub answers_304: u64,
+    pub answers_other: u64,
+    pub errors: u64,
+    pub reconnects: u64,
+    /// The proxy's counters over the mode (conditional holds only; its instance is fresh).
+    pub proxy: Option<RecheckCounts>,
+}
+
+/// grip-proxy's conditional-hold counters at the end of a mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct RecheckCounts {
+    pub conditional_holds: u64,
+    pub rechecks_unchanged: u64,
+    pub rechecks_shared: u64,
+    pub rechecks_refetched: u64,
+    pub rechecks_failed: u64,
+    pub released_clients: u64,
+    /// The proxy's CPU time over the steady window.
+    pub window_cpu_ms: f64,
 }
 
 /// Channels left remembered with no client, and the RSS they cost.
@@ -489,6 +572,7 @@ pub(crate) struct Results {
     pub remembered: RememberedFigures,
     pub https: HttpsFigures,
     pub catchup: CatchUpFigures,
+    pub conditional: ConditionalFigures,
     /// RSS of the proxy (KiB) after each phase, once it is idle again.
     pub rss_after_phase_kib: Vec<(String, u64)>,
     /// Share of the machine's CPU used by processes other than this benchmark's (its

@@ -1,9 +1,11 @@
 //! Output: the Markdown tables, results.json and a hand-written SVG plot (the stream rows are in
-//! `streams`, memory per remembered channel in `remembered`, the Redis bus in `bus`).
+//! `streams`, memory per remembered channel in `remembered`, the Redis bus in `bus`, conditional
+//! holds in `conditional`).
 
 mod bus;
 mod catchup;
 mod compare;
+mod conditional;
 mod https;
 mod remembered;
 mod streams;
@@ -11,6 +13,7 @@ mod streams;
 pub(crate) use bus::bus_lines;
 pub(crate) use catchup::catchup_lines;
 pub(crate) use compare::markdown as compare_markdown;
+pub(crate) use conditional::conditional_lines;
 pub(crate) use https::https_lines;
 pub(crate) use remembered::remembered_lines;
 pub(crate) use streams::stream_comparison;
@@ -148,6 +151,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     remembered::rows(&mut s, r);
     https::rows(&mut s, &r.https);
     catchup::rows(&mut s, r);
+    conditional::rows(&mut s, r);
 
     let _ = writeln!(s, "\n### Held rounds (one channel, one publish)\n");
     let _ = writeln!(
@@ -214,6 +218,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     remembered::details(&mut s, r);
     https::section(&mut s, &r.https);
     catchup::details(&mut s, r);
+    conditional::details(&mut s, r);
     let phases: Vec<String> = r
         .rss_after_phase_kib
         .iter()

@@ -50,6 +50,9 @@ pub(crate) enum Figure {
     /// Figure 6: delivery through the Redis bus, over Pub/Sub and over a Redis Stream, against
     /// the memory bus (a private redis-server and instances of their own).
     Bus,
+    /// Figure 10: ETag-polling clients of an origin that speaks no GRIP, straight and through
+    /// conditional holds (an instance of its own).
+    Conditional,
 }
 
 impl Figure {
@@ -58,6 +61,7 @@ impl Figure {
         match (kind, self) {
             (Kind::GripProxy, _) => None,
             (_, Figure::Bus) => Some("only grip-proxy has the Redis publish bus"),
+            (_, Figure::Conditional) => Some("only grip-proxy has conditional holds"),
             (_, Figure::HttpsMemory | Figure::HttpsPassthrough | Figure::Handshakes) => {
                 Some("the HTTPS figures are measured against grip-proxy (with nginx with TLS beside it)")
             }
@@ -271,6 +275,10 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options, only: &[Figure]) -> Result<
         let f = ctx.catchup_figures(opts).await?;
         eprint!("{}", crate::report::catchup_lines(&f));
     }
+    if only.contains(&Figure::Conditional) {
+        let f = ctx.conditional_figures(opts).await?;
+        eprint!("{}", crate::report::conditional_lines(&f));
+    }
     let https = HttpsPlan::of(only);
     if !https.is_empty() {
         let f = ctx.https_figures(&https_instances(opts), https).await?;
@@ -338,6 +346,8 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
     }
     eprintln!("catch-up of streams behind, from channel history and from the origin");
     let catchup = ctx.catchup_figures(opts).await?;
+    eprintln!("ETag polling, straight to the origin and through conditional holds (an instance of its own)");
+    let conditional = ctx.conditional_figures(opts).await?;
     eprintln!("cross-instance delivery through the Redis bus");
     let bus = ctx.bus_figures(opts).await;
     // CPU used meanwhile by anything that is not this benchmark (other builds, tests, ...).
@@ -366,6 +376,7 @@ async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Resu
         remembered,
         https,
         catchup,
+        conditional,
         rss_after_phase_kib: phases,
         foreign_cpu_percent,
         notes: ctx.notes.clone(),

@@ -1,8 +1,10 @@
 //! The five measurements, run by the orchestrator against a started proxy, origin and workers
 //! (the stream figures are in `streams`, memory per remembered channel in `remembered`, the
-//! HTTPS figures in `https`, catch-up from channel history in `catchup`).
+//! HTTPS figures in `https`, catch-up from channel history in `catchup`, conditional holds in
+//! `conditional`).
 
 mod catchup;
+mod conditional;
 mod https;
 mod remembered;
 mod streams;

@@ -160,7 +160,8 @@ impl Target {
     }
 
     /// A grip-proxy instance like [`Target::start_instance`], with these config file settings
-    /// (written next to its log): the memory bus unless they have a `[bus]` section.
+    /// (written next to its log): the memory bus unless they have a `[bus]` section, and one
+    /// route to the origin on `origin_port` unless they have `[[routes]]` of their own.
     pub(crate) async fn start_instance_with(
         bin: &Path,
         origin_port: u16,
@@ -220,9 +221,12 @@ impl Target {
                     ));
                 }
                 let mut c = Command::new(bin);
-                c.arg("--origin")
-                    .arg(format!("http://127.0.0.1:{origin_port}"))
-                    .arg("--listen")
+                // `--origin` would replace the routes of a config file that has its own.
+                if !config.is_some_and(has_routes) {
+                    c.arg("--origin")
+                        .arg(format!("http://127.0.0.1:{origin_port}"));
+                }
+                c.arg("--listen")
                     .arg(listen.to_string())
                     .arg("--control-listen")
                     .arg(control.to_string())
@@ -487,6 +491,11 @@ impl Drop for Target {
 }
 
 /// True if the process exists and is not a zombie.
+/// Whether the config file at `path` has `[[routes]]` of its own.
+fn has_routes(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.trim() == "[[routes]]"))
+}
+
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => s

@@ -40,10 +40,19 @@
 //!   RECONNECTS`: POST /publish/ loop per connection, ITEMS items (distinct channels) per request;
 //!   with `nchan`, `POST /pub/<channel>` with the published body instead (ITEMS must be 1), any
 //!   2xx counted as published (NON200: other statuses).
+//! - `etag ADDR COUNT PATH VERSION INTERVAL_MS OFFSET MAX_MS` -> `connected SENT FAILED`: COUNT
+//!   ETag-polling clients (`etag`), each `GET PATH` with `If-None-Match: "VERSION"` at first and
+//!   the ETag of its last `200` after: every INTERVAL_MS (client OFFSET+i at its own phase of the
+//!   interval), or, with INTERVAL_MS 0, again as soon as it has an answer (held by the proxy).
+//! - `etag_wait VERSION TIMEOUT_MS` -> `etag_got GOT PENDING T1,T2,..`: wait until every ETag
+//!   client has read VERSION; Ti are the CLOCK_MONOTONIC ns at which each first had it.
+//! - `etag_stop` -> `etag_stopped OK NOT_MODIFIED OTHER ERRORS RECONNECTS FAILED`: drop the ETag
+//!   clients; their 200, 304 and other answers, failed requests, reconnects, failed connects.
 //! - `quit`: exit.
 //!
 //! `collected` and `repolled` may end with ` | DESCRIPTION` of one unexpected response.
 
+mod etag;
 mod streams;
 
 use crate::http::{get_request, post_request, publish_body, BodyKind, RespReader};
@@ -128,6 +137,7 @@ async fn command_loop(id: usize) -> io::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
     let mut group = Group::default();
+    let mut pollers = etag::Pollers::default();
     // The HTTPS clients' connector (`tls CA_PATH`).
     let mut tls: Option<TlsConnector> = None;
     while let Some(line) = lines.next_line().await? {
@@ -176,6 +186,9 @@ async fn command_loop(id: usize) -> io::Result<()> {
             Some("repoll_stop") => repoll_stop(&mut group, &args).await,
             Some("load") => load(&args, &tls).await,
             Some("publish") => publish_loop(id, &args).await,
+            Some("etag") => etag::start(&mut pollers, &args).await,
+            Some("etag_wait") => etag::wait(&mut pollers, &args).await,
+            Some("etag_stop") => etag::stop(&mut pollers).await,
             Some("quit") | None => break,
             Some(other) => Err(format!("unknown command {other}")),
         };
@@ -185,6 +198,7 @@ async fn command_loop(id: usize) -> io::Result<()> {
         out.flush().await?;
     }
     close(&mut group).await;
+    let _ = etag::stop(&mut pollers).await;
     Ok(())
 }
 
