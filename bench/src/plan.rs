@@ -138,7 +138,7 @@ impl Plan {
                 conditional_clients: 10_000,
                 conditional_interval_ms: 1_000,
                 conditional_window_ms: 5_000,
-                conditional_changes: 8,
+                conditional_changes: 12,
                 max_run: Duration::from_secs(1_200),
             }
         }
@@ -332,6 +332,9 @@ pub(crate) struct EtagPolling {
     /// client had read the new value.
     pub latency: Percentiles,
     pub mean_ms: f64,
+    /// Per change: when its first and its last client had it (ms after the change).
+    pub change_first_ms: Vec<f64>,
+    pub change_last_ms: Vec<f64>,
     /// Origin requests per change, from the change until the next (or the end), and that
     /// cycle's mean length.
     pub origin_requests_per_change: f64,

@@ -83,6 +83,26 @@ pub(super) fn details(s: &mut String, r: &Results) {
     if let Some(line) = f.held.as_ref().and_then(proxy_line) {
         let _ = writeln!(s, "{line}");
     }
+    for (name, m) in modes(f) {
+        if let Some(m) = m {
+            let _ = writeln!(s, "{}", per_change(name, m));
+        }
+    }
+}
+
+/// When the first and the last client had each change.
+fn per_change(name: &str, m: &EtagPolling) -> String {
+    let spans: Vec<String> = m
+        .change_first_ms
+        .iter()
+        .zip(&m.change_last_ms)
+        .map(|(a, b)| format!("{a:.0}-{b:.0}"))
+        .collect();
+    let name = name.split(',').next().unwrap_or(name);
+    format!(
+        "ETag polling {name}: first-last client per change (ms after it): {}.",
+        spans.join(", ")
+    )
 }
 
 /// The proxy's counters of the conditional mode, and the clients' answers.

@@ -40,11 +40,13 @@ impl Mode {
     }
 }
 
-/// The pause before change `k`: one interval and a fraction of another that differs from change
-/// to change (the golden-ratio sequence), so that changes land at different points of the
-/// proxy's re-check interval.
+/// The pause before change `k` (after every client had the one before, and, held, is held
+/// again): a tenth of the interval
+/// and a fraction of it that differs from change to change (the golden-ratio sequence), so that
+/// changes land at different points of the proxy's re-check interval, which restarts when the
+/// first client asking again after a change is held.
 fn gap_before_change(k: usize, interval: Duration) -> Duration {
-    interval + interval.mul_f64((0.5 + k as f64 * 0.618_033_988_749_895).fract())
+    interval.mul_f64(0.1 + (0.5 + k as f64 * 0.618_033_988_749_895).fract())
 }
 
 /// The config of the conditional-holds instance: one route to the origin, held on `{path}`.
@@ -115,14 +117,13 @@ impl Ctx {
         let version = self.origin_stats().await?["etag_version"]
             .as_u64()
             .ok_or("origin /stats has no etag_version")?;
-        let holds0 = self.conditional_holds().await;
         m.connect_failed = self.start_etag_clients(mode, version).await?;
         let connected = n - m.connect_failed;
         if connected == 0 {
             let _ = self.stop_etag_clients().await;
             return Err(format!("{}: no client could connect", mode.name()));
         }
-        self.settle(mode, connected, holds0, interval).await;
+        self.settle(mode, connected, interval).await;
 
         let before = self.origin_stats().await?;
         let cpu0 = self.proxy_cpu_ns();
@@ -139,7 +140,7 @@ impl Ctx {
         m.origin_not_modified = diff("etag_304");
         m.origin_rps = m.origin_requests as f64 / window.as_secs_f64();
 
-        let mut times = self.time_changes(&mut m, connected, interval).await?;
+        let mut times = self.time_changes(mode, &mut m, connected, interval).await?;
         m.delivered = times.len();
         m.missed = (connected * m.changes).saturating_sub(m.delivered);
         m.mean_ms = times.iter().sum::<u64>() as f64 / times.len().max(1) as f64 / 1e6;
@@ -180,33 +181,38 @@ impl Ctx {
     /// Wait until the clients poll steadily: direct, one interval and the warm-up; held, until
     /// the proxy holds every client (bounded), then one re-check interval and a little more, so
     /// that the first requests (each forwarded to the origin once) are out of the window.
-    async fn settle(&mut self, mode: Mode, connected: usize, holds0: u64, interval: Duration) {
+    async fn settle(&mut self, mode: Mode, connected: usize, interval: Duration) {
         if mode == Mode::Direct {
             tokio::time::sleep(interval + Duration::from_millis(self.plan.warmup_window_ms)).await;
             return;
         }
+        self.wait_all_held(connected, "before the window").await;
+        tokio::time::sleep(interval + Duration::from_millis(300)).await;
+    }
+
+    /// Wait (bounded) until the proxy holds `connected` clients (`grip_proxy_held_clients`); a
+    /// note if it did not.
+    async fn wait_all_held(&mut self, connected: usize, when: &str) {
         let limit =
             Instant::now() + Duration::from_secs(30) + Duration::from_millis(connected as u64 * 2);
         let mut held = 0;
         while Instant::now() < limit {
-            held = self.conditional_holds().await.saturating_sub(holds0);
+            held = self.metric("grip_proxy_held_clients").await.unwrap_or(0);
             if held >= connected as u64 {
-                break;
+                return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if held < connected as u64 {
-            self.note(format!(
-                "conditional holds: only {held} of {connected} clients were held before the window; measured anyway"
-            ));
-        }
-        tokio::time::sleep(interval + Duration::from_millis(300)).await;
+        self.note(format!(
+            "conditional holds: only {held} of {connected} clients were held {when}; measured anyway"
+        ));
     }
 
     /// Make the changes one after the other, each after its gap: the delivery times (ns after
     /// the change) of every client that had it within the bound.
     async fn time_changes(
         &mut self,
+        mode: Mode,
         m: &mut EtagPolling,
         connected: usize,
         interval: Duration,
@@ -216,23 +222,33 @@ impl Ctx {
         let start = self.origin_stats().await?["etag"].as_u64().unwrap_or(0);
         let t_start = Instant::now();
         for k in 0..m.changes {
+            if mode == Mode::Held && k > 0 {
+                // Every client asked again after the last change, and is held again.
+                self.wait_all_held(connected, &format!("before change {}", k + 1))
+                    .await;
+            }
             tokio::time::sleep(gap_before_change(k, interval)).await;
             let (t0, version) = self.change_value().await?;
             let cmds = vec![format!("etag_wait {version} {wait_ms}"); self.workers.len()];
             let limit = Duration::from_millis(wait_ms + 30_000);
             let replies = broadcast(&mut self.workers, &cmds, limit).await?;
             let mut pending = 0;
+            let mut these = Vec::with_capacity(connected);
             for r in &replies {
                 let f = fields(r, "etag_got")?;
                 pending += f.get(1).and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
                 if let Some(list) = f.get(2).filter(|l| *l != "-") {
-                    times.extend(
+                    these.extend(
                         list.split(',')
                             .filter_map(|t| t.parse::<u64>().ok())
                             .map(|t| t.saturating_sub(t0)),
                     );
                 }
             }
+            let ms = |t: Option<&u64>| t.map_or(0.0, |&t| t as f64 / 1e6);
+            m.change_first_ms.push(ms(these.iter().min()));
+            m.change_last_ms.push(ms(these.iter().max()));
+            times.append(&mut these);
             if pending > 0 {
                 self.note(format!(
                     "{}: {pending} of {connected} clients did not have change {} within {wait_ms} ms",
@@ -326,8 +342,14 @@ impl Ctx {
         }
     }
 
-    /// The mode's progress line.
+    /// The mode's progress lines.
     fn report_etag_polling(&self, m: &EtagPolling) {
+        let per_change: Vec<String> = m
+            .change_first_ms
+            .iter()
+            .zip(&m.change_last_ms)
+            .map(|(a, b)| format!("{a:.0}-{b:.0}"))
+            .collect();
         eprintln!(
             "conditional ({}): {} clients ({} failed), origin {:.1} req/s over {:.1} s ({} 304); after {} changes: p50 {:.0} p90 {:.0} p99 {:.0} max {:.0} ms ({} of {} delivered), {:.0} origin requests per change",
             m.mode,
@@ -345,6 +367,11 @@ impl Ctx {
             m.delivered + m.missed,
             m.origin_requests_per_change
         );
+        eprintln!(
+            "conditional ({}): first-last client per change (ms): {}",
+            m.mode,
+            per_change.join(", ")
+        );
     }
 }
 
@@ -353,15 +380,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gaps_are_one_interval_and_a_varying_fraction() {
+    fn gaps_are_varying_fractions_of_the_interval() {
         let i = Duration::from_secs(1);
-        let gaps: Vec<f64> = (0..8)
+        let mut gaps: Vec<f64> = (0..8)
             .map(|k| gap_before_change(k, i).as_secs_f64())
             .collect();
-        assert!(gaps.iter().all(|g| (1.0..2.0).contains(g)));
-        let mut fr: Vec<f64> = gaps.iter().map(|g| g.fract()).collect();
-        fr.sort_by(f64::total_cmp);
-        assert!(fr.windows(2).all(|w| w[1] - w[0] > 0.05));
+        assert!(gaps.iter().all(|g| (0.1..1.1).contains(g)));
+        gaps.sort_by(f64::total_cmp);
+        assert!(gaps.windows(2).all(|w| w[1] - w[0] > 0.05));
     }
 
     #[test]

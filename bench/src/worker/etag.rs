@@ -153,9 +153,9 @@ async fn poll(mut c: Client, s: TcpStream, counts: &Counts, tx: &mpsc::Unbounded
         if let Some((every, next)) = c.every.as_mut() {
             tokio::time::sleep_until((*next).min(c.deadline)).await;
             let now = Instant::now();
-            *next += *every;
-            if *next <= now {
-                *next = now + *every; // behind: skip the missed polls
+            // Behind (a busy machine): skip the missed polls, keeping the client's phase.
+            while *next <= now {
+                *next += *every;
             }
         }
         let (mut s, mut rd) = match conn.take() {
