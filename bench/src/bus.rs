@@ -152,9 +152,9 @@ impl Ctx {
         Ok(())
     }
 
-    /// Fan-out: N clients held on A (the workers' clients), one publish to B; the same N on the
-    /// stream pair's A, one publish to its B; then, with the four Redis instances stopped, the
-    /// same N on M, one publish to M (the baseline).
+    /// Fan-out: N clients held on A (the workers' clients), one publish to B; right after, the
+    /// same N on A', one publish to B' (Streams); then, with the four Redis instances stopped,
+    /// the same N on M, one publish to M (the baseline).
     async fn bus_fanouts(&mut self, inst: &mut BusInstances, f: &mut BusFigures) -> Result<()> {
         let n = self.plan.bus_fanout_n;
         let (b, sb, m) = (inst.b.control, inst.stream_b.control, inst.m.control);
