@@ -19,6 +19,8 @@ use tokio::time::Instant;
 struct Store {
     version: u64,
     value: String,
+    /// Answer `503` to anything that is not a `304`.
+    failing: bool,
 }
 
 /// An origin with no GRIP: `GET` answers the value (per `Accept-Language` on `/lang`, per `Authorization` on
@@ -31,12 +33,13 @@ fn plain_origin() -> (
     let store = Arc::new(Mutex::new(Store {
         version: 1,
         value: "first".into(),
+        failing: false,
     }));
     let shared = store.clone();
     let handler = move |req: &Recorded| {
-        let (version, value) = {
+        let (version, value, failing) = {
             let s = shared.lock();
-            (s.version, s.value.clone())
+            (s.version, s.value.clone(), s.failing)
         };
         let etag = format!("\"{version}\"");
         let has = req
@@ -44,6 +47,8 @@ fn plain_origin() -> (
             .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
         let reply = if has {
             Reply::status(304)
+        } else if failing {
+            return Reply::status(503);
         } else {
             let body = match req.path() {
                 "/lang" => format!(
@@ -383,5 +388,59 @@ async fn a_private_answer_is_never_shared_each_client_fetches_its_own() {
     assert!(
         origin.count() >= before + 3,
         "one re-check and one request per client"
+    );
+}
+
+#[tokio::test]
+async fn an_origin_in_trouble_keeps_clients_held_until_it_answers_again() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let client = held_get(proxy.addr(), "/value", "\"1\"", &[]);
+    proxy.wait_held(1).await;
+    change(&store, "after the outage");
+    store.lock().failing = true;
+    // Two re-checks answered 503: the client is still held, not given the error.
+    let seen = origin.count();
+    origin.nth(seen + 1).await;
+    assert!(!client.is_finished());
+    assert_eq!(proxy.registry().held(), 1);
+    store.lock().failing = false;
+    let resp = client.response().await;
+    assert_eq!(
+        (resp.status.as_u16(), resp.text()),
+        (200, "after the outage")
+    );
+    assert!(metric(&proxy, "grip_proxy_rechecks_total{result=\"failed\"}").await >= 2.0);
+}
+
+#[tokio::test]
+async fn a_head_request_is_held_and_gets_its_own_answer_after_a_change() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let req = request("HEAD", "/value")
+        .header("if-none-match", "\"1\"")
+        .body(empty())
+        .unwrap();
+    let addr = proxy.addr();
+    let client = Pending::spawn(async move { send(addr, req).await });
+    proxy.wait_held(1).await;
+    change(&store, "twelve bytes");
+    let resp = client.response().await;
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.is_empty());
+    assert_eq!(resp.headers["etag"], "\"2\"");
+    assert_eq!(
+        resp.headers["content-length"], "12",
+        "the origin's own HEAD answer"
+    );
+    assert_eq!(
+        metric(&proxy, "grip_proxy_rechecks_total{result=\"refetched\"}").await,
+        1.0
     );
 }

@@ -179,7 +179,8 @@ async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpRespon
             body: Bytes::new(),
         },
     };
-    if !shareable(&parts.headers) {
+    // A `HEAD` answer's framing headers describe a body it does not have: each client asks for its own.
+    if !shareable(&parts.headers) || probe.method == Method::HEAD {
         return (Recheck::Refetched, Some(hint));
     }
     let limit = state.hold.max_body;
@@ -199,11 +200,6 @@ async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpRespon
         .extensions
         .get::<hyper::ext::ReasonPhrase>()
         .map(|r| Bytes::copy_from_slice(r.as_bytes()));
-    let body = if probe.method == Method::HEAD {
-        Bytes::new()
-    } else {
-        body
-    };
     let answer = HttpResponse {
         action: Action::Send,
         parts: ResponseParts {
