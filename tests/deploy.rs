@@ -20,28 +20,25 @@ fn deployment_manifests_and_their_configs_are_valid() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !has_venv {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no python3 with venv, and CI must validate the deployment manifests (scripts/validate-deploy \
-             installs python3-venv under CI as root)"
+    let has_env = root
+        .join("target/deploy-venv/bin/kubernetes-validate")
+        .exists();
+    // Under CI the script runs regardless: as root it installs python3-venv, else it fails, and so does the test.
+    if !has_venv && !has_env && std::env::var_os("CI").is_none() {
+        // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED deploy::deployment_manifests_and_their_configs_are_valid: no python3 with venv \
+             (apt-get install python3-venv), so scripts/validate-deploy cannot make its virtualenv ***\n"
         );
-        if !root.join("target/deploy-venv/bin/kubernetes-validate").exists() {
-            // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** SKIPPED deploy::deployment_manifests_and_their_configs_are_valid: no python3 with venv \
-                 (apt-get install python3-venv), so scripts/validate-deploy cannot make its virtualenv ***\n"
-            );
-            return;
-        }
+        return;
     }
     let out = Command::new("bash")
         .arg(root.join("scripts/validate-deploy"))
         .current_dir(root)
         .env("GRIP_PROXY_BIN", env!("CARGO_BIN_EXE_grip-proxy"))
         .output()
-        .unwrap();
+        .expect("bash runs scripts/validate-deploy");
     assert!(
         out.status.success(),
         "scripts/validate-deploy failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
