@@ -1,9 +1,14 @@
-//! Figure 6: delivery through the Redis publish bus. A private redis-server and two grip-proxy
-//! instances A and B joined to it, plus a memory-bus instance M (the baseline), are started for
-//! this scenario only (and stopped after it). Single-client rounds over three paths,
-//! interleaved: publish to B / client on A (cross-instance), publish to A / client on A (same
-//! instance, still through Redis), publish to M / client on M; then N clients held on A
-//! released by one publish to B (fan-out), and the same N on M released by a publish to M.
+//! Figure 6: delivery through the Redis publish bus, over both of its transports. A private
+//! redis-server, two grip-proxy instances A and B joined to it over Pub/Sub
+//! (`bus.transport = "pubsub"`), two more, A' and B', joined to the same redis-server over a
+//! Redis Stream (`bus.transport = "stream"`, a `bus.prefix` of their own so that the pairs do
+//! not see each other's items), plus a memory-bus instance M (the baseline), are started for
+//! this scenario only (and stopped after it). Single-client rounds over five paths,
+//! interleaved: publish to B / client on A (cross-instance), publish to B' / client on A', publish
+//! to A / client on A (same instance, still through Redis), publish to A' / client on A', publish
+//! to M / client on M; then N clients held on A released by one publish to B (fan-out), the same
+//! N on A' released by one publish to B', and the same N on M released by a publish to M. The
+//! Streams figures are reported as ratios to the Pub/Sub ones of the same run.
 //!
 //! The scenario needs `redis-server` on PATH; without it (or when it does not start) the figure
 //! is skipped with a note and the run still succeeds. A proxy that fails here fails the run.
@@ -29,6 +34,9 @@ const ROUND_LIMIT: Duration = Duration::from_secs(10);
 const ROUNDS_LIMIT: Duration = Duration::from_secs(60);
 /// Rounds that may fail (client not given the published body) before the figure is given up.
 const MAX_FAILED_ROUNDS: usize = 10;
+/// `bus.prefix` of the stream pair: its stream is `<prefix>:items`, apart from the Pub/Sub pair's
+/// channel `grip-proxy:publish` (the default prefix) on the same redis-server.
+const STREAM_PREFIX: &str = "grip-bench-stream";
 
 impl Ctx {
     /// Run figure 6 if the environment allows it; never fails the run for a missing or broken
@@ -68,6 +76,7 @@ impl Ctx {
         f
     }
 
+    /// Mark figure 6 skipped for `why`, with a note (and a banner on stderr under CI).
     fn skip_bus(&mut self, f: &mut BusFigures, why: String) {
         let ci = std::env::var_os("CI").is_some();
         if ci {
@@ -87,73 +96,47 @@ impl Ctx {
         f.skipped = Some(why);
     }
 
+    /// Start the instances, then measure the single-client rounds and the fan-outs into `f`.
+    /// Every instance is stopped by pid, also on error.
     async fn bus_measure(
         &mut self,
         redis: &Redis,
         opts: &Options,
         f: &mut BusFigures,
     ) -> Result<()> {
-        let url = redis.url();
-        let bin = &opts.proxy_bin;
-        let origin_port = self.origin.port();
-        let log = |x: &str| opts.out.join(format!("grip-proxy-bus-{x}.log"));
-        let mut a = Target::start_instance(bin, origin_port, log("a"), Some(&url)).await?;
-        let mut b = Target::start_instance(bin, origin_port, log("b"), Some(&url)).await?;
-        let mut m = Target::start_instance(bin, origin_port, log("memory"), None).await?;
-        eprintln!(
-            "bus instances up: A listen {} control {} (pid {}), B control {} (pid {}), memory-bus listen {} control {} (pid {})",
-            a.listen,
-            a.control,
-            a.pid(),
-            b.control,
-            b.pid(),
-            m.listen,
-            m.control,
-            m.pid()
-        );
+        let mut inst = BusInstances::start(opts, self.origin.port(), &redis.url()).await?;
+        f.stream_prefix = Some(STREAM_PREFIX.to_string());
+        self.single_client_rounds(&inst, f).await?;
+        self.bus_fanouts(&mut inst, f).await
+    }
 
-        // Single-client rounds, the three paths interleaved so that they share any drift.
-        let paths = [
-            DeliveryPath {
-                name: "client on A, publish to B (Redis bus)",
-                tag: "x",
-                listen: a.listen,
-                holder_control: a.control,
-                publish_to: b.control,
-            },
-            DeliveryPath {
-                name: "client on A, publish to A (Redis bus)",
-                tag: "s",
-                listen: a.listen,
-                holder_control: a.control,
-                publish_to: a.control,
-            },
-            DeliveryPath {
-                name: "client on M, publish to M (memory bus)",
-                tag: "m",
-                listen: m.listen,
-                holder_control: m.control,
-                publish_to: m.control,
-            },
-        ];
+    /// Single-client rounds over the five paths, interleaved so that they share any drift; the
+    /// latencies and their ratios go into `f`.
+    async fn single_client_rounds(
+        &mut self,
+        inst: &BusInstances,
+        f: &mut BusFigures,
+    ) -> Result<()> {
+        let paths = inst.paths();
         let t_rounds = Instant::now();
-        let [cross, same, memory] =
+        let [cross, stream_cross, same, stream_same, memory] =
             delivery_latency(&paths, self.plan.bus_warmup_rounds, self.plan.bus_rounds).await?;
         eprintln!(
-            "delivery p50/p99 ({} rounds per path in {:.1} s): cross-instance {:.3}/{:.3} ms, same instance via Redis {:.3}/{:.3} ms, memory bus {:.3}/{:.3} ms",
+            "delivery p50/p99 ({} rounds per path in {:.1} s): cross-instance Pub/Sub {} / Streams {}, same instance via Redis Pub/Sub {} / Streams {}, memory bus {}",
             cross.rounds,
             t_rounds.elapsed().as_secs_f64(),
-            cross.latency.p50_ms,
-            cross.latency.p99_ms,
-            same.latency.p50_ms,
-            same.latency.p99_ms,
-            memory.latency.p50_ms,
-            memory.latency.p99_ms
+            p50_p99(&cross),
+            p50_p99(&stream_cross),
+            p50_p99(&same),
+            p50_p99(&stream_same),
+            p50_p99(&memory)
         );
         f.ratio_cross_to_memory = Some(Ratios::of(&cross.latency, &memory.latency));
         f.ratio_same_redis_to_memory = Some(Ratios::of(&same.latency, &memory.latency));
         f.ratio_cross_to_same_redis = Some(Ratios::of(&cross.latency, &same.latency));
-        for d in [&cross, &same, &memory] {
+        f.ratio_stream_to_pubsub_cross = Some(Ratios::of(&stream_cross.latency, &cross.latency));
+        f.ratio_stream_to_pubsub_same = Some(Ratios::of(&stream_same.latency, &same.latency));
+        for d in [&cross, &stream_cross, &same, &stream_same, &memory] {
             if d.failed > 0 {
                 self.note(format!(
                     "figure 6, {}: {} of {} rounds did not deliver the published body",
@@ -163,24 +146,41 @@ impl Ctx {
         }
         f.cross_instance = Some(cross);
         f.same_instance_redis = Some(same);
+        f.stream_cross_instance = Some(stream_cross);
+        f.stream_same_instance = Some(stream_same);
         f.memory_bus = Some(memory);
+        Ok(())
+    }
 
-        // Fan-out: N clients held on A (the workers' clients), one publish to B; then the same
-        // N on M, one publish to M (the baseline).
+    /// Fan-out: N clients held on A (the workers' clients), one publish to B; right after, the
+    /// same N on A', one publish to B' (Streams); then, with the four Redis instances stopped,
+    /// the same N on M, one publish to M (the baseline).
+    async fn bus_fanouts(&mut self, inst: &mut BusInstances, f: &mut BusFigures) -> Result<()> {
         let n = self.plan.bus_fanout_n;
-        let b_control = b.control;
-        let m_control = m.control;
-        let cross = self.fanout_on(&mut a, n, "bus", b_control).await;
-        a.stop();
-        b.stop();
-        let cross = cross?;
-        let memory = self.fanout_on(&mut m, n, "busmem", m_control).await;
-        m.stop();
-        let memory = memory?;
-        if memory.fanout_ms > 0.0 {
-            f.ratio_fanout_cross_to_memory = Some(cross.fanout_ms / memory.fanout_ms);
+        let (b, sb, m) = (inst.b.control, inst.stream_b.control, inst.m.control);
+        let pubsub = self.fanout_on(&mut inst.a, n, "bus", b).await?;
+        let stream = self
+            .fanout_on(&mut inst.stream_a, n, "busstream", sb)
+            .await?;
+        for t in [
+            &mut inst.a,
+            &mut inst.b,
+            &mut inst.stream_a,
+            &mut inst.stream_b,
+        ] {
+            t.stop();
         }
-        f.fanout = Some(cross);
+        let memory = self.fanout_on(&mut inst.m, n, "busmem", m).await;
+        inst.m.stop();
+        let memory = memory?;
+        eprintln!(
+            "fan-out to {n} (last client): Pub/Sub {:.1} ms, Streams {:.1} ms, memory bus {:.1} ms",
+            pubsub.fanout_ms, stream.fanout_ms, memory.fanout_ms
+        );
+        f.ratio_fanout_cross_to_memory = ratio(pubsub.fanout_ms, memory.fanout_ms);
+        f.ratio_fanout_stream_to_pubsub = ratio(stream.fanout_ms, pubsub.fanout_ms);
+        f.fanout = Some(pubsub);
+        f.fanout_stream = Some(stream);
         f.fanout_memory = Some(memory);
         Ok(())
     }
@@ -204,6 +204,118 @@ impl Ctx {
         std::mem::swap(&mut self.target, holder);
         round
     }
+}
+
+/// The instances of figure 6: A and B on the Redis bus over Pub/Sub (the default prefix), the
+/// stream pair A' and B' on the same redis-server over a Redis Stream (`STREAM_PREFIX`, so that
+/// neither pair sees the other's items), and M on the memory bus. Each is stopped by pid when
+/// dropped.
+struct BusInstances {
+    a: Target,
+    b: Target,
+    stream_a: Target,
+    stream_b: Target,
+    m: Target,
+}
+
+impl BusInstances {
+    /// Start the five instances, fresh, each ready once it proxies and accepts a publish.
+    async fn start(opts: &Options, origin_port: u16, url: &str) -> Result<Self> {
+        let bin = &opts.proxy_bin;
+        let log = |x: &str| opts.out.join(format!("grip-proxy-bus-{x}.log"));
+        let stream = stream_config(url);
+        let inst = Self {
+            a: Target::start_instance(bin, origin_port, log("a"), Some(url)).await?,
+            b: Target::start_instance(bin, origin_port, log("b"), Some(url)).await?,
+            stream_a: Target::start_instance_with(bin, origin_port, log("stream-a"), &stream)
+                .await?,
+            stream_b: Target::start_instance_with(bin, origin_port, log("stream-b"), &stream)
+                .await?,
+            m: Target::start_instance(bin, origin_port, log("memory"), None).await?,
+        };
+        inst.print();
+        Ok(inst)
+    }
+
+    /// One progress line with every instance's ports and pid.
+    fn print(&self) {
+        let line = |name: &str, t: &Target| {
+            format!(
+                "{name} listen {} control {} (pid {})",
+                t.listen,
+                t.control,
+                t.pid()
+            )
+        };
+        eprintln!(
+            "bus instances up: {}, {}, {}, {}, {}",
+            line("A (Pub/Sub)", &self.a),
+            line("B (Pub/Sub)", &self.b),
+            line("A' (Streams)", &self.stream_a),
+            line("B' (Streams)", &self.stream_b),
+            line("memory-bus M", &self.m)
+        );
+    }
+
+    /// The single-client paths, in the order a round visits them (the Streams path right after
+    /// its Pub/Sub counterpart).
+    fn paths(&self) -> [DeliveryPath; 5] {
+        let path = |name, tag, holder: &Target, publish_to: &Target| DeliveryPath {
+            name,
+            tag,
+            listen: holder.listen,
+            holder_control: holder.control,
+            publish_to: publish_to.control,
+        };
+        [
+            path(
+                "client on A, publish to B (Redis bus, Pub/Sub)",
+                "x",
+                &self.a,
+                &self.b,
+            ),
+            path(
+                "client on A', publish to B' (Redis bus, Streams)",
+                "xs",
+                &self.stream_a,
+                &self.stream_b,
+            ),
+            path(
+                "client on A, publish to A (Redis bus, Pub/Sub)",
+                "s",
+                &self.a,
+                &self.a,
+            ),
+            path(
+                "client on A', publish to A' (Redis bus, Streams)",
+                "ss",
+                &self.stream_a,
+                &self.stream_a,
+            ),
+            path(
+                "client on M, publish to M (memory bus)",
+                "m",
+                &self.m,
+                &self.m,
+            ),
+        ]
+    }
+}
+
+/// The config file of a stream-pair instance: the Redis bus at `url` over a Redis Stream
+/// (`<STREAM_PREFIX>:items`, the default `stream_max_len`).
+fn stream_config(url: &str) -> String {
+    format!("[bus]\nurl = \"{url}\"\ntransport = \"stream\"\nprefix = \"{STREAM_PREFIX}\"\n")
+}
+
+/// `a / b`, if `b` is positive.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+/// `0.123/0.456 ms`: a path's median and p99, for the progress line.
+fn p50_p99(d: &DeliveryLatency) -> String {
+    format!("{:.3}/{:.3} ms", d.latency.p50_ms, d.latency.p99_ms)
 }
 
 /// Where a single client is held and where the publish goes.
@@ -270,8 +382,9 @@ impl Conn {
     }
 }
 
-/// Single-client rounds over every path, interleaved (round i of each path, then round i+1):
-/// `warmup` uncounted rounds, then `rounds` counted ones. Returns one result per path.
+/// Single-client rounds over every path, interleaved (round i of each path, then round i+1, the
+/// order of the paths reversed every other round): `warmup` uncounted rounds, then `rounds`
+/// counted ones. Returns one result per path.
 async fn delivery_latency<const P: usize>(
     paths: &[DeliveryPath; P],
     warmup: usize,
@@ -296,7 +409,8 @@ async fn delivery_latency<const P: usize>(
                 warmup + rounds
             ));
         }
-        for (p, c) in paths.iter().zip(conns.iter_mut()) {
+        for k in visit_order(P, i) {
+            let (p, c) = (&paths[k], &mut conns[k]);
             let channel = format!("xlat-{}-{i}", p.tag);
             match one_round(p, c, &channel).await? {
                 Some((lat, ack)) if i >= warmup => {
@@ -334,6 +448,16 @@ async fn delivery_latency<const P: usize>(
         .collect();
     out.try_into()
         .map_err(|_| "internal: path count mismatch".to_string())
+}
+
+/// The order in which round `round` visits `n` paths: as listed in even rounds, reversed in odd
+/// ones, so that no path always follows the same one (or always comes first after a publish).
+fn visit_order(n: usize, round: usize) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
 }
 
 /// Hold one client on `channel`, wait until the holder reports it held, publish, and time the
@@ -431,4 +555,35 @@ async fn one_round(
         }
     };
     Ok(ok.then(|| (t_resp.saturating_sub(t0), t_ack.saturating_sub(t0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_alternate_the_order_of_the_paths() {
+        assert_eq!(visit_order(3, 0), [0, 1, 2]);
+        assert_eq!(visit_order(3, 1), [2, 1, 0]);
+        assert_eq!(visit_order(3, 2), [0, 1, 2]);
+    }
+
+    #[test]
+    fn stream_config_names_the_transport_and_its_own_prefix() {
+        let toml = stream_config("redis://127.0.0.1:7000/0");
+        assert!(toml.starts_with("[bus]\n"), "{toml}");
+        assert!(
+            toml.contains("url = \"redis://127.0.0.1:7000/0\""),
+            "{toml}"
+        );
+        assert!(toml.contains("transport = \"stream\""), "{toml}");
+        assert!(
+            toml.contains(&format!("prefix = \"{STREAM_PREFIX}\"")),
+            "{toml}"
+        );
+        assert_ne!(
+            STREAM_PREFIX, "grip-proxy",
+            "the Pub/Sub pair's default prefix"
+        );
+    }
 }

@@ -55,7 +55,7 @@ struct Cli {
     out: Option<PathBuf>,
     /// Measure only these figures (comma-separated: fanout, sustained, passthrough, publish,
     /// stream-memory, stream-fanout, stream-sustained, remembered, https-memory, https-passthrough,
-    /// handshakes, catchup) and print them,
+    /// handshakes, catchup, bus) and print them,
     /// without writing the report: for quick before/after comparisons while working on one path.
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<run::Figure>,

@@ -29,7 +29,8 @@ pub(crate) struct Plan {
     pub passthrough_runs: usize,
     pub publish_conns: usize,
     pub workers: usize,
-    /// Clients held on instance A in the cross-instance (Redis bus) fan-out round.
+    /// Clients held on instance A (and on A', and on M) in each cross-instance (Redis bus)
+    /// fan-out round.
     pub bus_fanout_n: usize,
     /// Single-client rounds per delivery path in the cross-instance latency test.
     pub bus_rounds: usize,
@@ -405,7 +406,8 @@ pub(crate) struct DeliveryLatency {
 }
 
 /// Figure 6: delivery through the Redis publish bus, across instances and on one instance,
-/// against the memory bus.
+/// against the memory bus, over Pub/Sub (instances A and B) and over a Redis Stream (A' and B',
+/// on the same redis-server with a prefix of their own).
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct BusFigures {
     /// Why the scenario did not run (the rest is then empty).
@@ -413,25 +415,39 @@ pub(crate) struct BusFigures {
     /// Why it failed once started (the run then exits non-zero after writing the report).
     pub error: Option<String>,
     pub redis_version: Option<String>,
-    /// Wall time of the whole scenario (Redis and both instances started and stopped).
+    /// `bus.prefix` of the Streams pair (its stream is `<prefix>:items`).
+    pub stream_prefix: Option<String>,
+    /// Wall time of the whole scenario (Redis and the instances started and stopped).
     pub seconds: f64,
-    /// N clients held on instance A, one publish to instance B.
+    /// N clients held on instance A, one publish to instance B (Pub/Sub).
     pub fanout: Option<FanoutRound>,
+    /// The same N held on the Streams instance A', one publish to B' (run right after `fanout`).
+    pub fanout_stream: Option<FanoutRound>,
     /// The same N held on the memory-bus instance M, publish to M (the baseline, run right
-    /// after the cross-instance round).
+    /// after the cross-instance rounds).
     pub fanout_memory: Option<FanoutRound>,
-    /// Last-client fan-out time, cross-instance / memory bus.
+    /// Last-client fan-out time, cross-instance (Pub/Sub) / memory bus.
     pub ratio_fanout_cross_to_memory: Option<f64>,
-    /// Publish to B, client held on A (Redis bus).
+    /// Last-client fan-out time, Streams / Pub/Sub (both cross-instance).
+    pub ratio_fanout_stream_to_pubsub: Option<f64>,
+    /// Publish to B, client held on A (Redis bus, Pub/Sub).
     pub cross_instance: Option<DeliveryLatency>,
-    /// Publish to A, client held on A (Redis bus: the item still goes through Redis).
+    /// Publish to A, client held on A (Redis bus, Pub/Sub: the item still goes through Redis).
     pub same_instance_redis: Option<DeliveryLatency>,
+    /// Publish to B', client held on A' (Redis bus, Streams).
+    pub stream_cross_instance: Option<DeliveryLatency>,
+    /// Publish to A', client held on A' (Redis bus, Streams).
+    pub stream_same_instance: Option<DeliveryLatency>,
     /// Publish to a fresh memory-bus instance M, client held there (the baseline).
     pub memory_bus: Option<DeliveryLatency>,
     /// cross_instance / memory_bus and same_instance_redis / memory_bus, per percentile.
     pub ratio_cross_to_memory: Option<Ratios>,
     pub ratio_same_redis_to_memory: Option<Ratios>,
     pub ratio_cross_to_same_redis: Option<Ratios>,
+    /// stream_cross_instance / cross_instance and stream_same_instance / same_instance_redis,
+    /// per percentile.
+    pub ratio_stream_to_pubsub_cross: Option<Ratios>,
+    pub ratio_stream_to_pubsub_same: Option<Ratios>,
 }
 
 /// Per-percentile ratio of two latency distributions.

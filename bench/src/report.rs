@@ -1,12 +1,14 @@
 //! Output: the Markdown tables, results.json and a hand-written SVG plot (the stream rows are in
-//! `streams`, memory per remembered channel in `remembered`).
+//! `streams`, memory per remembered channel in `remembered`, the Redis bus in `bus`).
 
+mod bus;
 mod catchup;
 mod compare;
 mod https;
 mod remembered;
 mod streams;
 
+pub(crate) use bus::bus_lines;
 pub(crate) use catchup::catchup_lines;
 pub(crate) use compare::markdown as compare_markdown;
 pub(crate) use https::https_lines;
@@ -142,7 +144,7 @@ pub(crate) fn markdown(r: &Results) -> String {
             meets(pr.items_per_s >= target)
         );
     }
-    bus_rows(&mut s, r);
+    bus::rows(&mut s, r);
     remembered::rows(&mut s, r);
     https::rows(&mut s, &r.https);
     catchup::rows(&mut s, r);
@@ -208,7 +210,7 @@ pub(crate) fn markdown(r: &Results) -> String {
             pr.items_per_request, pr.non200, pr.errors, pr.reconnects
         );
     }
-    bus_details(&mut s, r);
+    bus::details(&mut s, r);
     remembered::details(&mut s, r);
     https::section(&mut s, &r.https);
     catchup::details(&mut s, r);
@@ -238,6 +240,7 @@ pub(crate) fn markdown(r: &Results) -> String {
     s
 }
 
+/// `p50 … / p90 … / p99 … / max … ms` of a latency distribution.
 fn percentiles(p: &Percentiles) -> String {
     format!(
         "p50 {:.3} / p90 {:.3} / p99 {:.3} / max {:.3} ms",
@@ -245,142 +248,12 @@ fn percentiles(p: &Percentiles) -> String {
     )
 }
 
+/// `p50 ×… / p90 ×… / p99 ×… / max ×…` of a per-percentile ratio.
 fn ratios(x: &Ratios) -> String {
     format!(
         "p50 ×{:.2} / p90 ×{:.2} / p99 ×{:.2} / max ×{:.2}",
         x.p50, x.p90, x.p99, x.max
     )
-}
-
-/// Figure 6 rows of the main table (no targets).
-fn bus_rows(s: &mut String, r: &Results) {
-    let b = &r.bus;
-    if let Some(why) = &b.skipped {
-        let _ = writeln!(
-            s,
-            "| 6 | Cross-instance delivery through the Redis bus | **skipped**: {why} | — | — |"
-        );
-        return;
-    }
-    let rounds = [
-        (
-            "Cross-instance fan-out through Redis: N={} held on A, publish to B (last client)",
-            &b.fanout,
-        ),
-        (
-            "Memory bus fan-out (baseline): N={} held on M, publish to M (last client)",
-            &b.fanout_memory,
-        ),
-    ];
-    for (name, f) in rounds {
-        if let Some(f) = f {
-            let _ = writeln!(
-                s,
-                "| 6 | {} | {:.1} ms (per client p50 {:.1} / p90 {:.1} / p99 {:.1} / max {:.1} ms) | — | — |",
-                name.replace("{}", &thousands(f.n as f64)),
-                f.fanout_ms,
-                f.latency.p50_ms,
-                f.latency.p90_ms,
-                f.latency.p99_ms,
-                f.latency.max_ms
-            );
-        }
-    }
-    if let (Some(x), Some(c), Some(m)) =
-        (b.ratio_fanout_cross_to_memory, &b.fanout, &b.fanout_memory)
-    {
-        let _ = writeln!(
-            s,
-            "| 6 | Ratio cross-instance / memory bus fan-out (last client) | ×{x:.2} (per client p50 ×{:.2}) | — | — |",
-            c.latency.p50_ms / m.latency.p50_ms.max(1e-9)
-        );
-    }
-    let paths = [
-        (
-            "Cross-instance delivery, 1 client on A, publish to B",
-            &b.cross_instance,
-        ),
-        (
-            "Same instance through Redis, 1 client on A, publish to A",
-            &b.same_instance_redis,
-        ),
-        (
-            "Memory bus (baseline), 1 client on M, publish to M",
-            &b.memory_bus,
-        ),
-    ];
-    for (name, d) in paths {
-        if let Some(d) = d {
-            let _ = writeln!(
-                s,
-                "| 6 | {name} ({} rounds) | {} | — | — |",
-                d.rounds,
-                percentiles(&d.latency)
-            );
-        }
-    }
-    for (name, x) in [
-        (
-            "Ratio cross-instance / memory bus",
-            &b.ratio_cross_to_memory,
-        ),
-        (
-            "Ratio same instance through Redis / memory bus",
-            &b.ratio_same_redis_to_memory,
-        ),
-    ] {
-        if let Some(x) = x {
-            let _ = writeln!(s, "| 6 | {name} | {} | — | — |", ratios(x));
-        }
-    }
-    if let Some(e) = &b.error {
-        let _ = writeln!(
-            s,
-            "| 6 | Cross-instance delivery through the Redis bus | **not measured**: {e} | — | — |"
-        );
-    }
-}
-
-/// Figure 6 details below the tables.
-fn bus_details(s: &mut String, r: &Results) {
-    let b = &r.bus;
-    if b.skipped.is_some() {
-        return;
-    }
-    let mut parts = vec![format!(
-        "Redis bus (redis-server {}; instances A and B on it and M on the memory bus, started for figure 6, which took {:.1} s)",
-        b.redis_version.as_deref().unwrap_or("?"),
-        b.seconds
-    )];
-    if let Some(f) = &b.fanout {
-        parts.push(format!(
-            "fan-out N={}: parked in {:.0} ms, publish to B answered in {:.1} ms, {}/{} released, {} timeout bodies, {} other, {} errors",
-            thousands(f.n as f64),
-            f.park_ms,
-            f.publish_ack_ms,
-            f.released,
-            f.n,
-            f.timeout_bodies,
-            f.other_responses,
-            f.errors
-        ));
-    }
-    for d in [&b.cross_instance, &b.same_instance_redis, &b.memory_bus]
-        .into_iter()
-        .flatten()
-    {
-        parts.push(format!(
-            "{}: mean {:.3} ms, publish answered p50 {:.3} / p99 {:.3} ms, {} failed rounds",
-            d.path, d.mean_ms, d.publish_ack.p50_ms, d.publish_ack.p99_ms, d.failed
-        ));
-    }
-    if let Some(x) = &b.ratio_cross_to_same_redis {
-        parts.push(format!(
-            "cross-instance / same instance through Redis: {}",
-            ratios(x)
-        ));
-    }
-    let _ = writeln!(s, "{}.", parts.join("; "));
 }
 
 /// A named, coloured line of (x, y) points.

@@ -47,6 +47,9 @@ pub(crate) enum Figure {
     Handshakes,
     /// Streams coming back some items behind: from channel history, and from the origin.
     Catchup,
+    /// Figure 6: delivery through the Redis bus, over Pub/Sub and over a Redis Stream, against
+    /// the memory bus (a private redis-server and instances of their own).
+    Bus,
 }
 
 impl Figure {
@@ -54,6 +57,7 @@ impl Figure {
     fn unsupported_by(self, kind: Kind) -> Option<&'static str> {
         match (kind, self) {
             (Kind::GripProxy, _) => None,
+            (_, Figure::Bus) => Some("only grip-proxy has the Redis publish bus"),
             (_, Figure::HttpsMemory | Figure::HttpsPassthrough | Figure::Handshakes) => {
                 Some("the HTTPS figures are measured against grip-proxy (with nginx with TLS beside it)")
             }
@@ -272,6 +276,12 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options, only: &[Figure]) -> Result<
         let f = ctx.https_figures(&https_instances(opts), https).await?;
         eprint!("{}", crate::report::https_lines(&f));
     }
+    let mut bus_error = None;
+    if only.contains(&Figure::Bus) {
+        let f = ctx.bus_figures(opts).await;
+        eprint!("{}", crate::report::bus_lines(&f));
+        bus_error = f.error;
+    }
     let (busy1, total1) = machine_cpu_ticks();
     let foreign = (busy1.saturating_sub(busy0))
         .saturating_sub(tree_cpu_ticks_with_reaped(me).saturating_sub(ours0));
@@ -279,7 +289,12 @@ async fn measure_only(ctx: &mut Ctx, opts: &Options, only: &[Figure]) -> Result<
         "other processes used {:.0}% of the machine's CPU meanwhile",
         100.0 * foreign as f64 / total1.saturating_sub(total0).max(1) as f64
     );
-    Ok(())
+    match bus_error {
+        Some(e) => Err(format!(
+            "figure 6 (delivery through the Redis bus) could not be measured: {e}"
+        )),
+        None => Ok(()),
+    }
 }
 
 async fn measure(ctx: &mut Ctx, opts: &Options, started: Instant) -> Result<Results> {

@@ -159,8 +159,8 @@ impl Target {
         Ok(t)
     }
 
-    /// A grip-proxy instance like [`Target::start_instance`] (memory bus), with these config
-    /// file settings (written next to its log).
+    /// A grip-proxy instance like [`Target::start_instance`], with these config file settings
+    /// (written next to its log): the memory bus unless they have a `[bus]` section.
     pub(crate) async fn start_instance_with(
         bin: &Path,
         origin_port: u16,
