@@ -432,13 +432,12 @@ async fn entries_older_than_the_last_id_ttl_are_not_read_back() {
 #[tokio::test]
 async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_and_repeats_nothing()
 {
-    let mut redis = match RedisServer::persistent_or_skip(
+    let Some(mut redis) = RedisServer::persistent_or_skip(
         "bus_streams::redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_and_repeats_nothing",
     )
     .await
-    {
-        Some(redis) => redis,
-        None => return,
+    else {
+        return;
     };
     let origin = Origin::start(|_: &Recorded| {
         Reply::text("open\n")
@@ -465,8 +464,7 @@ async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_a
     // does, while Redis is killed and started again on its data.
     const LAST: u64 = 40;
     let publisher = {
-        let (addr, control) = (a.addr(), a.control_addr());
-        let _ = addr;
+        let control = a.control_addr();
         tokio::spawn(async move {
             for id in 2..=LAST {
                 loop {
