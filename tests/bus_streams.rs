@@ -144,6 +144,23 @@ async fn redis_restarted_without_its_data_makes_both_instances_re_fetch_their_he
     assert_eq!(z.response().await.text(), "back");
 }
 
+/// Any request opens a stream on channel `live`, starting with `open\n`.
+fn live_stream(_: &Recorded) -> Reply {
+    Reply::text("open\n")
+        .header("Grip-Hold", "stream")
+        .header("Grip-Channel", "live")
+}
+
+/// A stream on `live` through `proxy`, its first piece read, held.
+async fn open_live(proxy: &Proxy) -> RawConn {
+    let mut conn = RawConn::open(proxy.addr()).await;
+    conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    within(LIMIT, conn.read_head()).await;
+    assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
+    proxy.wait_held(1).await;
+    conn
+}
+
 /// An `http-stream` item `id` after `id - 1`, whose content is `<id>\n`.
 fn numbered_chunk(id: u64) -> Value {
     json!({"channel": "live", "id": id.to_string(), "prev-id": (id - 1).to_string(),
@@ -173,22 +190,13 @@ async fn an_instance_cut_from_redis_resumes_the_stream_every_item_once_in_order_
     let redis = redis_or_skip!(
         "an_instance_cut_from_redis_resumes_the_stream_every_item_once_in_order_without_re_fetch"
     );
-    let origin = Origin::start(|_: &Recorded| {
-        Reply::text("open\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "live")
-    })
-    .await;
+    let origin = Origin::start(live_stream).await;
     let a = instance(origin.addr(), &redis.url(), 0.02).await;
     // B waits 2 s before reconnecting: items published through A meanwhile are certainly missed on the wire.
     let b = instance(origin.addr(), &redis.url(), 2.0).await;
     publish_until_accepted(&a, 1).await;
     b.wait_received(1).await;
-    let mut conn = RawConn::open(b.addr()).await;
-    conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    within(LIMIT, conn.read_head()).await;
-    assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
-    b.wait_held(1).await;
+    let mut conn = open_live(&b).await;
 
     for id in 2..=10 {
         publish_until_accepted(&a, id).await;
@@ -439,12 +447,7 @@ async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_a
     else {
         return;
     };
-    let origin = Origin::start(|_: &Recorded| {
-        Reply::text("open\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "live")
-    })
-    .await;
+    let origin = Origin::start(live_stream).await;
     let a = instance(origin.addr(), &redis.url(), 0.02).await;
     let b = instance(origin.addr(), &redis.url(), 0.02).await;
     publish_until_accepted(&a, 1).await;
@@ -452,12 +455,7 @@ async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_a
     b.wait_received(1).await;
     let mut streams = Vec::new();
     for proxy in [&a, &b] {
-        let mut conn = RawConn::open(proxy.addr()).await;
-        conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        within(LIMIT, conn.read_head()).await;
-        assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
-        proxy.wait_held(1).await;
-        streams.push(conn);
+        streams.push(open_live(proxy).await);
     }
 
     // Items 2..=40 through A, one after another, each retried on 503 as a publisher honouring Retry-After

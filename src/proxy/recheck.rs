@@ -196,10 +196,7 @@ async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpRespon
     };
     headers::to_client(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let reason = parts
-        .extensions
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+    let reason = headers::reason(&parts);
     let answer = HttpResponse {
         action: Action::Send,
         parts: ResponseParts {
