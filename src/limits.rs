@@ -269,6 +269,8 @@ struct Table {
     rate: Option<Bucket>,
     max_holds: Option<u32>,
     trusted: Box<[Cidr]>,
+    /// Requests served untracked because their shard was full of clients with requests in progress.
+    untracked: std::sync::atomic::AtomicU64,
 }
 
 impl Clients {
@@ -297,6 +299,7 @@ impl Clients {
                 rate,
                 max_holds: config.client_max_holds,
                 trusted: config.trusted_proxies.clone().into(),
+                untracked: Default::default(),
             }),
         })
     }
@@ -326,6 +329,8 @@ impl Clients {
             // Every tracked client of this shard has a request in progress: this one is served untracked (a
             // fresh bucket and hold count of its own), rather than losing another's hold count.
             tracing::debug!(client = %ip, "client table full of clients in progress: not tracked");
+            t.untracked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut slot = Slot::new(ip, now, t.max_holds);
             return self.check(&mut slot, now);
         }
@@ -352,6 +357,13 @@ impl Clients {
             entry: slot.entry.clone(),
             parked: false,
         }))
+    }
+
+    /// Requests served untracked so far (their shard full of clients with requests in progress).
+    pub(crate) fn untracked(&self) -> u64 {
+        self.inner
+            .untracked
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Clients tracked now.
@@ -537,6 +549,31 @@ mod tests {
         );
         drop(slot);
         again.hold().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_full_of_clients_in_progress_serves_the_next_untracked_and_counts_it() {
+        let c = clients("[limits]\nclient_max_holds = 1\nmax_clients_tracked = 16");
+        assert_eq!(c.inner.shards.len(), 1);
+        // Sixteen clients each with a hold in progress: none may be evicted.
+        let held: Vec<_> = (0..16u8)
+            .map(|i| {
+                let client = c
+                    .admit_ip(IpAddr::from([192, 0, 2, i]), Instant::now())
+                    .unwrap()
+                    .unwrap();
+                let slot = client.hold().unwrap();
+                (client, slot)
+            })
+            .collect();
+        assert_eq!(c.untracked(), 0);
+        let stranger = c.admit_ip(ip("198.51.100.1"), Instant::now()).unwrap();
+        assert!(stranger.is_some(), "served, with limits of its own");
+        assert_eq!(c.tracked(), 16);
+        assert_eq!(c.untracked(), 1);
+        drop(held);
+        c.admit_ip(ip("198.51.100.1"), Instant::now()).unwrap();
+        assert_eq!(c.untracked(), 1, "room again: tracked");
     }
 
     #[tokio::test(start_paused = true)]

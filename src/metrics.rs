@@ -528,7 +528,15 @@ impl Metrics {
         r.register(
             "clients_tracked",
             "Clients in the table of per-client limits now (0 when no per-client limit is set)",
-            Scraped::gauge(move || clients.as_ref().map_or(0, |c| c.tracked() as u64)),
+            Scraped::gauge({
+                let clients = clients.clone();
+                move || clients.as_ref().map_or(0, |c| c.tracked() as u64)
+            }),
+        );
+        r.register(
+            "clients_untracked",
+            "Requests served without per-client limits because the client table was full of clients with requests in progress (limits.max_clients_tracked)",
+            Scraped::counter(move || clients.as_ref().map_or(0, Clients::untracked)),
         );
         r.register(
             "publish_requests",

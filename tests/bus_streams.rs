@@ -144,6 +144,23 @@ async fn redis_restarted_without_its_data_makes_both_instances_re_fetch_their_he
     assert_eq!(z.response().await.text(), "back");
 }
 
+/// Any request opens a stream on channel `live`, starting with `open\n`.
+fn live_stream(_: &Recorded) -> Reply {
+    Reply::text("open\n")
+        .header("Grip-Hold", "stream")
+        .header("Grip-Channel", "live")
+}
+
+/// A stream on `live` through `proxy`, its first piece read, held.
+async fn open_live(proxy: &Proxy) -> RawConn {
+    let mut conn = RawConn::open(proxy.addr()).await;
+    conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    within(LIMIT, conn.read_head()).await;
+    assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
+    proxy.wait_held(1).await;
+    conn
+}
+
 /// An `http-stream` item `id` after `id - 1`, whose content is `<id>\n`.
 fn numbered_chunk(id: u64) -> Value {
     json!({"channel": "live", "id": id.to_string(), "prev-id": (id - 1).to_string(),
@@ -173,22 +190,13 @@ async fn an_instance_cut_from_redis_resumes_the_stream_every_item_once_in_order_
     let redis = redis_or_skip!(
         "an_instance_cut_from_redis_resumes_the_stream_every_item_once_in_order_without_re_fetch"
     );
-    let origin = Origin::start(|_: &Recorded| {
-        Reply::text("open\n")
-            .header("Grip-Hold", "stream")
-            .header("Grip-Channel", "live")
-    })
-    .await;
+    let origin = Origin::start(live_stream).await;
     let a = instance(origin.addr(), &redis.url(), 0.02).await;
     // B waits 2 s before reconnecting: items published through A meanwhile are certainly missed on the wire.
     let b = instance(origin.addr(), &redis.url(), 2.0).await;
     publish_until_accepted(&a, 1).await;
     b.wait_received(1).await;
-    let mut conn = RawConn::open(b.addr()).await;
-    conn.write(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    within(LIMIT, conn.read_head()).await;
-    assert_eq!(within(LIMIT, conn.next_chunk()).await.unwrap(), "open\n");
-    b.wait_held(1).await;
+    let mut conn = open_live(&b).await;
 
     for id in 2..=10 {
         publish_until_accepted(&a, id).await;
@@ -426,5 +434,89 @@ async fn entries_older_than_the_last_id_ttl_are_not_read_back() {
         None,
         "older than last_ids.ttl_secs"
     );
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_and_repeats_nothing()
+{
+    let Some(mut redis) = RedisServer::persistent_or_skip(
+        "bus_streams::redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_and_repeats_nothing",
+    )
+    .await
+    else {
+        return;
+    };
+    let origin = Origin::start(live_stream).await;
+    let a = instance(origin.addr(), &redis.url(), 0.02).await;
+    let b = instance(origin.addr(), &redis.url(), 0.02).await;
+    publish_until_accepted(&a, 1).await;
+    a.wait_received(1).await;
+    b.wait_received(1).await;
+    let mut streams = Vec::new();
+    for proxy in [&a, &b] {
+        streams.push(open_live(proxy).await);
+    }
+
+    // Items 2..=40 through A, one after another, each retried on 503 as a publisher honouring Retry-After
+    // does, while Redis is killed and started again on its data.
+    const LAST: u64 = 40;
+    let publisher = {
+        let control = a.control_addr();
+        tokio::spawn(async move {
+            for id in 2..=LAST {
+                loop {
+                    let resp = within(
+                        LIMIT,
+                        send(
+                            control,
+                            request("POST", "/publish/")
+                                .header("content-type", "application/json")
+                                .body(full(items(&[numbered_chunk(id)]).to_string()))
+                                .unwrap(),
+                        ),
+                    )
+                    .await;
+                    match resp.status.as_u16() {
+                        200 => break,
+                        503 => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                        other => panic!("item {id}: {other}"),
+                    }
+                }
+            }
+        })
+    };
+    b.wait_received(10).await;
+    redis.kill();
+    b.wait_bus(false).await;
+    redis.restart().await;
+    within(std::time::Duration::from_secs(20), publisher)
+        .await
+        .unwrap();
+
+    let want: String = (2..=LAST).map(|id| format!("{id}\n")).collect();
+    for conn in &mut streams {
+        let mut got = String::new();
+        while got.len() < want.len() {
+            let chunk = within(LIMIT, conn.next_chunk()).await.unwrap();
+            got.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert_eq!(got, want, "every item once, in order");
+    }
+    for proxy in [&a, &b] {
+        let status = proxy.bus_status();
+        assert!(status.connects >= 2, "{status:?}");
+        assert_eq!(
+            status.refetched, 0,
+            "resumed from Redis's own copy: {status:?}"
+        );
+        assert_eq!(proxy.registry().last_id("live").as_deref(), Some("40"));
+    }
+    assert_eq!(
+        origin.count(),
+        2,
+        "one request per stream: nothing re-fetched"
+    );
+    a.shutdown().await;
     b.shutdown().await;
 }

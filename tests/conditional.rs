@@ -19,6 +19,8 @@ use tokio::time::Instant;
 struct Store {
     version: u64,
     value: String,
+    /// Answer `503` to anything that is not a `304`.
+    failing: bool,
 }
 
 /// An origin with no GRIP: `GET` answers the value (per `Accept-Language` on `/lang`, per `Authorization` on
@@ -31,12 +33,13 @@ fn plain_origin() -> (
     let store = Arc::new(Mutex::new(Store {
         version: 1,
         value: "first".into(),
+        failing: false,
     }));
     let shared = store.clone();
     let handler = move |req: &Recorded| {
-        let (version, value) = {
+        let (version, value, failing) = {
             let s = shared.lock();
-            (s.version, s.value.clone())
+            (s.version, s.value.clone(), s.failing)
         };
         let etag = format!("\"{version}\"");
         let has = req
@@ -44,6 +47,8 @@ fn plain_origin() -> (
             .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
         let reply = if has {
             Reply::status(304)
+        } else if failing {
+            return Reply::status(503);
         } else {
             let body = match req.path() {
                 "/lang" => format!(
@@ -232,12 +237,18 @@ async fn a_thousand_clients_on_one_etag_cost_the_origin_one_request_per_re_check
     let origin = Origin::start(handler).await;
     let proxy = conditional(origin.addr(), "recheck_secs = 1").start().await;
     const CLIENTS: usize = 1000;
+    let started = Instant::now();
     let clients: Vec<Pending> = (0..CLIENTS)
         .map(|_| held_get(proxy.addr(), "/value", "\"1\"", &[]))
         .collect();
     within(Duration::from_secs(30), proxy.wait_held(CLIENTS)).await;
+    // Each client's own request once, and the re-checks made while the others were still arriving: one a second.
     let polled = origin.count();
-    assert_eq!(polled, CLIENTS, "each client's own request, once");
+    let intervals = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        (CLIENTS..=CLIENTS + intervals).contains(&polled),
+        "{polled} origin requests for {CLIENTS} clients in {intervals} s"
+    );
 
     // Two re-checks come, about a second apart, one request each.
     let first = within(Duration::from_secs(3), origin.nth(polled)).await;
@@ -384,4 +395,82 @@ async fn a_private_answer_is_never_shared_each_client_fetches_its_own() {
         origin.count() >= before + 3,
         "one re-check and one request per client"
     );
+}
+
+#[tokio::test]
+async fn an_origin_in_trouble_keeps_clients_held_until_it_answers_again() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let client = held_get(proxy.addr(), "/value", "\"1\"", &[]);
+    proxy.wait_held(1).await;
+    change(&store, "after the outage");
+    store.lock().failing = true;
+    // Two re-checks answered 503: the client is still held, not given the error.
+    let seen = origin.count();
+    origin.nth(seen + 1).await;
+    assert!(!client.is_finished());
+    assert_eq!(proxy.registry().held(), 1);
+    store.lock().failing = false;
+    let resp = client.response().await;
+    assert_eq!(
+        (resp.status.as_u16(), resp.text()),
+        (200, "after the outage")
+    );
+    assert!(metric(&proxy, "grip_proxy_rechecks_total{result=\"failed\"}").await >= 2.0);
+}
+
+#[tokio::test]
+async fn a_head_request_is_held_and_gets_its_own_answer_after_a_change() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let req = request("HEAD", "/value")
+        .header("if-none-match", "\"1\"")
+        .body(empty())
+        .unwrap();
+    let addr = proxy.addr();
+    let client = Pending::spawn(async move { send(addr, req).await });
+    proxy.wait_held(1).await;
+    change(&store, "twelve bytes");
+    let resp = client.response().await;
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.is_empty());
+    assert_eq!(resp.headers["etag"], "\"2\"");
+    assert_eq!(
+        resp.headers["content-length"], "12",
+        "the origin's own HEAD answer"
+    );
+    assert_eq!(
+        metric(&proxy, "grip_proxy_rechecks_total{result=\"refetched\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_per_client_hold_limit_applies_to_conditional_holds() {
+    let (_store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "")
+        .toml("[limits]\nclient_max_holds = 2")
+        .start()
+        .await;
+    let first = held_get(proxy.addr(), "/value", "\"1\"", &[]);
+    let second = held_get(proxy.addr(), "/value", "\"1\"", &[]);
+    proxy.wait_held(2).await;
+    let third = within(
+        LIMIT,
+        held_get(proxy.addr(), "/value", "\"1\"", &[]).response(),
+    )
+    .await;
+    assert_eq!(third.status, 429, "client_max_holds: {:?}", third.text());
+    assert!(third.headers.contains_key("retry-after"));
+    let done = json!({"channel": "/value", "formats": {"http-response": {"body": "x"}}});
+    assert_eq!(publish(&proxy, items(&[done])).await.status, 200);
+    assert_eq!(first.response().await.text(), "x");
+    assert_eq!(second.response().await.text(), "x");
 }

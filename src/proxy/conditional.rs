@@ -7,6 +7,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Uri};
 
 use crate::config::ConditionalConfig;
 use crate::grip::{ChannelSub, Hold, HoldMode};
+use crate::hold::OWN_CHANNEL;
 use crate::routes::{strip_port, Route};
 
 /// A request that may become a conditional hold: kept on the heap with the request's re-sendable copy.
@@ -45,6 +46,9 @@ pub(crate) fn of(
     let channel = config
         .channel
         .expand(host, uri.path(), uri.query().unwrap_or(""));
+    if channel.starts_with(OWN_CHANNEL) {
+        return None; // never one of the proxy's own channels, whatever the request says
+    }
     Some(Box::new(Conditional {
         config: config.clone(),
         channel: channel.into(),

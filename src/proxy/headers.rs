@@ -61,6 +61,14 @@ pub(crate) fn to_origin(headers: &mut HeaderMap, add: Upstream<'_>) {
     }
 }
 
+/// The origin's own reason phrase, when it sent one other than the standard one: kept on a held response.
+pub(crate) fn reason(parts: &http::response::Parts) -> Option<bytes::Bytes> {
+    parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| bytes::Bytes::copy_from_slice(r.as_bytes()))
+}
+
 /// Rewrites an origin's response headers for the client: no hop-by-hop, no `Grip-*`.
 pub(crate) fn to_client(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);

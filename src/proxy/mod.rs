@@ -492,10 +492,7 @@ async fn inspect(
             // Read to its end (a 304 has no body), so that the origin connection goes back to the pool.
             read_held_body(state, body).await?;
             parts.headers.remove(header::CONTENT_LENGTH);
-            let reason = parts
-                .extensions
-                .get::<hyper::ext::ReasonPhrase>()
-                .map(|r| Bytes::copy_from_slice(r.as_bytes()));
+            let reason = headers::reason(&parts);
             let held = ResponseParts {
                 status: parts.status,
                 reason,
@@ -523,13 +520,7 @@ async fn inspect(
     parts.headers.remove(header::CONTENT_LENGTH);
     let (status, reason) = match instr.status {
         Some((status, reason)) => (status, reason),
-        None => (
-            parts.status,
-            parts
-                .extensions
-                .get::<hyper::ext::ReasonPhrase>()
-                .map(|r| Bytes::copy_from_slice(r.as_bytes())),
-        ),
+        None => (parts.status, headers::reason(&parts)),
     };
     let held = ResponseParts {
         status,

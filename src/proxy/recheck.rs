@@ -179,7 +179,8 @@ async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpRespon
             body: Bytes::new(),
         },
     };
-    if !shareable(&parts.headers) {
+    // A `HEAD` answer's framing headers describe a body it does not have: each client asks for its own.
+    if !shareable(&parts.headers) || probe.method == Method::HEAD {
         return (Recheck::Refetched, Some(hint));
     }
     let limit = state.hold.max_body;
@@ -195,15 +196,7 @@ async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpRespon
     };
     headers::to_client(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let reason = parts
-        .extensions
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|r| Bytes::copy_from_slice(r.as_bytes()));
-    let body = if probe.method == Method::HEAD {
-        Bytes::new()
-    } else {
-        body
-    };
+    let reason = headers::reason(&parts);
     let answer = HttpResponse {
         action: Action::Send,
         parts: ResponseParts {

@@ -22,6 +22,9 @@ pub(crate) struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Every write appended to a file and synced before it is answered (`appendfsync always`): a restart on
+    /// the same directory has all the data that was acknowledged.
+    persistent: bool,
 }
 
 impl RedisServer {
@@ -50,6 +53,14 @@ impl RedisServer {
         Some(Self::start().await)
     }
 
+    /// As `start_or_skip`, with persistence on: a kill and restart keeps what Redis acknowledged.
+    pub(crate) async fn persistent_or_skip(test: &str) -> Option<RedisServer> {
+        let mut server = Self::start_or_skip(test).await?;
+        server.persistent = true;
+        server.restart().await;
+        Some(server)
+    }
+
     /// Starts a server on a free port (another port is tried if that one is taken meanwhile).
     pub(crate) async fn start() -> RedisServer {
         let mut last_error = String::new();
@@ -75,6 +86,7 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            persistent: false,
         };
         server.spawn().await?;
         Ok(server)
@@ -158,7 +170,12 @@ impl RedisServer {
         let log = std::fs::File::create(self.dir.join("redis.log")).map_err(|e| e.to_string())?;
         let child = Command::new(BINARY)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--save", "", "--daemonize", "no"])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
