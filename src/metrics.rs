@@ -195,6 +195,7 @@ pub(crate) struct Metrics {
     history_misses_family: Family<KindLabel, Counter>,
     history_misses: [Counter; 2],
     conditional_holds: Counter,
+    conditional_unasked: Counter,
     rechecks_family: Family<ResultLabel, Counter>,
     rechecks: [Counter; 4],
     recheck_clients: Counter,
@@ -269,6 +270,7 @@ impl Metrics {
             history_misses_family,
             history_misses,
             conditional_holds: Counter::default(),
+            conditional_unasked: Counter::default(),
             rechecks_family,
             rechecks,
             recheck_clients: Counter::default(),
@@ -381,6 +383,12 @@ impl Metrics {
     /// A conditional request answered `304` by its origin was held (`[routes.conditional]`).
     pub(crate) fn conditional_hold(&self) {
         self.conditional_holds.inc();
+    }
+
+    /// A conditional request held without asking its origin: its validators are those of the answer a group of
+    /// equal requests was just released with.
+    pub(crate) fn conditional_unasked(&self) {
+        self.conditional_unasked.inc();
     }
 
     /// One re-check request of a group of conditional holds, what it found, and how many clients it released.
@@ -572,6 +580,11 @@ impl Metrics {
             "conditional_holds",
             "Conditional requests (If-None-Match, If-Modified-Since) answered 304 by an origin and held ([routes.conditional])",
             self.conditional_holds.clone(),
+        );
+        r.register(
+            "conditional_holds_unasked",
+            "Conditional requests held without an origin request: their validators were those of the answer a re-check had just sent to equal requests",
+            self.conditional_unasked.clone(),
         );
         r.register(
             "rechecks",

@@ -474,3 +474,79 @@ async fn the_per_client_hold_limit_applies_to_conditional_holds() {
     assert_eq!(first.response().await.text(), "x");
     assert_eq!(second.response().await.text(), "x");
 }
+
+#[tokio::test]
+async fn clients_coming_back_with_the_etag_a_re_check_just_gave_them_are_held_without_asking_the_origin(
+) {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 1").start().await;
+    const CLIENTS: usize = 20;
+    let clients: Vec<Pending> = (0..CLIENTS)
+        .map(|_| held_get(proxy.addr(), "/value", "\"1\"", &[]))
+        .collect();
+    proxy.wait_held(CLIENTS).await;
+    change(&store, "second");
+    for client in clients {
+        let resp = within(Duration::from_secs(3), client.response()).await;
+        assert_eq!(resp.headers["etag"], "\"2\"");
+    }
+    let asked = origin.count();
+
+    // Each asks again at once with the ETag it got: held from the answer just shared, the origin not asked.
+    let again: Vec<Pending> = (0..CLIENTS)
+        .map(|_| held_get(proxy.addr(), "/value", "\"2\"", &[]))
+        .collect();
+    proxy.wait_held(CLIENTS).await;
+    assert_eq!(
+        origin.count(),
+        asked,
+        "no origin request for the clients coming back"
+    );
+    assert_eq!(
+        metric(&proxy, "grip_proxy_conditional_holds_unasked_total").await,
+        CLIENTS as f64
+    );
+    // Their group is re-checked like any other: the next change reaches them.
+    change(&store, "third");
+    for client in again {
+        let resp = within(Duration::from_secs(3), client.response()).await;
+        assert_eq!((resp.status.as_u16(), resp.text()), (200, "third"));
+    }
+    // Another user, or another ETag, is still asked of the origin.
+    let other = held_get(
+        proxy.addr(),
+        "/value",
+        "\"2\"",
+        &[("authorization", "Bearer x")],
+    );
+    let resp = within(LIMIT, other.response()).await;
+    assert_eq!(resp.text(), "third", "asked, and answered at once");
+}
+
+#[tokio::test]
+async fn a_client_held_without_asking_times_out_with_the_304_the_shared_answer_stands_for() {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.4\ntimeout_secs = 1")
+        .toml("[hold]\nmin_timeout_secs = 1")
+        .start()
+        .await;
+    let client = held_get(proxy.addr(), "/value", "\"1\"", &[]);
+    proxy.wait_held(1).await;
+    change(&store, "second");
+    assert_eq!(within(LIMIT, client.response()).await.text(), "second");
+    let resp = within(
+        LIMIT,
+        held_get(proxy.addr(), "/value", "\"2\"", &[]).response(),
+    )
+    .await;
+    assert_eq!(resp.status, 304);
+    assert_eq!(resp.headers["etag"], "\"2\"");
+    assert!(resp.body.is_empty());
+    assert_eq!(
+        metric(&proxy, "grip_proxy_conditional_holds_unasked_total").await,
+        1.0,
+        "held without asking the origin"
+    );
+}

@@ -245,7 +245,7 @@ async fn proxy(
                 Some(req) => *req,
                 None => replay.again(grip_last.take().map(|last| *last))?,
             };
-            Box::pin(exchange(state, req, replay.conditional.as_deref()))
+            Box::pin(exchange(state, req, replay.conditional.as_deref(), attempt))
         };
         let (mut hold, held) = match exchanging.await? {
             Inspected::Respond(r) => return Ok((r, Outcome::Passed)),
@@ -298,16 +298,39 @@ async fn proxy(
 }
 
 /// Phases *forward* and *inspect*: send to the origin (a small body read whole first), read its answer.
+/// A first attempt of a conditional `GET` whose validators a re-check just gave out is held without being sent.
 async fn exchange(
     state: &ProxyState,
     req: Request<Body>,
     conditional: Option<&conditional::Conditional>,
+    attempt: usize,
 ) -> Result<Inspected, ProxyError> {
+    if let Some(held) = conditional
+        .filter(|_| attempt == 0)
+        .and_then(|c| unasked(state, c, &req))
+    {
+        return Ok(held);
+    }
     let req = forward::read_ahead(req, state.request_buffer_size).await?;
     let sent = Instant::now();
     let resp = state.forwarder.send(req).await?;
     state.metrics.origin_latency(sent.elapsed());
     inspect(state, resp, conditional).await
+}
+
+/// A conditional `GET` whose validators are those a group of equal requests was just released with: held as its
+/// origin would have answered `304`, without asking it (`recheck::Rechecks::unasked`).
+fn unasked(
+    state: &ProxyState,
+    cond: &conditional::Conditional,
+    req: &Request<Body>,
+) -> Option<Inspected> {
+    cond.config.recheck?;
+    let held = state
+        .rechecks
+        .unasked(cond.route, req.method(), req.uri(), req.headers())?;
+    state.metrics.conditional_unasked();
+    Some(Inspected::Conditional(cond.hold(), held))
 }
 
 /// A conditional hold with re-checks on joins the group of the requests its origin would answer alike, and

@@ -11,7 +11,7 @@ use http::{header, HeaderMap, HeaderName, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{headers, ProxyState};
+use super::{conditional, headers, ProxyState};
 use crate::body;
 use crate::grip::{self, ResponseParts};
 use crate::hold::OWN_CHANNEL;
@@ -25,7 +25,33 @@ pub(crate) struct Rechecks {
     groups: DashMap<Box<[u8]>, Arc<Group>, ahash::RandomState>,
     /// Numbers groups (their channel names) and makes unshareable keys unique.
     next: AtomicU64,
+    /// The answers groups were just released with, by route and target: what their clients ask next.
+    fresh: DashMap<Box<[u8]>, Vec<Fresh>, ahash::RandomState>,
 }
+
+/// A shared answer a group was just released with, as the `304` its members' next requests would get: those
+/// requests (their conditional headers now naming its validators) are held without asking the origin, until
+/// `until`. A change after it is found by the next group's first re-check, one interval after it is formed.
+struct Fresh {
+    /// The answer's `Vary`, to compute a request's group key as the origin would vary it.
+    vary: HeaderMap,
+    /// The group key of the members' next requests.
+    key: Vec<u8>,
+    /// The `304` they would get: the answer's validators and caching headers.
+    held: Arc<ResponseParts>,
+    until: Instant,
+}
+
+/// The headers a `304` carries from the `200` it stands for (RFC 9110, 15.4.5).
+const NOT_MODIFIED_HEADERS: [HeaderName; 7] = [
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
+    header::VARY,
+    header::EXPIRES,
+    header::CONTENT_LOCATION,
+    header::DATE,
+];
 
 /// Held requests answered by one re-check.
 struct Group {
@@ -66,6 +92,96 @@ pub(crate) struct Probe {
 }
 
 impl Rechecks {
+    /// The `304` for a conditional `GET` whose validators are those of an answer a group of equal requests was
+    /// just released with (at most half an interval ago): held without asking the origin. `None`: ask it.
+    pub(crate) fn unasked(
+        &self,
+        route: usize,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<Arc<ResponseParts>> {
+        if *method != Method::GET {
+            return None;
+        }
+        let now = Instant::now();
+        let fresh = self.fresh.get(&*target_key(route, uri))?;
+        fresh
+            .iter()
+            .filter(|f| f.until > now)
+            .find(|f| {
+                conditional::group_key(route, method, uri, headers, &f.vary).as_ref()
+                    == Some(&f.key)
+            })
+            .map(|f| f.held.clone())
+    }
+
+    /// Records what the members of a group released with `answer` will ask next (see [`Fresh`]).
+    fn remember(&self, probe: &Probe, answer: &ResponseParts) {
+        let mut next = probe.headers.clone();
+        for (asked, validator) in [
+            (header::IF_NONE_MATCH, header::ETAG),
+            (header::IF_MODIFIED_SINCE, header::LAST_MODIFIED),
+        ] {
+            if next.contains_key(&asked) {
+                match answer.headers.get(&validator) {
+                    Some(value) => next.insert(asked, value.clone()),
+                    // The next request's validator cannot be known: it is asked of the origin.
+                    None => return,
+                };
+            }
+        }
+        let Some(key) = conditional::group_key(
+            probe.route,
+            &probe.method,
+            &probe.uri,
+            &next,
+            &answer.headers,
+        ) else {
+            return;
+        };
+        let mut held = HeaderMap::new();
+        for name in &NOT_MODIFIED_HEADERS {
+            for value in answer.headers.get_all(name) {
+                held.append(name.clone(), value.clone());
+            }
+        }
+        let vary = answer
+            .headers
+            .get_all(header::VARY)
+            .iter()
+            .map(|v| (header::VARY, v.clone()))
+            .collect();
+        let now = Instant::now();
+        let fresh = Fresh {
+            vary,
+            key,
+            held: Arc::new(ResponseParts {
+                status: StatusCode::NOT_MODIFIED,
+                reason: None,
+                headers: held,
+                body: Bytes::new(),
+            }),
+            until: now + probe.every / 2,
+        };
+        let mut list = self
+            .fresh
+            .entry(target_key(probe.route, &probe.uri))
+            .or_default();
+        list.retain(|f| f.until > now && f.key != fresh.key);
+        list.push(fresh);
+    }
+
+    /// Forgets the expired answers of a target (its group's task ends: nothing refreshes them any more).
+    fn forget_expired(&self, route: usize, uri: &Uri) {
+        let now = Instant::now();
+        self.fresh
+            .remove_if_mut(&*target_key(route, uri), |_, list| {
+                list.retain(|f| f.until > now);
+                list.is_empty()
+            });
+    }
+
     /// Joins the group of `key` (`None`: a request that may share with no other, in a group of its own), making
     /// it, and starting its re-checks on this runtime, if it is new.
     pub(crate) fn join(
@@ -114,11 +230,16 @@ async fn run(state: Arc<ProxyState>, key: Box<[u8]>, group: Arc<Group>, probe: P
             .remove_if(&key, |_, g| g.members.load(Ordering::Acquire) == 0);
         if gone.is_some() || state.registry.is_closed() {
             state.rechecks.groups.remove(&key);
+            state.rechecks.forget_expired(probe.route, &probe.uri);
             return;
         }
         let (result, action) = check(&state, &probe).await;
         let released = match action {
             Some(action) => {
+                if result == Recheck::Shared {
+                    // Before the release: the released clients' next requests find it.
+                    state.rechecks.remember(&probe, &action.parts);
+                }
                 let item = Arc::new(Item {
                     channel: group.channel.clone(),
                     id: None,
@@ -232,6 +353,14 @@ fn shareable(headers: &HeaderMap) -> bool {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with(grip::instruct::CONTENT_TYPE));
     !private && !headers.contains_key(header::SET_COOKIE) && !grip
+}
+
+/// The key of a route's target (path and query) in [`Rechecks::fresh`].
+fn target_key(route: usize, uri: &Uri) -> Box<[u8]> {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut key = (route as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(target.as_bytes());
+    key.into()
 }
 
 #[cfg(test)]
