@@ -458,34 +458,8 @@ async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_a
         streams.push(open_live(proxy).await);
     }
 
-    // Items 2..=40 through A, one after another, each retried on 503 as a publisher honouring Retry-After
-    // does, while Redis is killed and started again on its data.
-    const LAST: u64 = 40;
-    let publisher = {
-        let control = a.control_addr();
-        tokio::spawn(async move {
-            for id in 2..=LAST {
-                loop {
-                    let resp = within(
-                        LIMIT,
-                        send(
-                            control,
-                            request("POST", "/publish/")
-                                .header("content-type", "application/json")
-                                .body(full(items(&[numbered_chunk(id)]).to_string()))
-                                .unwrap(),
-                        ),
-                    )
-                    .await;
-                    match resp.status.as_u16() {
-                        200 => break,
-                        503 => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                        other => panic!("item {id}: {other}"),
-                    }
-                }
-            }
-        })
-    };
+    // Items 2..=40 through A, one after another, while Redis is killed and started again on its data.
+    let publisher = publish_steadily(&a, 2..=40);
     b.wait_received(10).await;
     redis.kill();
     b.wait_bus(false).await;
@@ -494,24 +468,7 @@ async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_a
         .await
         .unwrap();
 
-    let want: String = (2..=LAST).map(|id| format!("{id}\n")).collect();
-    for conn in &mut streams {
-        let mut got = String::new();
-        while got.len() < want.len() {
-            let chunk = within(LIMIT, conn.next_chunk()).await.unwrap();
-            got.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-        assert_eq!(got, want, "every item once, in order");
-    }
-    for proxy in [&a, &b] {
-        let status = proxy.bus_status();
-        assert!(status.connects >= 2, "{status:?}");
-        assert_eq!(
-            status.refetched, 0,
-            "resumed from Redis's own copy: {status:?}"
-        );
-        assert_eq!(proxy.registry().last_id("live").as_deref(), Some("40"));
-    }
+    every_item_once_in_order(&mut streams, 2..=40, [&a, &b]).await;
     assert_eq!(
         origin.count(),
         2,
@@ -519,4 +476,91 @@ async fn redis_killed_and_restarted_with_its_data_under_steady_publishes_loses_a
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Publishes `ids` through `to` one after another, each retried on 503 (a 20 ms pause) as a publisher honouring
+/// `Retry-After` does, in a task of its own.
+fn publish_steadily(to: &Proxy, ids: std::ops::RangeInclusive<u64>) -> tokio::task::JoinHandle<()> {
+    let control = to.control_addr();
+    tokio::spawn(async move {
+        for id in ids {
+            loop {
+                let req = request("POST", "/publish/")
+                    .header("content-type", "application/json")
+                    .body(full(items(&[numbered_chunk(id)]).to_string()))
+                    .unwrap();
+                let resp = within(LIMIT, send(control, req)).await;
+                match resp.status.as_u16() {
+                    200 => break,
+                    503 => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                    other => panic!("item {id}: {other}"),
+                }
+            }
+        }
+    })
+}
+
+/// Each stream got `ids` once each, in order, and each instance resumed without re-fetching anyone.
+async fn every_item_once_in_order<const N: usize>(
+    streams: &mut [RawConn],
+    ids: std::ops::RangeInclusive<u64>,
+    instances: [&Proxy; N],
+) {
+    let last = ids.end().to_string();
+    let want: String = ids.map(|id| format!("{id}\n")).collect();
+    for conn in streams {
+        let mut got = String::new();
+        while got.len() < want.len() {
+            let chunk = within(LIMIT, conn.next_chunk()).await.unwrap();
+            got.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert_eq!(got, want, "every item once, in order");
+    }
+    for proxy in instances {
+        let status = proxy.bus_status();
+        assert!(status.connects >= 2, "{status:?}");
+        assert_eq!(status.refetched, 0, "resumed, not re-fetched: {status:?}");
+        assert_eq!(proxy.registry().last_id("live").as_deref(), Some(&*last));
+    }
+}
+
+#[tokio::test]
+async fn redis_frozen_under_steady_publishes_loses_and_repeats_nothing_on_either_instance() {
+    let redis = redis_or_skip!(
+        "redis_frozen_under_steady_publishes_loses_and_repeats_nothing_on_either_instance"
+    );
+    let origin = Origin::start(live_stream).await;
+    let quick = "connect_timeout_secs = 0.5\ncommand_timeout_secs = 0.5\nping_interval_secs = 0.05";
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let proxy = Proxy::to(origin.addr())
+            .toml(&stream_toml(&redis.url(), 0.02))
+            .toml(quick)
+            .start()
+            .await;
+        proxy.wait_bus(true).await;
+        instances.push(proxy);
+    }
+    let (a, b) = (&instances[0], &instances[1]);
+    publish_until_accepted(a, 1).await;
+    b.wait_received(1).await;
+    let mut streams = vec![open_live(a).await, open_live(b).await];
+
+    // Items 2..=40 through A while Redis is frozen (SIGSTOP) for a while: a publish that times out is sent again,
+    // and may then be in the stream twice; the registries drop the second copy by its id.
+    let publisher = publish_steadily(a, 2..=40);
+    b.wait_received(10).await;
+    redis.pause();
+    a.wait_bus(false).await;
+    b.wait_bus(false).await;
+    redis.resume();
+    within(std::time::Duration::from_secs(20), publisher)
+        .await
+        .unwrap();
+    every_item_once_in_order(&mut streams, 2..=40, [a, b]).await;
+    assert_eq!(
+        origin.count(),
+        2,
+        "one request per stream: nothing re-fetched"
+    );
 }
