@@ -246,6 +246,12 @@ fn item(i: usize, w: WireItem<'_>, accepted: Instant) -> Result<Item, PublishErr
         reason,
     };
     let channel = match w.channel {
+        Some(c) if c.0.starts_with(crate::grip::OWN_CHANNEL) => {
+            return Err(err(
+                "channel",
+                "must not start with U+0001 (the proxy's own channels)".into(),
+            ))
+        }
         Some(c) if !c.0.is_empty() => Box::from(c.0.as_ref()),
         Some(_) => return Err(err("channel", "must not be empty".into())),
         None => return Err(err("channel", "missing".into())),

@@ -550,3 +550,184 @@ async fn a_client_held_without_asking_times_out_with_the_304_the_shared_answer_s
         "held without asking the origin"
     );
 }
+
+/// An origin with no GRIP whose answers depend on `f(request)`; `ETag` is the version in `version`.
+fn varying_origin(
+    version: Arc<Mutex<u64>>,
+    answer: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
+    move |req: &Recorded| {
+        let etag = format!("\"{}\"", *version.lock());
+        if req.header("if-none-match") == Some(etag.as_str()) {
+            return Reply::status(304).header("ETag", &etag);
+        }
+        answer(req).header("ETag", &etag)
+    }
+}
+
+#[tokio::test]
+async fn tenants_on_one_route_never_share_an_answer_whatever_their_etags() {
+    let version = Arc::new(Mutex::new(1));
+    let origin = Origin::start(varying_origin(version.clone(), |req| {
+        Reply::text(&format!("data of {}", req.header("host").unwrap_or("-")))
+    }))
+    .await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let a = held_get(proxy.addr(), "/data", "\"1\"", &[("host", "a.example")]);
+    proxy.wait_held(1).await;
+    let b = held_get(proxy.addr(), "/data", "\"1\"", &[("host", "b.example")]);
+    proxy.wait_held(2).await;
+    *version.lock() = 2;
+    assert_eq!(a.response().await.text(), "data of a.example");
+    assert_eq!(b.response().await.text(), "data of b.example");
+}
+
+#[tokio::test]
+async fn an_answer_that_varies_on_more_than_the_304_said_is_not_shared() {
+    let version = Arc::new(Mutex::new(1));
+    // The 304s name no Vary; the 200s vary on the language.
+    let origin = Origin::start(varying_origin(version.clone(), |req| {
+        Reply::text(&format!(
+            "in {}",
+            req.header("accept-language").unwrap_or("-")
+        ))
+        .header("Vary", "Accept-Language")
+    }))
+    .await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let en = held_get(proxy.addr(), "/x", "\"1\"", &[("accept-language", "en")]);
+    proxy.wait_held(1).await;
+    let fr = held_get(proxy.addr(), "/x", "\"1\"", &[("accept-language", "fr")]);
+    proxy.wait_held(2).await;
+    *version.lock() = 2;
+    assert_eq!(en.response().await.text(), "in en");
+    assert_eq!(fr.response().await.text(), "in fr");
+    assert_eq!(
+        metric(&proxy, "grip_proxy_rechecks_total{result=\"refetched\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_range_request_and_a_whole_one_never_share_an_answer() {
+    let version = Arc::new(Mutex::new(1));
+    let origin = Origin::start(varying_origin(version.clone(), |req| {
+        match req.header("range") {
+            Some(_) => Reply::status(206)
+                .body("abc")
+                .header("Content-Range", "bytes 0-2/10"),
+            None => Reply::text("abcdefghij"),
+        }
+    }))
+    .await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let part = held_get(proxy.addr(), "/f", "\"1\"", &[("range", "bytes=0-2")]);
+    proxy.wait_held(1).await;
+    let whole = held_get(proxy.addr(), "/f", "\"1\"", &[]);
+    proxy.wait_held(2).await;
+    *version.lock() = 2;
+    let part = part.response().await;
+    assert_eq!((part.status.as_u16(), part.text()), (206, "abc"));
+    let whole = whole.response().await;
+    assert_eq!((whole.status.as_u16(), whole.text()), (200, "abcdefghij"));
+}
+
+#[tokio::test]
+async fn no_origin_instruction_or_publish_can_name_the_proxys_own_channels() {
+    let version = Arc::new(Mutex::new(1));
+    let origin = Origin::start(varying_origin(version.clone(), |req| {
+        if req.path() == "/evil" {
+            return Reply::text(
+                r#"{"hold":{"mode":"response","channels":[{"name":"\u0001recheck:0"}]},"response":{"body":"x"}}"#,
+            )
+            .header("Content-Type", "application/grip-instruct");
+        }
+        Reply::text(&format!("secret of {}", req.header("authorization").unwrap_or("-")))
+    }))
+    .await;
+    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
+        .start()
+        .await;
+    let alice = held_get(
+        proxy.addr(),
+        "/me",
+        "\"1\"",
+        &[("authorization", "Bearer alice")],
+    );
+    proxy.wait_held(1).await;
+    let evil = within(LIMIT, get(proxy.addr(), "/evil")).await;
+    assert_eq!(
+        evil.status,
+        502,
+        "an instruction naming U+0001...: {}",
+        evil.text()
+    );
+    let forged =
+        json!({"channel": "\u{1}recheck:0", "formats": {"http-response": {"body": "forged"}}});
+    let resp = publish(&proxy, items(&[forged])).await;
+    assert_eq!(resp.status, 400);
+    *version.lock() = 2;
+    assert_eq!(alice.response().await.text(), "secret of Bearer alice");
+}
+
+#[tokio::test]
+async fn groups_formed_before_and_after_a_reload_never_share_a_channel() {
+    let version = Arc::new(Mutex::new(1));
+    let bobs = Arc::new(Mutex::new(1));
+    let (v, b) = (version.clone(), bobs.clone());
+    let origin = Origin::start(move |req: &Recorded| {
+        let n = if req.path() == "/bob" {
+            *b.lock()
+        } else {
+            *v.lock()
+        };
+        let etag = format!("\"{n}\"");
+        if req.header("if-none-match") == Some(etag.as_str()) {
+            return Reply::status(304).header("ETag", &etag);
+        }
+        Reply::text(&format!(
+            "{} for {}",
+            req.path(),
+            req.header("authorization").unwrap_or("-")
+        ))
+        .header("ETag", &etag)
+    })
+    .await;
+    let toml = format!(
+        "[[routes]]\norigin = \"http://{}\"\n[routes.conditional]\nrecheck_secs = 0.2\n",
+        origin.addr()
+    );
+    let proxy = Proxy::with_routes(&toml).start().await;
+    let alice = held_get(
+        proxy.addr(),
+        "/alice",
+        "\"1\"",
+        &[("authorization", "Bearer alice")],
+    );
+    proxy.wait_held(1).await;
+    let mut config = grip_proxy::Config::from_toml_str(&toml).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.control_listen = "127.0.0.1:0".parse().unwrap();
+    proxy.app().reloader().apply(config);
+    let bob = held_get(
+        proxy.addr(),
+        "/bob",
+        "\"1\"",
+        &[("authorization", "Bearer bob")],
+    );
+    proxy.wait_held(2).await;
+    *version.lock() = 2;
+    assert_eq!(alice.response().await.text(), "/alice for Bearer alice");
+    // Bob's resource did not change: he stays held until it does, and then gets his own.
+    let seen = origin.count();
+    origin.nth(seen + 1).await;
+    assert!(!bob.is_finished(), "bob was released by alice's change");
+    *bobs.lock() = 2;
+    assert_eq!(bob.response().await.text(), "/bob for Bearer bob");
+}

@@ -47,6 +47,9 @@ const READ_COUNT: usize = 100;
 /// Entries asked for per `XRANGE` when reading the stream back at start-up.
 const REPLAY_PAGE: usize = 1000;
 
+/// Longest a start-up read of the stream may take.
+const REPLAY_LIMIT: Duration = Duration::from_secs(30);
+
 /// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct EntryId(u64, u64);
@@ -347,7 +350,11 @@ impl RedisBus {
             Link::Stream { mut conn, .. } => {
                 let (from, recover) = self.resume_point(&mut conn, last).await?;
                 if recover == Recover::Refetch {
-                    self.replay(&mut conn, from).await?;
+                    if let Err(e) = self.replay(&mut conn, from).await {
+                        // Part of it may be recorded: the next attempt reads it all again from a clean start.
+                        self.registry.recover();
+                        return Err(e);
+                    }
                 }
                 Ok(Link::Stream {
                     conn,
@@ -417,7 +424,18 @@ impl RedisBus {
         let window = u64::try_from(self.registry.replay_window().as_millis()).unwrap_or(u64::MAX);
         let mut from = EntryId(redis_now_ms.saturating_sub(window), 0);
         let (mut entries_read, mut items) = (0usize, 0usize);
+        let deadline = here_now + REPLAY_LIMIT;
         while from <= until {
+            if Instant::now() > deadline {
+                // Too much to read: what was read is dropped, and held clients are re-fetched, as when the
+                // stream's entries are lost.
+                tracing::warn!(
+                    stream = %self.config.stream_key, entries = entries_read, limit_secs = REPLAY_LIMIT.as_secs(),
+                    "bus: reading the stream back takes too long; starting without it"
+                );
+                self.registry.recover();
+                return Ok(());
+            }
             let mut cmd = redis::cmd("XRANGE");
             cmd.arg(&self.config.stream_key)
                 .arg(from.to_string())
@@ -452,6 +470,7 @@ impl RedisBus {
                 }
             }
         }
+        self.registry.replay_done();
         tracing::info!(
             stream = %self.config.stream_key, entries = entries_read, items, until = %until,
             "bus: read back the stream's recent entries into last ids and histories"

@@ -105,6 +105,13 @@ fn hold(h: WireHold<'_>, max_channels: usize) -> Result<Hold, GripError> {
                 "empty channel name",
             ));
         }
+        if c.name.0.starts_with(super::OWN_CHANNEL) {
+            return Err(GripError::new(
+                format!("instruct hold.channels[{i}].name"),
+                "",
+                "a name starting with U+0001 is the proxy's own",
+            ));
+        }
         channels
             .add(ChannelSub {
                 name: c.name.0.as_ref().into(),

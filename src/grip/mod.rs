@@ -43,6 +43,11 @@ impl GripError {
     }
 }
 
+/// The first character of the channels the proxy makes for itself (a group of conditional holds re-checked
+/// together). No origin instruction, `Grip-Channel` header or publish may name one (each is refused), so only the
+/// proxy can hold clients on them or release them; listings leave them out.
+pub(crate) const OWN_CHANNEL: char = '\u{1}';
+
 /// One channel a hold subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChannelSub {

@@ -89,6 +89,13 @@ pub(crate) fn channel_list(value: &str) -> Result<Vec<ChannelSub>, GripError> {
         if name.is_empty() {
             return Err(GripError::new("Grip-Channel", value, "empty channel name"));
         }
+        if name.starts_with(super::OWN_CHANNEL) {
+            return Err(GripError::new(
+                "Grip-Channel",
+                value,
+                "a name starting with U+0001 is the proxy's own",
+            ));
+        }
         let mut sub = ChannelSub {
             name: name.into(),
             prev_id: None,

@@ -294,6 +294,8 @@ impl Channel {
 
     /// Records an item as [`Channel::publish`] does (last id, duplicates, history) without handing it to any
     /// member: a replay of items published before this process was there to see them.
+    /// Items it finds waiting for a predecessor that never came by `now` are applied as the instances that saw
+    /// them live applied them after their wait, also without handing them out.
     pub(crate) fn record(
         &mut self,
         item: &Arc<Item>,
@@ -302,6 +304,12 @@ impl Channel {
         keeper: Option<&Keeper>,
     ) {
         self.apply(item, now, seq, keeper, false);
+        self.flush_expired_as(now, seq, keeper, false);
+    }
+
+    /// When the first item waiting for its predecessor is due, if any.
+    pub(crate) fn pending_until(&self) -> Option<Instant> {
+        self.live.as_ref()?.pending.front().map(|(_, d)| *d)
     }
 
     fn apply(
@@ -349,6 +357,17 @@ impl Channel {
         seq: Sequencing,
         keeper: Option<&Keeper>,
     ) -> Published {
+        self.flush_expired_as(now, seq, keeper, true)
+    }
+
+    /// [`Channel::flush_expired`]; `hand_out`: to the channel's members too (not for a replay).
+    pub(crate) fn flush_expired_as(
+        &mut self,
+        now: Instant,
+        seq: Sequencing,
+        keeper: Option<&Keeper>,
+        hand_out: bool,
+    ) -> Published {
         let mut out = Published::default();
         while let Some(l) = self.live.as_mut() {
             if l.pending
@@ -358,7 +377,7 @@ impl Channel {
                 break;
             }
             if let Some((item, _)) = l.pending.pop_front() {
-                self.apply_chain(item, now, seq, keeper, true, &mut out);
+                self.apply_chain(item, now, seq, keeper, hand_out, &mut out);
             }
         }
         out.queued_until = self

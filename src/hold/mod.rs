@@ -190,9 +190,7 @@ pub(crate) enum ParkError {
     },
 }
 
-/// The first character of the channels the proxy makes for itself (a group of conditional holds re-checked
-/// together): no `Grip-Channel` header can carry it, so no origin can name one; listings leave them out.
-pub(crate) const OWN_CHANNEL: char = '\u{1}';
+pub(crate) use crate::grip::OWN_CHANNEL;
 
 /// The item a response hold behind its channel gets from the history. Equal when it is the same release.
 #[derive(Debug, Clone)]
@@ -506,6 +504,31 @@ impl Registry {
         self.forget_if_idle(&item.channel);
         if let Some(keeper) = keeper.filter(|k| k.over_budget()) {
             self.evict_history(keeper);
+        }
+    }
+
+    /// Ends a replay: items still waiting for a predecessor are applied, without handing them out, if their wait
+    /// is over (the live instances applied them then), or sent out when it is, as a live publish's would be.
+    pub(crate) fn replay_done(&self) {
+        let now = Instant::now();
+        let seq = self.inner.sequencing;
+        let keeper = self.inner.history.as_ref();
+        let waiting: Vec<Box<str>> = self
+            .inner
+            .channels
+            .iter()
+            .filter(|c| c.pending_until().is_some())
+            .map(|c| c.key().clone())
+            .collect();
+        for name in waiting {
+            let due = self.inner.channels.get_mut(&*name).and_then(|mut c| {
+                c.flush_expired_as(now, seq, keeper, false);
+                c.pending_until()
+            });
+            match due {
+                Some(deadline) => self.flush_at(&name, deadline),
+                None => self.forget_if_idle(&name),
+            }
         }
     }
 
@@ -982,6 +1005,30 @@ mod tests {
         assert_eq!(r.publish(&numbered("a", 2, "two")), 0, "a duplicate now");
         assert_eq!(r.publish(&numbered("a", 3, "three")), 1);
         assert!(matches!(held.recv().await, Delivery::Item(_)));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_gap_is_closed_as_the_live_instances_closed_it() {
+        let r = with_history(10, 1 << 20);
+        let wait = r.inner.sequencing.wait;
+        let at = |item: Arc<Item>, after: Duration| {
+            let mut item = Arc::unwrap_or_clone(item);
+            item.accepted = tokio::time::Instant::now() - wait * 10 + after;
+            Arc::new(item)
+        };
+        // 2 never came: the live instances applied 3 after their wait, then 4.
+        r.replay(&at(numbered("a", 1, "one"), Duration::ZERO));
+        r.replay(&at(numbered("a", 3, "three"), Duration::ZERO));
+        r.replay(&at(numbered("a", 4, "four"), wait * 2));
+        assert_eq!(r.last_id("a").as_deref(), Some("4"));
+        // One still waiting at the end, its wait over: applied without anyone released.
+        let mut held = r.park(vec![sub("b", None)], true, None).unwrap();
+        r.replay(&at(numbered("b", 1, "one"), wait * 3));
+        r.replay(&at(numbered("b", 3, "three"), wait * 3));
+        assert_eq!(r.last_id("b").as_deref(), Some("1"));
+        r.replay_done();
+        assert_eq!(r.last_id("b").as_deref(), Some("3"));
+        assert!(futures_util::FutureExt::now_or_never(held.recv()).is_none());
     }
 
     #[tokio::test]

@@ -43,6 +43,13 @@ pub(crate) fn of(
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.host())
         .map_or("", strip_port);
+    // A host name or address only: `Host: a.com/items` must not name the channel of `a.com` and `/items/..`.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+    {
+        return None;
+    }
     let channel = config
         .channel
         .expand(host, uri.path(), uri.query().unwrap_or(""));
@@ -94,9 +101,16 @@ pub(crate) fn group_key(
             }
         }
     }
+    // The host (name-based virtual hosts), the conditional and range headers (a server never lists them in
+    // `Vary`), and the credentials.
     for always in [
+        "host",
         "if-none-match",
         "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "range",
+        "if-range",
         "authorization",
         "cookie",
     ] {

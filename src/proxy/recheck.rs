@@ -19,12 +19,14 @@ use crate::item::{Action, HttpResponse, Item};
 use crate::metrics::Recheck;
 use crate::tls::client::OriginTls;
 
+/// Numbers groups (their channel names) and makes unshareable keys unique: one count for the process, so that the
+/// groups of states before and after a reload, which share one registry, never share a channel.
+static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
+
 /// The groups of one proxy state, by key.
 #[derive(Default)]
 pub(crate) struct Rechecks {
     groups: DashMap<Box<[u8]>, Arc<Group>, ahash::RandomState>,
-    /// Numbers groups (their channel names) and makes unshareable keys unique.
-    next: AtomicU64,
     /// The answers groups were just released with, by route and target: what their clients ask next.
     fresh: DashMap<Box<[u8]>, Vec<Fresh>, ahash::RandomState>,
 }
@@ -57,7 +59,8 @@ const NOT_MODIFIED_HEADERS: [HeaderName; 7] = [
 struct Group {
     /// The registry channel its members wait on besides their own: a re-check's answer is published there.
     channel: Box<str>,
-    /// Members held now. Raised under the map's entry lock (join), so that a group is removed only when empty.
+    /// Members held now. Raised under the map's entry lock (join) and checked under it (removal), so that a group
+    /// is removed only when empty, and a member never joins a group that is gone.
     members: AtomicUsize,
 }
 
@@ -105,7 +108,7 @@ impl Rechecks {
             return None;
         }
         let now = Instant::now();
-        let fresh = self.fresh.get(&*target_key(route, uri))?;
+        let fresh = self.fresh.get(&*target_key(route, uri, headers))?;
         fresh
             .iter()
             .filter(|f| f.until > now)
@@ -116,8 +119,9 @@ impl Rechecks {
             .map(|f| f.held.clone())
     }
 
-    /// Records what the members of a group released with `answer` will ask next (see [`Fresh`]).
-    fn remember(&self, probe: &Probe, answer: &ResponseParts) {
+    /// Records what the members of a group released with `answer` will ask next (see [`Fresh`]); returns its key,
+    /// for [`Rechecks::forget`].
+    fn remember(&self, probe: &Probe, answer: &ResponseParts) -> Option<Vec<u8>> {
         let mut next = probe.headers.clone();
         for (asked, validator) in [
             (header::IF_NONE_MATCH, header::ETAG),
@@ -127,19 +131,17 @@ impl Rechecks {
                 match answer.headers.get(&validator) {
                     Some(value) => next.insert(asked, value.clone()),
                     // The next request's validator cannot be known: it is asked of the origin.
-                    None => return,
+                    None => return None,
                 };
             }
         }
-        let Some(key) = conditional::group_key(
+        let key = conditional::group_key(
             probe.route,
             &probe.method,
             &probe.uri,
             &next,
             &answer.headers,
-        ) else {
-            return;
-        };
+        )?;
         let mut held = HeaderMap::new();
         for name in &NOT_MODIFIED_HEADERS {
             for value in answer.headers.get_all(name) {
@@ -164,22 +166,26 @@ impl Rechecks {
             }),
             until: now + probe.every / 2,
         };
+        let kept = fresh.key.clone();
         let mut list = self
             .fresh
-            .entry(target_key(probe.route, &probe.uri))
+            .entry(target_key(probe.route, &probe.uri, &probe.headers))
             .or_default();
         list.retain(|f| f.until > now && f.key != fresh.key);
         list.push(fresh);
+        Some(kept)
     }
 
-    /// Forgets the expired answers of a target (its group's task ends: nothing refreshes them any more).
-    fn forget_expired(&self, route: usize, uri: &Uri) {
-        let now = Instant::now();
-        self.fresh
-            .remove_if_mut(&*target_key(route, uri), |_, list| {
-                list.retain(|f| f.until > now);
+    /// Forgets the answer a group recorded with [`Rechecks::remember`] (the group moves on, or ends): each entry
+    /// lives at most as long as the group that made it.
+    fn forget(&self, probe: &Probe, key: &[u8]) {
+        self.fresh.remove_if_mut(
+            &*target_key(probe.route, &probe.uri, &probe.headers),
+            |_, list| {
+                list.retain(|f| f.key != key);
                 list.is_empty()
-            });
+            },
+        );
     }
 
     /// Joins the group of `key` (`None`: a request that may share with no other, in a group of its own), making
@@ -194,26 +200,29 @@ impl Rechecks {
             Some(key) => key.into(),
             None => {
                 let mut unique = b"unshared:".to_vec();
-                unique.extend_from_slice(&this.next.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+                unique.extend_from_slice(&NEXT_GROUP.fetch_add(1, Ordering::Relaxed).to_le_bytes());
                 unique.into()
             }
         };
-        let entry = this.groups.entry(key.clone());
-        let group = match entry {
-            dashmap::Entry::Occupied(e) => e.get().clone(),
+        // The count is raised while the entry is locked: the group's task removes it under the same lock only
+        // when it finds no member.
+        let group = match this.groups.entry(key.clone()) {
+            dashmap::Entry::Occupied(e) => {
+                e.get().members.fetch_add(1, Ordering::AcqRel);
+                e.get().clone()
+            }
             dashmap::Entry::Vacant(e) => {
                 let probe = probe()?;
-                let n = this.next.fetch_add(1, Ordering::Relaxed);
+                let n = NEXT_GROUP.fetch_add(1, Ordering::Relaxed);
                 let group = Arc::new(Group {
                     channel: format!("{OWN_CHANNEL}recheck:{n}").into(),
-                    members: AtomicUsize::new(0),
+                    members: AtomicUsize::new(1),
                 });
                 e.insert(group.clone());
                 tokio::spawn(run(state.clone(), key, group.clone(), probe));
                 group
             }
         };
-        group.members.fetch_add(1, Ordering::AcqRel);
         Some(Member { group })
     }
 }
@@ -222,23 +231,32 @@ impl Rechecks {
 async fn run(state: Arc<ProxyState>, key: Box<[u8]>, group: Arc<Group>, probe: Probe) {
     let mut tick = tokio::time::interval_at(Instant::now() + probe.every, probe.every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let groups = &state.rechecks.groups;
+    // The answer this group last left for its clients' next requests, taken back when it ends.
+    let mut remembered: Option<Vec<u8>> = None;
     loop {
         tick.tick().await;
-        let gone = state
-            .rechecks
-            .groups
-            .remove_if(&key, |_, g| g.members.load(Ordering::Acquire) == 0);
-        if gone.is_some() || state.registry.is_closed() {
-            state.rechecks.groups.remove(&key);
-            state.rechecks.forget_expired(probe.route, &probe.uri);
+        // Only this group, and only when empty; a group that is no longer in the map (shutdown) ends too.
+        let ours = |g: &Arc<Group>| Arc::ptr_eq(g, &group);
+        let empty = groups.remove_if(&key, |_, g| {
+            ours(g) && (g.members.load(Ordering::Acquire) == 0 || state.registry.is_closed())
+        });
+        let gone = empty.is_some() || !groups.get(&key).is_some_and(|g| ours(&g));
+        if gone {
+            if let Some(fresh) = remembered.take() {
+                state.rechecks.forget(&probe, &fresh);
+            }
             return;
         }
-        let (result, action) = check(&state, &probe).await;
+        let (result, action) = check(&state, &key, &probe).await;
         let released = match action {
             Some(action) => {
                 if result == Recheck::Shared {
                     // Before the release: the released clients' next requests find it.
-                    state.rechecks.remember(&probe, &action.parts);
+                    if let Some(fresh) = remembered.take() {
+                        state.rechecks.forget(&probe, &fresh);
+                    }
+                    remembered = state.rechecks.remember(&probe, &action.parts);
                 }
                 let item = Arc::new(Item {
                     channel: group.channel.clone(),
@@ -262,7 +280,7 @@ async fn run(state: Arc<ProxyState>, key: Box<[u8]>, group: Arc<Group>, probe: P
 }
 
 /// One re-check: the probe sent to the origin, and what to release the group with (`None`: nothing).
-async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpResponse>) {
+async fn check(state: &ProxyState, key: &[u8], probe: &Probe) -> (Recheck, Option<HttpResponse>) {
     let mut req = Request::new(body::empty());
     *req.method_mut() = probe.method.clone();
     *req.uri_mut() = probe.uri.clone();
@@ -300,8 +318,18 @@ async fn check(state: &ProxyState, probe: &Probe) -> (Recheck, Option<HttpRespon
             body: Bytes::new(),
         },
     };
-    // A `HEAD` answer's framing headers describe a body it does not have: each client asks for its own.
-    if !shareable(&parts.headers) || probe.method == Method::HEAD {
+    // A `HEAD` answer's framing headers describe a body it does not have: each client asks for its own. So does
+    // an answer whose `Vary` differs from the `304`'s the group was formed by: its members may differ in a header
+    // it varies on.
+    let same_vary = conditional::group_key(
+        probe.route,
+        &probe.method,
+        &probe.uri,
+        &probe.headers,
+        &parts.headers,
+    )
+    .is_some_and(|k| k == key);
+    if !shareable(&parts.headers) || probe.method == Method::HEAD || !same_vary {
         return (Recheck::Refetched, Some(hint));
     }
     let limit = state.hold.max_body;
@@ -355,10 +383,13 @@ fn shareable(headers: &HeaderMap) -> bool {
     !private && !headers.contains_key(header::SET_COOKIE) && !grip
 }
 
-/// The key of a route's target (path and query) in [`Rechecks::fresh`].
-fn target_key(route: usize, uri: &Uri) -> Box<[u8]> {
+/// The key of a route's target (`Host`, path and query) in [`Rechecks::fresh`].
+fn target_key(route: usize, uri: &Uri, headers: &HeaderMap) -> Box<[u8]> {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
     let mut key = (route as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(&(host.len() as u64).to_le_bytes());
+    key.extend_from_slice(host);
     key.extend_from_slice(target.as_bytes());
     key.into()
 }
