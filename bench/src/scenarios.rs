@@ -105,6 +105,18 @@ fn fields(reply: &str, tag: &str) -> Result<Vec<String>> {
     Ok(it.map(str::to_string).collect())
 }
 
+/// The clients that could not connect, summed over the workers' `connected SENT FAILED` replies.
+fn failed_connects(replies: &[String]) -> Result<usize> {
+    let mut failed = 0;
+    for r in replies {
+        failed += fields(r, "connected")?
+            .get(1)
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(0);
+    }
+    Ok(failed)
+}
+
 /// The ` | description` of an unexpected response at the end of a reply, if any.
 fn sample(reply: &str) -> Option<String> {
     reply.split_once(" | ").map(|(_, s)| s.to_string())

@@ -4,7 +4,7 @@
 //! memory; with it off, it re-fetches each from the origin with `Grip-Last` (the origin answers
 //! with the missed items). Timed from the first connect until every stream has read them all.
 
-use super::{fields, split, Ctx};
+use super::{failed_connects, fields, split, Ctx};
 use crate::children::{broadcast, Result};
 use crate::http::PUBLISHED_BODY;
 use crate::origin::CATCHUP_BEHIND;
@@ -104,13 +104,7 @@ impl Ctx {
             })
             .collect();
         let replies = broadcast(&mut self.workers, &cmds, Duration::from_secs(150)).await?;
-        let mut failed = 0;
-        for r in &replies {
-            failed += fields(r, "connected")?
-                .get(1)
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap_or(0);
-        }
+        let failed = failed_connects(&replies)?;
         let collect_ms = 60_000 + n as u64 * 3;
         let cmds = vec![format!("collect {collect_ms}"); self.workers.len()];
         let replies = broadcast(

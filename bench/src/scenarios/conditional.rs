@@ -7,7 +7,7 @@
 //! then the value changes a few times, each timed from just before the change was written to the
 //! origin until every client had the new value.
 
-use super::{fields, split, Ctx};
+use super::{failed_connects, fields, split, Ctx};
 use crate::children::{broadcast, Result};
 use crate::http::{post_request, simple_request};
 use crate::plan::{ConditionalFigures, EtagPolling, Ratios, RecheckCounts};
@@ -168,13 +168,7 @@ impl Ctx {
             .map(|(c, off)| format!("etag {to} {c} {PATH} {version} {interval_ms} {off} {max_ms}"))
             .collect();
         let replies = broadcast(&mut self.workers, &cmds, Duration::from_secs(150)).await?;
-        let mut failed = 0;
-        for r in &replies {
-            failed += fields(r, "connected")?
-                .get(1)
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap_or(0);
-        }
+        let failed = failed_connects(&replies)?;
         Ok(failed)
     }
 
