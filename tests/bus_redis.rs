@@ -11,19 +11,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use grip_proxy::{App, Config};
-use support::redis_server::{first_holds_then_fresh, RedisServer};
+use support::redis_server::{first_holds_then_fresh, redis_or_skip, RedisServer};
 use support::*;
 use tokio::time::Instant;
-
-/// The running Redis, or return from the test after saying loudly that it was skipped.
-macro_rules! redis_or_skip {
-    ($test:literal) => {
-        match RedisServer::start_or_skip(concat!("bus_redis::", $test)).await {
-            Some(redis) => redis,
-            None => return,
-        }
-    };
-}
 
 /// The channel every instance shares with the default `bus.prefix`.
 const CHANNEL: &str = "grip-proxy:publish";

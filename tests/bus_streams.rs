@@ -11,18 +11,8 @@ mod support;
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use support::redis_server::{first_holds_then_fresh, RedisServer};
+use support::redis_server::{first_holds_then_fresh, redis_or_skip, RedisServer};
 use support::*;
-
-/// The running Redis, or return from the test after saying loudly that it was skipped.
-macro_rules! redis_or_skip {
-    ($test:literal) => {
-        match RedisServer::start_or_skip(concat!("bus_streams::", $test)).await {
-            Some(redis) => redis,
-            None => return,
-        }
-    };
-}
 
 /// The stream every instance shares with the default `bus.prefix`.
 const STREAM: &str = "grip-proxy:items";

@@ -81,6 +81,14 @@ fn conditional(origin: SocketAddr, keys: &str) -> ProxyBuilder {
     Proxy::to(origin).toml(&format!("[routes.conditional]\n{keys}"))
 }
 
+/// The plain origin, and a proxy in front of it with `[routes.conditional]` `keys` and `extra` TOML.
+async fn plain_setup(keys: &str, extra: &str) -> (Arc<Mutex<Store>>, Origin, Proxy) {
+    let (store, handler) = plain_origin();
+    let origin = Origin::start(handler).await;
+    let proxy = conditional(origin.addr(), keys).toml(extra).start().await;
+    (store, origin, proxy)
+}
+
 /// A GET of `path` with `If-None-Match` and extra headers, in its own task.
 fn held_get(addr: SocketAddr, path: &str, etag: &str, extra: &[(&str, &str)]) -> Pending {
     let mut req = request("GET", path).header("if-none-match", etag);
@@ -109,9 +117,7 @@ async fn metric(proxy: &Proxy, series: &str) -> f64 {
 
 #[tokio::test]
 async fn a_304_is_held_and_released_by_a_publish_and_anything_else_passes_through() {
-    let (_store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "").start().await;
+    let (_store, origin, proxy) = plain_setup("", "").await;
 
     // No conditional header, or not the current ETag: the origin's answer at once.
     let plain = proxy.get("/value").await;
@@ -168,12 +174,8 @@ async fn a_304_is_held_and_released_by_a_publish_and_anything_else_passes_throug
 
 #[tokio::test]
 async fn the_timeout_answers_the_origins_own_304() {
-    let (_store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "timeout_secs = 1")
-        .toml("[hold]\nmin_timeout_secs = 1")
-        .start()
-        .await;
+    let (_store, origin, proxy) =
+        plain_setup("timeout_secs = 1", "[hold]\nmin_timeout_secs = 1").await;
     let started = Instant::now();
     let resp = within(
         LIMIT,
@@ -207,9 +209,7 @@ async fn a_route_without_conditional_holds_passes_the_304_through() {
 
 #[tokio::test]
 async fn a_hint_re_fetches_each_held_request_and_releases_only_those_whose_answer_changed() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "").start().await;
+    let (store, origin, proxy) = plain_setup("", "").await;
     let behind = held_get(proxy.addr(), "/value", "\"1\"", &[]);
     // This client already knows version 2 too: after the change its answer is still 304.
     let ahead = held_get(proxy.addr(), "/value", "\"1\", \"2\"", &[]);
@@ -233,9 +233,7 @@ async fn a_hint_re_fetches_each_held_request_and_releases_only_those_whose_answe
 
 #[tokio::test]
 async fn a_thousand_clients_on_one_etag_cost_the_origin_one_request_per_re_check() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 1").start().await;
+    let (store, origin, proxy) = plain_setup("recheck_secs = 1", "").await;
     const CLIENTS: usize = 1000;
     let started = Instant::now();
     let clients: Vec<Pending> = (0..CLIENTS)
@@ -292,11 +290,7 @@ async fn a_thousand_clients_on_one_etag_cost_the_origin_one_request_per_re_check
 
 #[tokio::test]
 async fn users_with_different_credentials_never_get_each_others_answer() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
-        .start()
-        .await;
+    let (store, origin, proxy) = plain_setup("recheck_secs = 0.2", "").await;
     let alice = held_get(
         proxy.addr(),
         "/me",
@@ -334,11 +328,7 @@ async fn users_with_different_credentials_never_get_each_others_answer() {
 
 #[tokio::test]
 async fn a_vary_listed_header_makes_one_group_per_value() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
-        .start()
-        .await;
+    let (store, origin, proxy) = plain_setup("recheck_secs = 0.2", "").await;
     let langs = ["en", "en", "en", "fr", "fr"];
     let clients: Vec<(&str, Pending)> = langs
         .iter()
@@ -371,11 +361,7 @@ async fn a_vary_listed_header_makes_one_group_per_value() {
 
 #[tokio::test]
 async fn a_private_answer_is_never_shared_each_client_fetches_its_own() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
-        .start()
-        .await;
+    let (store, origin, proxy) = plain_setup("recheck_secs = 0.2", "").await;
     let a = held_get(proxy.addr(), "/private", "\"1\"", &[]);
     let b = held_get(proxy.addr(), "/private", "\"1\"", &[]);
     proxy.wait_held(2).await;
@@ -399,11 +385,7 @@ async fn a_private_answer_is_never_shared_each_client_fetches_its_own() {
 
 #[tokio::test]
 async fn an_origin_in_trouble_keeps_clients_held_until_it_answers_again() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
-        .start()
-        .await;
+    let (store, origin, proxy) = plain_setup("recheck_secs = 0.2", "").await;
     let client = held_get(proxy.addr(), "/value", "\"1\"", &[]);
     proxy.wait_held(1).await;
     change(&store, "after the outage");
@@ -424,11 +406,7 @@ async fn an_origin_in_trouble_keeps_clients_held_until_it_answers_again() {
 
 #[tokio::test]
 async fn a_head_request_is_held_and_gets_its_own_answer_after_a_change() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 0.2")
-        .start()
-        .await;
+    let (store, _origin, proxy) = plain_setup("recheck_secs = 0.2", "").await;
     let req = request("HEAD", "/value")
         .header("if-none-match", "\"1\"")
         .body(empty())
@@ -453,12 +431,7 @@ async fn a_head_request_is_held_and_gets_its_own_answer_after_a_change() {
 
 #[tokio::test]
 async fn the_per_client_hold_limit_applies_to_conditional_holds() {
-    let (_store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "")
-        .toml("[limits]\nclient_max_holds = 2")
-        .start()
-        .await;
+    let (_store, _origin, proxy) = plain_setup("", "[limits]\nclient_max_holds = 2").await;
     let first = held_get(proxy.addr(), "/value", "\"1\"", &[]);
     let second = held_get(proxy.addr(), "/value", "\"1\"", &[]);
     proxy.wait_held(2).await;
@@ -478,9 +451,7 @@ async fn the_per_client_hold_limit_applies_to_conditional_holds() {
 #[tokio::test]
 async fn clients_coming_back_with_the_etag_a_re_check_just_gave_them_are_held_without_asking_the_origin(
 ) {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 1").start().await;
+    let (store, origin, proxy) = plain_setup("recheck_secs = 1", "").await;
     const CLIENTS: usize = 20;
     let clients: Vec<Pending> = (0..CLIENTS)
         .map(|_| held_get(proxy.addr(), "/value", "\"1\"", &[]))
@@ -526,12 +497,11 @@ async fn clients_coming_back_with_the_etag_a_re_check_just_gave_them_are_held_wi
 
 #[tokio::test]
 async fn a_client_held_without_asking_times_out_with_the_304_the_shared_answer_stands_for() {
-    let (store, handler) = plain_origin();
-    let origin = Origin::start(handler).await;
-    let proxy = conditional(origin.addr(), "recheck_secs = 0.4\ntimeout_secs = 1")
-        .toml("[hold]\nmin_timeout_secs = 1")
-        .start()
-        .await;
+    let (store, _origin, proxy) = plain_setup(
+        "recheck_secs = 0.4\ntimeout_secs = 1",
+        "[hold]\nmin_timeout_secs = 1",
+    )
+    .await;
     let client = held_get(proxy.addr(), "/value", "\"1\"", &[]);
     proxy.wait_held(1).await;
     change(&store, "second");
@@ -730,4 +700,36 @@ async fn groups_formed_before_and_after_a_reload_never_share_a_channel() {
     assert!(!bob.is_finished(), "bob was released by alice's change");
     *bobs.lock() = 2;
     assert_eq!(bob.response().await.text(), "/bob for Bearer bob");
+}
+
+#[tokio::test]
+async fn a_re_check_answer_is_shared_up_to_hold_max_body_and_fetched_by_each_client_past_it() {
+    let (store, _origin, proxy) = plain_setup("recheck_secs = 0.2", "[hold]\nmax_body = 10").await;
+    let metric_of = |result: &'static str| {
+        let proxy = &proxy;
+        async move {
+            metric(
+                proxy,
+                &format!("grip_proxy_rechecks_total{{result=\"{result}\"}}"),
+            )
+            .await
+        }
+    };
+    // At the bound (10 bytes): one answer for both.
+    let clients = [0, 1].map(|_| held_get(proxy.addr(), "/value", "\"1\"", &[]));
+    proxy.wait_held(2).await;
+    change(&store, "0123456789");
+    for client in clients {
+        assert_eq!(client.response().await.text(), "0123456789");
+    }
+    assert_eq!(metric_of("shared").await, 1.0);
+    // One byte past it: each client fetches its own.
+    let clients = [0, 1].map(|_| held_get(proxy.addr(), "/value", "\"2\"", &[]));
+    proxy.wait_held(2).await;
+    change(&store, "0123456789a");
+    for client in clients {
+        assert_eq!(client.response().await.text(), "0123456789a");
+    }
+    assert_eq!(metric_of("shared").await, 1.0);
+    assert_eq!(metric_of("refetched").await, 1.0);
 }

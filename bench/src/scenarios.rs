@@ -105,6 +105,14 @@ fn fields(reply: &str, tag: &str) -> Result<Vec<String>> {
     Ok(it.map(str::to_string).collect())
 }
 
+/// How much the origin's counter `key` grew between two of its `/stats` answers.
+fn counted_since(before: &serde_json::Value, after: &serde_json::Value, key: &str) -> u64 {
+    after[key]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(before[key].as_u64().unwrap_or(0))
+}
+
 /// The clients that could not connect, summed over the workers' `connected SENT FAILED` replies.
 fn failed_connects(replies: &[String]) -> Result<usize> {
     let mut failed = 0;

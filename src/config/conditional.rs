@@ -195,6 +195,13 @@ mod tests {
         .unwrap();
         let on = c.routes[0].conditional.as_deref().unwrap();
         assert_eq!(on.recheck, Some(Duration::from_millis(1500)));
+        // The shortest interval: at it, and just above, accepted; just below, refused.
+        for (secs, ok) in [(0.1, true), (0.11, true), (0.099, false)] {
+            let c = Config::from_toml_str(&format!(
+                "{base}[routes.conditional]\nrecheck_secs = {secs}"
+            ));
+            assert_eq!(c.is_ok(), ok, "recheck_secs = {secs}");
+        }
         for (toml, says) in [
             (
                 "recheck_secs = 0.05",

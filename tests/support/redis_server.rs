@@ -17,6 +17,26 @@ use super::{free_port, within, Proxy, LIMIT};
 
 const BINARY: &str = "redis-server";
 
+/// The running Redis, or return from the test after saying loudly that it was skipped (named by its test file and
+/// `$test`).
+#[allow(unused_macros)] // only the Redis bus tests use it
+macro_rules! redis_or_skip {
+    ($test:literal) => {
+        match $crate::support::redis_server::RedisServer::start_or_skip(concat!(
+            module_path!(),
+            "::",
+            $test
+        ))
+        .await
+        {
+            Some(redis) => redis,
+            None => return,
+        }
+    };
+}
+#[allow(unused_imports)] // only the Redis bus tests use it
+pub(crate) use redis_or_skip;
+
 /// A `redis-server` process this test started.
 pub(crate) struct RedisServer {
     port: u16,

@@ -4,7 +4,7 @@
 //! memory; with it off, it re-fetches each from the origin with `Grip-Last` (the origin answers
 //! with the missed items). Timed from the first connect until every stream has read them all.
 
-use super::{failed_connects, fields, split, Ctx};
+use super::{counted_since, failed_connects, fields, split, Ctx};
 use crate::children::{broadcast, Result};
 use crate::http::PUBLISHED_BODY;
 use crate::origin::CATCHUP_BEHIND;
@@ -126,12 +126,7 @@ impl Ctx {
             }
         }
         let after = self.origin_stats().await?;
-        let diff = |key: &str| {
-            after[key]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(before[key].as_u64().unwrap_or(0))
-        };
+        let diff = |key: &str| counted_since(&before, &after, key);
         let caught_up = times.len();
         let all_ms = times.iter().max().copied().unwrap_or(0) as f64 / 1e6;
         let round = CatchUp {

@@ -7,7 +7,7 @@
 //! then the value changes a few times, each timed from just before the change was written to the
 //! origin until every client had the new value.
 
-use super::{failed_connects, fields, split, Ctx};
+use super::{counted_since, failed_connects, fields, split, Ctx};
 use crate::children::{broadcast, Result};
 use crate::http::{post_request, simple_request};
 use crate::plan::{ConditionalFigures, EtagPolling, Ratios, RecheckCounts};
@@ -130,12 +130,7 @@ impl Ctx {
         tokio::time::sleep(window).await;
         let cpu1 = self.proxy_cpu_ns();
         let after = self.origin_stats().await?;
-        let diff = |key: &str| {
-            after[key]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(before[key].as_u64().unwrap_or(0))
-        };
+        let diff = |key: &str| counted_since(&before, &after, key);
         m.origin_requests = diff("etag");
         m.origin_not_modified = diff("etag_304");
         m.origin_rps = m.origin_requests as f64 / window.as_secs_f64();
