@@ -391,9 +391,14 @@ impl Metrics {
         self.conditional_unasked.inc();
     }
 
-    /// One re-check request of a group of conditional holds, what it found, and how many clients it released.
-    pub(crate) fn recheck(&self, result: Recheck, clients: usize) {
+    /// One re-check request of a group of conditional holds, and what it found (counted before its clients are
+    /// released).
+    pub(crate) fn recheck(&self, result: Recheck) {
         self.rechecks[result as usize].inc();
+    }
+
+    /// Clients released by one re-check.
+    pub(crate) fn recheck_released(&self, clients: usize) {
         self.recheck_clients.inc_by(clients as u64);
     }
 

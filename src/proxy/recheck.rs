@@ -249,6 +249,7 @@ async fn run(state: Arc<ProxyState>, key: Box<[u8]>, group: Arc<Group>, probe: P
             return;
         }
         let (result, action) = check(&state, &key, &probe).await;
+        state.metrics.recheck(result);
         let released = match action {
             Some(action) => {
                 if result == Recheck::Shared {
@@ -271,7 +272,7 @@ async fn run(state: Arc<ProxyState>, key: Box<[u8]>, group: Arc<Group>, probe: P
             }
             None => 0,
         };
-        state.metrics.recheck(result, released);
+        state.metrics.recheck_released(released);
         tracing::debug!(
             channel = %&group.channel[1..], result = ?result, released,
             members = group.members.load(Ordering::Relaxed), "conditional holds re-checked"
